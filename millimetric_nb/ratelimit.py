@@ -1,0 +1,188 @@
+"""Async token buckets that mirror the server's, one per route.
+
+A :class:`TokenBucket` holds at most ``burst`` tokens and refills ``refill`` per
+second; each request takes one. Waiters are served strictly in arrival order
+(FIFO: an ``asyncio.Lock`` is fair), so a steady stream of small calls cannot
+starve an earlier one. :meth:`TokenBucket.pause` holds the whole route, for every
+caller sharing the bucket, until a 429's ``Retry-After`` has passed, and empties
+the bucket (the server's is empty too).
+
+The clock and the sleep are injectable, so tests step virtual time instead of
+sleeping. A :class:`RateLimiter` keeps one bucket per route, built from
+``contract.RATE_LIMITS`` (production), another plan's limits, a scale factor,
+or ``"off"``. Routes without a limit still get a pause-only gate, so a 429 on
+them is honoured too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Literal
+
+from . import contract
+from .contract import RateLimit
+
+__all__ = ["Clock", "RateLimiter", "RateLimitsArg", "Sleep", "TokenBucket", "WaitHook"]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+#: Called before each wait with ``(seconds, reason)``; reason is ``"rate_limit"``
+#: (bucket empty) or ``"retry_after"`` (route paused by a 429).
+WaitHook = Callable[[float, str], None]
+RateLimitsArg = Mapping[str, RateLimit] | Literal["off", "production"] | None
+
+# Float slack: after sleeping exactly the computed time, refill arithmetic may
+# leave 0.9999999 tokens; that counts as one.
+_EPS = 1e-9
+
+
+class TokenBucket:
+    """One route's bucket. ``limit=None`` is unlimited (but still pausable).
+
+    Args:
+        limit: refill per second and burst; ``None`` for no limit.
+        clock: monotonic seconds (default ``time.monotonic``).
+        sleep: async sleep (default ``asyncio.sleep``).
+        name: the route name, for reprs.
+    """
+
+    def __init__(
+        self,
+        limit: RateLimit | None,
+        *,
+        clock: Clock | None = None,
+        sleep: Sleep | None = None,
+        name: str = "",
+    ) -> None:
+        if limit is not None and (limit.refill <= 0 or limit.burst < 1):
+            raise ValueError(f"a rate limit needs refill > 0 and burst >= 1, got {limit}")
+        self.limit = limit
+        self.name = name
+        self._clock: Clock = clock or time.monotonic
+        self._sleep: Sleep = sleep or asyncio.sleep
+        self._tokens: float = float(limit.burst) if limit is not None else 0.0
+        self._last = self._clock()
+        self._paused_until = float("-inf")
+        self._lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"TokenBucket({self.name!r}, {self.limit!r}, tokens={self.tokens:.2f})"
+
+    def _refill(self, now: float) -> None:
+        if self.limit is None:
+            return
+        elapsed = now - self._last
+        if elapsed > 0:
+            self._tokens = min(float(self.limit.burst), self._tokens + elapsed * self.limit.refill)
+        self._last = now
+
+    @property
+    def tokens(self) -> float:
+        """Tokens available now (``inf`` when unlimited)."""
+        if self.limit is None:
+            return float("inf")
+        self._refill(self._clock())
+        return self._tokens
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds left of the current pause (0 when not paused)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    def pause(self, seconds: float) -> None:
+        """Hold the whole route for ``seconds`` (a 429's Retry-After) and empty the bucket.
+
+        Pauses only extend, never shorten, one already running.
+        """
+        now = self._clock()
+        self._refill(now)
+        self._paused_until = max(self._paused_until, now + max(0.0, seconds))
+        if self.limit is not None:
+            self._tokens = 0.0
+
+    async def acquire(self, *, on_wait: WaitHook | None = None) -> float:
+        """Take one token, waiting (FIFO) as long as needed; return the seconds waited."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        waited = 0.0
+        async with self._lock:
+            while True:
+                now = self._clock()
+                self._refill(now)
+                if now < self._paused_until:
+                    delay, reason = self._paused_until - now, "retry_after"
+                elif self.limit is None:
+                    return waited
+                elif self._tokens >= 1.0 - _EPS:
+                    self._tokens = max(0.0, self._tokens - 1.0)
+                    return waited
+                else:
+                    delay, reason = (1.0 - self._tokens) / self.limit.refill, "rate_limit"
+                if on_wait is not None:
+                    on_wait(delay, reason)
+                await self._sleep(delay)
+                waited += delay
+
+
+class RateLimiter:
+    """One :class:`TokenBucket` per route, shared by every concurrent call of a client.
+
+    Args:
+        limits: ``None``/``"production"`` for ``contract.RATE_LIMITS``; ``"off"`` for
+            no limits; or ``{route: RateLimit}`` for another plan (routes not named
+            are unlimited).
+        scale: multiply every refill and burst (e.g. ``0.5`` to stay well under a
+            shared project's limits, ``10`` for a bigger plan).
+        clock, sleep: injectable time, for tests.
+    """
+
+    def __init__(
+        self,
+        limits: RateLimitsArg = None,
+        *,
+        scale: float = 1.0,
+        clock: Clock | None = None,
+        sleep: Sleep | None = None,
+    ) -> None:
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        if limits is None or limits == "production":
+            table: Mapping[str, RateLimit] = contract.RATE_LIMITS
+        elif limits == "off":
+            table = {}
+        elif isinstance(limits, Mapping):
+            table = limits
+        else:
+            raise ValueError(
+                f"rate_limits must be None, 'production', 'off' or a mapping of route to "
+                f"RateLimit, got {limits!r}"
+            )
+        self.limits: dict[str, RateLimit] = {
+            route: (lim.scaled(scale) if scale != 1.0 else lim) for route, lim in table.items()
+        }
+        self._clock = clock
+        self._sleep = sleep
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def __repr__(self) -> str:
+        return f"RateLimiter({self.limits!r})"
+
+    def bucket(self, route: str) -> TokenBucket:
+        """The route's bucket (created on first use)."""
+        b = self._buckets.get(route)
+        if b is None:
+            b = TokenBucket(
+                self.limits.get(route), clock=self._clock, sleep=self._sleep, name=route
+            )
+            self._buckets[route] = b
+        return b
+
+    async def acquire(self, route: str, *, on_wait: WaitHook | None = None) -> float:
+        """Take one token of ``route``; return the seconds waited."""
+        return await self.bucket(route).acquire(on_wait=on_wait)
+
+    def pause(self, route: str, seconds: float) -> None:
+        """Hold ``route`` for every caller for ``seconds``."""
+        self.bucket(route).pause(seconds)
