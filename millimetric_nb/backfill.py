@@ -1,0 +1,967 @@
+"""The backfill engine: chunks -> validate + encode -> requests -> send -> account.
+
+One async code path (:func:`abackfill`, and :func:`run_rows` for the per-row
+routes) does everything; :func:`backfill` is its synchronous face through the
+package's one event-loop bridge.
+
+How a run goes:
+
+* the source is read chunk by chunk (a DataFrame is sliced; CSV and JSON Lines
+  stream through pandas' ``chunksize``; Parquet through pyarrow's
+  ``iter_batches``), so memory stays bounded;
+* each chunk is validated and encoded column-wise by the frame layer in a worker
+  thread, ahead of the sending (a bounded queue of ready requests keeps the
+  pipeline full without holding the whole input's payloads);
+* valid rows already acknowledged in the journal are ``skipped``; the rest are
+  packed into ``/v1/batch`` bodies of at most 1000 events and 5 MB;
+* ``concurrency`` workers send requests; the client's token bucket sets the pace
+  and retries transient failures;
+* every outcome is written to the journal (committed) *before* it is counted,
+  and every row ends in :class:`~millimetric_nb.results.SendResult` with exactly
+  one status.
+
+Errors: a request rejected for good (400: the batch is all-or-nothing) marks its
+rows ``failed`` with the code and the run goes on. A 401/403 or a refused key
+stops the run: rows not yet sent are marked ``failed`` with that code, the
+result is *returned* (so the account of what was already sent is not lost) with
+``result.error`` set, shown at the top of its repr; call
+``result.raise_for_error()`` to turn it into an exception. An interruption
+(KeyboardInterrupt, task cancellation) propagates; the journal holds what was
+acknowledged, and running again with it resumes.
+
+Ambiguity: see :mod:`millimetric_nb.results` (statuses) and
+:mod:`millimetric_nb.journal` (resume policy: uncertain ids are resent by
+default and flagged; ``on_ambiguous="skip"`` skips them instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import time
+import warnings as _warnings
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from . import contract
+from .errors import (
+    ConfigurationError,
+    KeyRefusedError,
+    MillimetricError,
+    ValidationError,
+)
+from .journal import ACKED, AMBIGUOUS, PENDING, Journal, open_journal
+from .progress import Acknowledged, Done, Emitter, Failed, Observer, Planned
+from .results import STATUS_CODES, STATUSES, Plan, SendResult, empty_rows
+
+log = logging.getLogger("millimetric_nb")
+
+DEFAULT_CONCURRENCY = 20
+DEFAULT_CHUNKSIZE = 50_000
+_BODY_HEAD = b'{"events":['
+_BODY_TAIL = b"]}"
+
+_UNSET = -1
+_SENT = STATUS_CODES["sent"]
+_FAILED = STATUS_CODES["failed"]
+_AMBIGUOUS = STATUS_CODES["ambiguous"]
+_INVALID = STATUS_CODES["invalid"]
+_SKIPPED = STATUS_CODES["skipped"]
+_PLANNED = STATUS_CODES["planned"]
+
+Source = pd.DataFrame | str | os.PathLike[str] | Iterable[pd.DataFrame]
+OnAmbiguous = Literal["resend", "skip"]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _read_path(path: Path, chunksize: int) -> tuple[Iterator[pd.DataFrame], int | None]:
+    suffixes = [s.lower() for s in path.suffixes]
+    if not path.exists():
+        raise ConfigurationError(f"no such file: {path}", code="source_not_found")
+    if ".parquet" in suffixes or ".pq" in suffixes:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:  # pragma: no cover - pyarrow is in the dev extra
+            raise ConfigurationError(
+                "reading Parquet needs pyarrow: pip install 'millimetric-nb[parquet]'",
+                code="missing_dependency",
+            ) from exc
+        pf = pq.ParquetFile(str(path))
+
+        def parquet_chunks() -> Iterator[pd.DataFrame]:
+            start = 0
+            for batch in pf.iter_batches(batch_size=chunksize):
+                df = batch.to_pandas()
+                df.index = pd.RangeIndex(start, start + len(df))
+                start += len(df)
+                yield df
+
+        return parquet_chunks(), int(pf.metadata.num_rows)
+    if suffixes and suffixes[-1] in (".jsonl", ".ndjson", ".json"):
+        reader = pd.read_json(path, lines=True, chunksize=chunksize)
+        return iter(reader), None
+    if any(s in (".csv", ".tsv", ".txt") for s in suffixes):
+        sep = "\t" if ".tsv" in suffixes else ","
+        return iter(pd.read_csv(path, chunksize=chunksize, sep=sep)), None
+    raise ConfigurationError(
+        f"cannot tell the format of {path.name!r}: use .csv, .jsonl (JSON Lines) or .parquet",
+        code="unknown_source_format",
+    )
+
+
+def iter_source(source: Source, chunksize: int) -> tuple[Iterator[pd.DataFrame], int | None]:
+    """``(chunks, total rows if known)`` for a DataFrame, a path, or DataFrames."""
+    if chunksize < 1:
+        raise ConfigurationError("chunksize must be at least 1", code="invalid_chunksize")
+    if isinstance(source, pd.DataFrame):
+        frame = source
+
+        def frame_chunks() -> Iterator[pd.DataFrame]:
+            if len(frame) == 0:
+                yield frame
+                return
+            for start in range(0, len(frame), chunksize):
+                yield frame.iloc[start : start + chunksize]
+
+        return frame_chunks(), len(frame)
+    if isinstance(source, (str, os.PathLike)):
+        return _read_path(Path(source), chunksize)
+    if isinstance(source, Iterable):
+        it = iter(source)
+
+        def checked() -> Iterator[pd.DataFrame]:
+            for i, item in enumerate(it):
+                if not isinstance(item, pd.DataFrame):
+                    raise ConfigurationError(
+                        f"item {i} of the source is a {type(item).__name__}, not a DataFrame",
+                        code="invalid_source",
+                    )
+                yield item
+
+        return checked(), None
+    raise ConfigurationError(
+        f"cannot backfill from a {type(source).__name__}: pass a DataFrame, an iterable of "
+        "DataFrames, or a path to a CSV, JSON Lines or Parquet file",
+        code="invalid_source",
+    )
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def pack(
+    sizes: Sequence[int],
+    *,
+    max_events: int = contract.BATCH_MAX_EVENTS,
+    max_bytes: int = contract.BATCH_MAX_BYTES,
+) -> list[tuple[int, int, int]]:
+    """Greedy split of payloads (by their byte sizes) into request bodies.
+
+    Returns ``(start, stop, body_bytes)`` per request, where the body is
+    ``{"events":[p0,p1,...]}``: at most ``max_events`` payloads and ``max_bytes``
+    bytes each (a single payload larger than ``max_bytes`` gets a body of its own).
+    """
+    overhead = len(_BODY_HEAD) + len(_BODY_TAIL)
+    out: list[tuple[int, int, int]] = []
+    start = 0
+    size = overhead
+    for i, n in enumerate(sizes):
+        add = n + (1 if i > start else 0)
+        if i > start and (i - start >= max_events or size + add > max_bytes):
+            out.append((start, i, size))
+            start, size, add = i, overhead, n
+        size += add
+    if len(sizes) > start:
+        out.append((start, len(sizes), size))
+    return out
+
+
+def body_of(payloads: Sequence[bytes]) -> bytes:
+    """The ``/v1/batch`` body for already-encoded events."""
+    return _BODY_HEAD + b",".join(payloads) + _BODY_TAIL
+
+
+def route_limit(client: Any, route: str) -> contract.RateLimit | None:
+    """The rate limit the client applies to ``route`` (else the contract's)."""
+    for holder in (client, getattr(client, "async_client", None)):
+        limits = getattr(holder, "rate_limits", None)
+        if isinstance(limits, dict) and isinstance(limits.get(route), contract.RateLimit):
+            return limits[route]
+    return contract.RATE_LIMITS.get(route)
+
+
+# --------------------------------------------------------------------------- per-run state
+
+
+@dataclass(slots=True)
+class PreparedRows:
+    """What a preparer returns for one chunk (see :func:`run_rows`)."""
+
+    valid: np.ndarray  # bool per row
+    keys: np.ndarray  # object per row: the journal key / event id (None when none)
+    errors: pd.DataFrame  # row, position (chunk-local), field, rule, message
+    warnings: list[str]
+    payloads: list[bytes] | None = None  # batch / track: one per valid row, in order
+    calls: list[tuple[np.ndarray, dict[str, Any]]] | None = None  # per-call routes
+
+
+class _Chunk:
+    __slots__ = (
+        "ambiguous",
+        "attempts",
+        "error",
+        "frame",
+        "keys",
+        "message",
+        "n",
+        "offset",
+        "pending",
+        "sealed",
+        "status",
+    )
+
+    def __init__(self, frame: pd.DataFrame, offset: int) -> None:
+        n = len(frame)
+        self.frame = frame
+        self.n = n
+        self.offset = offset
+        self.status = np.full(n, _UNSET, dtype=np.int8)
+        self.attempts = np.zeros(n, dtype=np.int16)
+        self.ambiguous = np.zeros(n, dtype=bool)
+        self.error = np.full(n, None, dtype=object)
+        self.message = np.full(n, None, dtype=object)
+        self.keys = np.full(n, None, dtype=object)
+        self.pending = 0
+        self.sealed = False
+
+    def mark(
+        self,
+        pos: np.ndarray | slice,
+        status: int,
+        *,
+        error: str | None = None,
+        message: str | None = None,
+        attempts: int | None = None,
+        ambiguous: bool | None = None,
+    ) -> None:
+        self.status[pos] = status
+        if error is not None:
+            self.error[pos] = error
+        if message is not None:
+            self.message[pos] = message
+        if attempts is not None:
+            self.attempts[pos] = attempts
+        if ambiguous:
+            self.ambiguous[pos] = True
+
+
+@dataclass(slots=True)
+class _Request:
+    chunk: _Chunk
+    positions: np.ndarray
+    keys: list[str]
+    body: bytes | None = None
+    call: dict[str, Any] | None = None
+    resend: bool = False  # some ids had an uncertain earlier outcome
+
+    @property
+    def count(self) -> int:
+        return len(self.positions)
+
+
+SendFn = Callable[[_Request, Observer], Awaitable[Any]]
+Preparer = Callable[[pd.DataFrame, int], PreparedRows]
+
+
+def _is_fatal(exc: MillimetricError) -> bool:
+    return isinstance(exc, (KeyRefusedError, ConfigurationError)) or exc.status in (401, 403)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class _Run:
+    route: str
+    send: SendFn | None
+    prepare: Preparer
+    emit: Emitter
+    journal: Journal | None
+    dry_run: bool
+    concurrency: int
+    on_ambiguous: OnAmbiguous
+    limit: contract.RateLimit | None
+    total_rows: int | None
+    warnings: list[str] = field(default_factory=list)
+    errors: list[pd.DataFrame] = field(default_factory=list)
+    rows: list[pd.DataFrame] = field(default_factory=list)
+    failed: list[pd.DataFrame] = field(default_factory=list)
+    stop_error: MillimetricError | None = None
+    requests: int = 0
+    events: int = 0
+    bytes: int = 0
+    seen_warnings: set[str] = field(default_factory=set)
+    resent_uncertain: int = 0
+    skipped_uncertain: int = 0
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def warn(self, message: str) -> None:
+        if message not in self.seen_warnings:
+            self.seen_warnings.add(message)
+            self.warnings.append(message)
+
+    def finish_chunk(self, chunk: _Chunk) -> None:
+        """All of the chunk's rows have a status: move them to the result pieces."""
+        unset = chunk.status == _UNSET
+        if unset.any():  # defensive: nothing may vanish
+            chunk.mark(unset, _FAILED, error="not_sent", message="not sent")
+        keys = pd.array(chunk.keys, dtype="string")
+        piece = pd.DataFrame(
+            {
+                "status": chunk.status,
+                "event_id": keys,
+                "error": chunk.error,
+                "attempts": chunk.attempts,
+                "ambiguous": chunk.ambiguous,
+                "message": chunk.message,
+            },
+            index=chunk.frame.index,
+        )
+        self.rows.append(piece)
+        bad = np.isin(chunk.status, (_FAILED, _AMBIGUOUS, _INVALID))
+        if bad.any():
+            self.failed.append(chunk.frame.iloc[np.flatnonzero(bad)])
+        chunk.frame = chunk.frame.iloc[:0]  # let the chunk's data go
+
+    def settle(self, chunk: _Chunk) -> None:
+        if chunk.sealed and chunk.pending == 0:
+            self.finish_chunk(chunk)
+
+    def current_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for piece in self.rows:
+            for code, n in zip(*np.unique(piece["status"].to_numpy(), return_counts=True),
+                               strict=True):
+                counts[STATUSES[int(code)]] += int(n)
+        return counts
+
+    # ---------------------------------------------------------------- producing
+
+    async def produce(
+        self, chunks: Iterator[pd.DataFrame], queue: asyncio.Queue[_Request | None]
+    ) -> None:
+        offset = 0
+        try:
+            while True:
+                try:
+                    frame = await asyncio.to_thread(next, chunks, None)
+                except MillimetricError:
+                    raise
+                except Exception as exc:
+                    # the rest of the source cannot be read: stop, keep the account
+                    err = MillimetricError(
+                        f"reading the source failed after {offset:,} rows: "
+                        f"{type(exc).__name__}: {exc}",
+                        code="source_read_failed",
+                    )
+                    if self.stop_error is None:
+                        self.stop_error = err
+                    self.warn(str(err))
+                    break
+                if frame is None:
+                    break
+                chunk = _Chunk(frame, offset)
+                offset += len(frame)
+                if self.stop_error is not None:
+                    self.stop_chunk(chunk)
+                    continue
+                await self.plan_chunk(chunk, queue)
+        finally:
+            for _ in range(self.concurrency):
+                await queue.put(None)
+
+    def stop_chunk(self, chunk: _Chunk) -> None:
+        err = self.stop_error
+        assert err is not None
+        unset = chunk.status == _UNSET
+        msg = f"not sent: the run stopped ({err.code})"
+        chunk.mark(unset, _FAILED, error=err.code, message=msg)
+        chunk.sealed = True
+        self.emit(Failed(self.route, int(unset.sum()), err.code, "not sent: the run stopped"))
+        self.settle(chunk)
+
+    async def plan_chunk(self, chunk: _Chunk, queue: asyncio.Queue[_Request | None]) -> None:
+        try:
+            prep = await asyncio.to_thread(self.prepare, chunk.frame, chunk.offset)
+        except MillimetricError as exc:
+            # A problem with the whole chunk (no event column, pii="error"...): every
+            # row is reported with it; nothing of this chunk is sent.
+            self.warn(str(exc))
+            chunk.mark(slice(None), _INVALID, error=exc.code, message=_short(str(exc)))
+            chunk.sealed = True
+            self.emit(Planned(chunk.n, 0, chunk.n, total_rows=self.total_rows))
+            self.settle(chunk)
+            return
+        for w in prep.warnings:
+            self.warn(w)
+        chunk.keys = prep.keys
+        invalid_pos = np.flatnonzero(~prep.valid)
+        if len(prep.errors):
+            self.errors.append(prep.errors)
+        if len(invalid_pos):
+            first = prep.errors.drop_duplicates("position") if len(prep.errors) else None
+            chunk.mark(invalid_pos, _INVALID, error="invalid", message="invalid row")
+            if first is not None:
+                pos = first["position"].to_numpy(dtype=np.int64)
+                ok = (pos >= 0) & (pos < chunk.n)
+                pos = pos[ok]
+                rules = first["rule"].to_numpy(dtype=object)[ok]
+                fields = first["field"].to_numpy(dtype=object)[ok]
+                msgs = first["message"].to_numpy(dtype=object)[ok]
+                chunk.error[pos] = rules
+                chunk.message[pos] = [
+                    f"{f}: {r}: {m}" for f, r, m in zip(fields, rules, msgs, strict=True)
+                ]
+        valid_pos = np.flatnonzero(prep.valid)
+
+        # what is to be sent, as (positions, keys, payload or call) units
+        if prep.calls is not None:
+            units = [(np.asarray(p, dtype=np.int64), c) for p, c in prep.calls]
+        else:
+            payloads = prep.payloads or []
+            units = [
+                (np.array([p], dtype=np.int64), payloads[i]) for i, p in enumerate(valid_pos)
+            ]
+        skipped = 0
+        uncertain: set[int] = set()
+        if self.journal is not None and units:
+            unit_keys = [prep.keys[p[0]] for p, _ in units]
+            known = await asyncio.to_thread(self.journal.lookup, [k for k in unit_keys if k])
+            kept = []
+            for (pos, what), key in zip(units, unit_keys, strict=True):
+                state = known.get(key) if key else None
+                if state is None:
+                    kept.append((pos, what))
+                    continue
+                st, dup = state
+                if st == ACKED:
+                    chunk.mark(pos, _SKIPPED, ambiguous=dup,
+                               message="acknowledged in an earlier run (journal)")
+                    skipped += len(pos)
+                elif st in (PENDING, AMBIGUOUS):
+                    if self.on_ambiguous == "skip":
+                        chunk.mark(pos, _SKIPPED, ambiguous=True, error="ambiguous_earlier",
+                                   message="outcome unknown in an earlier run; not resent")
+                        skipped += len(pos)
+                        self.skipped_uncertain += len(pos)
+                    else:
+                        uncertain.add(id(pos))
+                        self.resent_uncertain += len(pos)
+                        kept.append((pos, what))
+                else:
+                    kept.append((pos, what))
+            units = kept
+
+        requests = self.build_requests(chunk, units, uncertain)
+        self.emit(
+            Planned(
+                chunk.n,
+                len(valid_pos),
+                len(invalid_pos),
+                skipped=skipped,
+                requests=len(requests),
+                total_rows=self.total_rows,
+            )
+        )
+        if self.dry_run:
+            for req in requests:
+                chunk.mark(req.positions, _PLANNED)
+            chunk.sealed = True
+            self.settle(chunk)
+            return
+        chunk.pending = len(requests)
+        for req in requests:
+            if self.stop_error is not None:
+                self.fail_request(req, self.stop_error, stopped=True)
+                continue
+            await queue.put(req)
+        chunk.sealed = True
+        self.settle(chunk)
+
+    def build_requests(
+        self, chunk: _Chunk, units: list[tuple[np.ndarray, Any]], uncertain: set[int]
+    ) -> list[_Request]:
+        out: list[_Request] = []
+        if not units:
+            return out
+        if self.route == "batch":
+            payloads = [u[1] for u in units]
+            for start, stop, nbytes in pack([len(p) for p in payloads]):
+                part = units[start:stop]
+                positions = np.concatenate([p for p, _ in part])
+                out.append(
+                    _Request(
+                        chunk,
+                        positions,
+                        [chunk.keys[p] for p in positions],
+                        body=None if self.dry_run else body_of(payloads[start:stop]),
+                        resend=any(id(p) in uncertain for p, _ in part),
+                    )
+                )
+                self.bytes += nbytes
+        else:
+            for pos, what in units:
+                call = orjson.loads(what) if isinstance(what, bytes) else what
+                nbytes = len(what) if isinstance(what, bytes) else len(orjson.dumps(call))
+                out.append(
+                    _Request(
+                        chunk,
+                        pos,
+                        [k for k in (chunk.keys[pos[0]],) if k],
+                        call=call,
+                        resend=id(pos) in uncertain,
+                    )
+                )
+                self.bytes += nbytes
+        self.requests += len(out)
+        self.events += sum(r.count for r in out)
+        return out
+
+    # ---------------------------------------------------------------- sending
+
+    async def work(self, queue: asyncio.Queue[_Request | None]) -> None:
+        while True:
+            req = await queue.get()
+            if req is None:
+                return
+            if self.stop_error is not None:
+                self.fail_request(req, self.stop_error, stopped=True)
+                continue
+            await self.send_one(req)
+
+    async def send_one(self, req: _Request) -> None:
+        assert self.send is not None
+        if self.journal is not None and req.keys:
+            await asyncio.to_thread(self.journal.begin, req.keys)
+        try:
+            outcome = await self.send(req, self.emit)
+        except MillimetricError as exc:
+            await self.record_failure(req, exc)
+            return
+        except Exception as exc:  # never untyped: the outcome is unknown
+            log.exception("unexpected error while sending to /v1/%s", self.route)
+            err = MillimetricError(
+                f"unexpected {type(exc).__name__} while sending: {exc}",
+                code="unexpected_error",
+                ambiguous=True,
+            )
+            await self.record_failure(req, err)
+            return
+        attempts = int(getattr(outcome, "attempts", 1) or 1)
+        ambiguous = bool(getattr(outcome, "ambiguous", False))
+        if self.journal is not None and req.keys:
+            await asyncio.to_thread(self.journal.acknowledge, req.keys, ambiguous=ambiguous)
+        flag = ambiguous or req.resend
+        msg = None
+        if ambiguous:
+            msg = "stored; an earlier attempt may also have been written (possible duplicate)"
+        elif req.resend:
+            msg = "resent after an uncertain earlier outcome (possible duplicate)"
+        req.chunk.mark(req.positions, _SENT, attempts=attempts, ambiguous=flag, message=msg)
+        self.emit(Acknowledged(self.route, req.count, attempts=attempts, ambiguous=flag))
+        req.chunk.pending -= 1
+        self.settle(req.chunk)
+
+    async def record_failure(self, req: _Request, exc: MillimetricError) -> None:
+        if self.journal is not None and req.keys:
+            await asyncio.to_thread(self.journal.fail, req.keys, ambiguous=exc.ambiguous)
+        if _is_fatal(exc) and self.stop_error is None:
+            self.stop_error = exc
+            self.warn(f"the run stopped: {exc}")
+        self.fail_request(req, exc)
+
+    def fail_request(self, req: _Request, exc: MillimetricError, *, stopped: bool = False) -> None:
+        if stopped:
+            status, msg = _FAILED, f"not sent: the run stopped ({exc.code})"
+        elif exc.ambiguous:
+            status, msg = _AMBIGUOUS, "outcome unknown (may or may not be stored): " + str(exc)
+        elif isinstance(exc, ValidationError) and self.route != "batch":
+            status, msg = _INVALID, str(exc)
+        else:
+            status, msg = _FAILED, str(exc)
+        req.chunk.mark(
+            req.positions,
+            status,
+            error=exc.code,
+            message=_short(msg),
+            attempts=0 if stopped else exc.attempts,
+            ambiguous=exc.ambiguous and not stopped,
+        )
+        self.emit(
+            Failed(self.route, req.count, exc.code, _short(exc.message),
+                   ambiguous=exc.ambiguous and not stopped)
+        )
+        req.chunk.pending -= 1
+        self.settle(req.chunk)
+
+    # ---------------------------------------------------------------- running
+
+    async def run(self, chunks: Iterator[pd.DataFrame]) -> None:
+        queue: asyncio.Queue[_Request | None] = asyncio.Queue(maxsize=max(2, 2 * self.concurrency))
+        tasks = [asyncio.create_task(self.produce(chunks, queue))]
+        if not self.dry_run:
+            tasks += [asyncio.create_task(self.work(queue)) for _ in range(self.concurrency)]
+        else:
+            tasks.append(asyncio.create_task(_drain(queue, self.concurrency)))
+        try:
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def result(self, elapsed: float) -> SendResult:
+        if self.rows:
+            rows = pd.concat(self.rows)
+        else:
+            rows = None
+        if rows is None or rows.empty:
+            out_rows = empty_rows(rows.index if rows is not None else None)
+        else:
+            out_rows = pd.DataFrame(
+                {
+                    "status": pd.Categorical.from_codes(
+                        rows["status"].to_numpy(dtype=np.int8), categories=list(STATUSES)
+                    ),
+                    "event_id": rows["event_id"].astype("string"),
+                    "error": rows["error"].astype("category"),
+                    "attempts": rows["attempts"].astype("int16"),
+                    "ambiguous": rows["ambiguous"].astype(bool),
+                    "message": rows["message"].astype("string"),
+                },
+                index=rows.index,
+            )
+        failed = pd.concat(self.failed) if self.failed else pd.DataFrame()
+        errors = (
+            pd.concat(self.errors, ignore_index=True)
+            if self.errors
+            else pd.DataFrame(columns=["row", "position", "field", "rule", "message"])
+        )
+        if self.resent_uncertain:
+            self.warn(
+                f"{self.resent_uncertain:,} row(s) had an uncertain outcome in an earlier run "
+                "(ambiguous or interrupted in flight); they were resent and are flagged "
+                "ambiguous: they may now be stored twice (find them by event_id)"
+            )
+        if self.skipped_uncertain:
+            self.warn(
+                f"{self.skipped_uncertain:,} row(s) had an uncertain outcome in an earlier run "
+                "and were not resent (on_ambiguous='skip'): they may be missing"
+            )
+        limit = self.limit
+        plan = Plan(
+            self.route,
+            self.requests,
+            self.events,
+            self.bytes,
+            limit.refill if limit else None,
+            limit.burst if limit else None,
+        )
+        return SendResult(
+            rows=out_rows,
+            failed=failed,
+            errors=errors,
+            warnings=list(self.warnings),
+            plan=plan,
+            elapsed_s=elapsed,
+            dry_run=self.dry_run,
+            route=self.route,
+            error=self.stop_error,
+        )
+
+
+async def _drain(queue: asyncio.Queue[_Request | None], sentinels: int) -> None:
+    seen = 0
+    while seen < sentinels:
+        if await queue.get() is None:
+            seen += 1
+
+
+# --------------------------------------------------------------------------- faces
+
+
+def resolve_async_client(client: Any) -> Any:
+    """The AsyncClient behind ``client`` (a Client, an AsyncClient, or None: default)."""
+    if client is None:
+        from .sync import default_client
+
+        client = default_client()
+    return getattr(client, "async_client", client)
+
+
+def make_emitter(progress: bool | Observer, observer: Observer | None, desc: str) -> Emitter:
+    """Observers for a run: ``observer`` plus the tqdm bar when ``progress`` is true.
+
+    (The display is imported lazily from :mod:`millimetric_nb.ui`; the engine only
+    emits events and never knows which display is attached.)
+    """
+    emitter = Emitter([observer])
+    if callable(progress):
+        emitter.add(progress)
+    elif progress:
+        from .ui import TqdmProgress
+
+        emitter.add(TqdmProgress(desc))
+    return emitter
+
+
+async def run_rows(
+    chunks: Iterator[pd.DataFrame],
+    *,
+    route: str,
+    prepare: Preparer,
+    send: SendFn | None,
+    client: Any = None,
+    journal: Journal | str | os.PathLike[str] | None = None,
+    dry_run: bool = False,
+    progress: bool | Observer = True,
+    observer: Observer | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    on_ambiguous: OnAmbiguous = "resend",
+    total_rows: int | None = None,
+    warnings: Sequence[str] = (),
+) -> SendResult:
+    """The one engine under every send: prepare each chunk, send, account for each row.
+
+    ``prepare(chunk, offset)`` validates a chunk; ``send(request, observer)`` sends
+    one request (a batch body, or one call). Used by :func:`abackfill` and by the
+    accessor's per-row routes (track, identify, forget).
+    """
+    if concurrency < 1:
+        raise ConfigurationError("concurrency must be at least 1", code="invalid_concurrency")
+    if on_ambiguous not in ("resend", "skip"):
+        raise ConfigurationError(
+            "on_ambiguous must be 'resend' or 'skip'", code="invalid_on_ambiguous"
+        )
+    emit = make_emitter(progress, observer, f"/v1/{route}")
+    jr, owned = open_journal(journal)
+    run = _Run(
+        route=route,
+        send=send,
+        prepare=prepare,
+        emit=emit,
+        journal=jr,
+        dry_run=dry_run,
+        concurrency=concurrency,
+        on_ambiguous=on_ambiguous,
+        limit=route_limit(client, route),
+        total_rows=total_rows,
+    )
+    for w in warnings:
+        run.warn(w)
+    started = time.perf_counter()
+    try:
+        if jr is not None and not dry_run:
+            await asyncio.to_thread(jr.start_run)
+        await run.run(chunks)
+        result = run.result(time.perf_counter() - started)
+        if jr is not None and not dry_run:
+            await asyncio.to_thread(jr.finish_run, result.counts)
+        return result
+    finally:
+        emit(Done(run.current_counts(), time.perf_counter() - started))
+        if owned and jr is not None:
+            jr.close()
+
+
+def _batch_preparer(
+    mapping_kwargs: dict[str, Any], pii: str, now: dt.datetime | None, encode: bool
+) -> tuple[Preparer, list[str]]:
+    from .frame import EventIdState, prepare_chunk, resolve_mapping
+
+    state: dict[str, Any] = {"mapping": None, "ids": EventIdState()}
+    mapping_warnings: list[str] = []
+
+    def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
+        if state["mapping"] is None:
+            mapping, warns = resolve_mapping(list(frame.columns), **mapping_kwargs)
+            state["mapping"] = mapping
+            mapping_warnings.extend(warns)
+        p = prepare_chunk(
+            frame, state["mapping"], offset=offset, pii=pii, now=now, ids=state["ids"],
+            encode=encode,
+        )
+        errors = p.errors
+        warns = list(mapping_warnings) + list(p.warnings)
+        mapping_warnings.clear()
+        return PreparedRows(
+            valid=np.asarray(p.valid, dtype=bool),
+            keys=np.asarray(p.event_ids, dtype=object),
+            errors=errors,
+            warnings=warns,
+            payloads=list(p.payloads) if encode else [b"{}"] * int(np.sum(p.valid)),
+        )
+
+    return prepare, mapping_warnings
+
+
+async def abackfill(
+    source: Source,
+    *,
+    client: Any = None,
+    journal: Journal | str | os.PathLike[str] | None = None,
+    dry_run: bool = False,
+    progress: bool | Observer = True,
+    observer: Observer | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    chunksize: int = DEFAULT_CHUNKSIZE,
+    pii: str = "warn",
+    on_ambiguous: OnAmbiguous = "resend",
+    now: dt.datetime | None = None,
+    route: Literal["batch", "track"] = "batch",
+    **mapping: Any,
+) -> SendResult:
+    """Send every valid row of ``source`` as events; the ``await``-able backfill.
+
+    Args:
+        source: a DataFrame, an iterable of DataFrames (e.g.
+            ``pd.read_csv(path, chunksize=...)``), or a path to a ``.csv``,
+            ``.jsonl`` (JSON Lines) or ``.parquet`` file (streamed chunk by chunk).
+        client: a Client or AsyncClient; default: the one ``connect()`` set.
+        journal: a path (or :class:`~millimetric_nb.journal.Journal`): acknowledged
+            ids are recorded there and skipped on the next run.
+        dry_run: validate and plan only; no request is made (no client needed).
+        progress: draw a tqdm bar (or pass an observer callable).
+        observer: a callable receiving every progress event.
+        concurrency: requests in flight at once (the client's bucket sets the pace).
+        chunksize: rows validated and encoded at a time.
+        pii: ``"warn"``, ``"error"`` or ``"ignore"`` for personal-data-looking columns.
+        on_ambiguous: for ids whose outcome was unknown in an earlier run of the same
+            journal: ``"resend"`` (default, flagged as possible duplicates, since a
+            lost event cannot be recovered but a duplicate can be found by its
+            ``event_id``) or ``"skip"``.
+        now: the reference time for the future-timestamp check (default: now).
+        route: ``"batch"`` (default) or ``"track"`` (one request per row).
+        **mapping: ``event``, ``event_col``, ``event_id_col``, ``timestamp_col``,
+            ``anonymous_id_col``, ``user_id_col``, ``session_id_col``, ``url_col``,
+            ``path_col``, ``referrer_col``, ``properties``.
+
+    Returns:
+        :class:`~millimetric_nb.results.SendResult` accounting for every row.
+    """
+    chunks, total = iter_source(source, chunksize)
+    aclient = None if dry_run and client is None else resolve_async_client(client)
+    prepare, _ = _batch_preparer(mapping, pii, now, encode=True)
+
+    async def send(req: _Request, obs: Observer) -> Any:
+        if route == "batch":
+            assert req.body is not None
+            return await aclient.send_batch_body(req.body, req.count, observer=obs)
+        assert req.call is not None
+        return await aclient.track(**req.call)
+
+    warns: list[str] = []
+    if route == "track" and total is not None and total > 1000:
+        limit = contract.RATE_LIMITS["track"]
+        blimit = contract.RATE_LIMITS["batch"]
+        t_track = max(0, total - limit.burst) / limit.refill
+        n_batch = -(-total // contract.BATCH_MAX_EVENTS)
+        t_batch = max(0, n_batch - blimit.burst) / blimit.refill
+        msg = (
+            f"track sends one request per row: {total:,} rows take about {t_track:,.0f} s at "
+            f"{limit.refill:g}/s; send_batch would take about {t_batch:,.0f} s "
+            f"(1000 events per request)"
+        )
+        warns.append(msg)
+        _warnings.warn(msg, UserWarning, stacklevel=3)
+    return await run_rows(
+        chunks,
+        route=route,
+        prepare=prepare,
+        send=None if dry_run else send,
+        client=aclient,
+        journal=journal,
+        dry_run=dry_run,
+        progress=progress,
+        observer=observer,
+        concurrency=concurrency,
+        on_ambiguous=on_ambiguous,
+        total_rows=total,
+        warnings=warns,
+    )
+
+
+def run_sync_call(client: Any, coro: Awaitable[SendResult]) -> SendResult:
+    """Run one of this module's coroutines through the package's event-loop bridge."""
+    from .sync import run_sync
+
+    return run_sync(coro)  # type: ignore[arg-type]
+
+
+def backfill(
+    source: Source,
+    *,
+    client: Any = None,
+    journal: Journal | str | os.PathLike[str] | None = None,
+    dry_run: bool = False,
+    progress: bool | Observer = True,
+    observer: Observer | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    chunksize: int = DEFAULT_CHUNKSIZE,
+    pii: str = "warn",
+    on_ambiguous: OnAmbiguous = "resend",
+    now: dt.datetime | None = None,
+    **mapping: Any,
+) -> SendResult:
+    """Send every valid row of ``source`` through ``/v1/batch``; see :func:`abackfill`.
+
+    The synchronous face (works in a script and inside Jupyter's running loop).
+    """
+    return run_sync_call(
+        client,
+        abackfill(
+            source,
+            client=client,
+            journal=journal,
+            dry_run=dry_run,
+            progress=progress,
+            observer=observer,
+            concurrency=concurrency,
+            chunksize=chunksize,
+            pii=pii,
+            on_ambiguous=on_ambiguous,
+            now=now,
+            **mapping,
+        ),
+    )
+
+
+__all__ = [
+    "DEFAULT_CHUNKSIZE",
+    "DEFAULT_CONCURRENCY",
+    "PreparedRows",
+    "abackfill",
+    "backfill",
+    "body_of",
+    "iter_source",
+    "pack",
+    "route_limit",
+    "run_rows",
+]

@@ -1,0 +1,262 @@
+"""The account of a send: :class:`SendResult`, and the dry-run :class:`Plan`.
+
+Every input row appears in ``SendResult.rows`` exactly once, with exactly one
+status:
+
+``sent``
+    the server acknowledged the request that carried the row.
+``failed``
+    the request finally failed and was certainly not written (a 400 rejects the
+    whole batch; a 401/403 stops the run), or the row was never sent because the
+    run stopped. ``error`` holds the code.
+``ambiguous``
+    the outcome is unknown: the request finally failed after an attempt that may
+    have reached the server, so the row may or may not be stored.
+``invalid``
+    the row broke a field rule and was not sent; ``error`` is the rule code and
+    ``message`` names the field.
+``skipped``
+    a journal says an earlier run already got it acknowledged.
+``planned``
+    dry run: valid and would be sent.
+
+The ``ambiguous`` *column* is a flag, separate from the status: it is true for
+every row whose request hit an attempt that may have reached the server, that
+is for ``ambiguous`` rows and for ``sent`` rows that were acknowledged only after
+such an attempt (stored, possibly twice). ``counts["ambiguous"]`` counts status
+``ambiguous`` (outcome unknown); ``counts["possible_duplicates"]`` counts the
+``sent`` rows so flagged. The statuses partition the rows: ``sent + failed +
+ambiguous + invalid + skipped + planned == total``.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .errors import MillimetricError
+
+STATUSES: tuple[str, ...] = ("sent", "failed", "ambiguous", "invalid", "skipped", "planned")
+STATUS_CODES: dict[str, int] = {s: i for i, s in enumerate(STATUSES)}
+ROWS_COLUMNS: tuple[str, ...] = ("status", "event_id", "error", "attempts", "ambiguous", "message")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a send would do (filled for dry runs, and for real runs as it went)."""
+
+    route: str
+    requests: int
+    events: int
+    bytes: int
+    refill_per_s: float | None
+    burst: int | None
+
+    @property
+    def estimated_s(self) -> float:
+        """Seconds at the route's rate limit: the burst at once, then the sustained rate."""
+        if not self.refill_per_s or self.burst is None:
+            return 0.0
+        return max(0, self.requests - self.burst) / self.refill_per_s
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as plain data."""
+        return {
+            "route": self.route,
+            "requests": self.requests,
+            "events": self.events,
+            "bytes": self.bytes,
+            "estimated_s": self.estimated_s,
+            "refill_per_s": self.refill_per_s,
+            "burst": self.burst,
+        }
+
+    def __str__(self) -> str:
+        rate = (
+            f" at {self.refill_per_s:g}/s after a burst of {self.burst}"
+            if self.refill_per_s
+            else ""
+        )
+        return (
+            f"{self.requests:,} request(s) to /v1/{self.route}, {self.events:,} events, "
+            f"{_human_bytes(self.bytes)}, about {self.estimated_s:.1f} s{rate}"
+        )
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def empty_rows(index: pd.Index | None = None) -> pd.DataFrame:
+    """An empty ``.rows`` frame with the stable columns and dtypes."""
+    idx = index if index is not None else pd.RangeIndex(0)
+    return pd.DataFrame(
+        {
+            "status": pd.Categorical([], categories=STATUSES),
+            "event_id": pd.Series([], dtype="string"),
+            "error": pd.Categorical([]),
+            "attempts": pd.Series([], dtype="int16"),
+            "ambiguous": pd.Series([], dtype=bool),
+            "message": pd.Series([], dtype="string"),
+        },
+        index=idx[:0],
+    )
+
+
+@dataclass(eq=False)
+class SendResult:
+    """The account of one send (or dry run): counts, per-row statuses, what failed.
+
+    Attributes:
+        rows: one row per input row, aligned with the input's index: ``status``
+            (categorical, see module docs), ``event_id``, ``error`` (code or rule),
+            ``attempts`` (HTTP attempts of the row's request), ``ambiguous`` (flag),
+            ``message``.
+        failed: the input rows that did not get in (invalid, failed, ambiguous),
+            with the input's columns, ready to fix and resend.
+        errors: validation problems, one row per problem (row, position, field,
+            rule, message).
+        warnings: messages an analyst needs (no timestamp, PII-looking columns...).
+        plan: requests, bytes and the estimated duration at the rate limit.
+        elapsed_s: wall time of the run.
+        dry_run: nothing was sent.
+        error: the error that stopped the run early (401/403, refused key), if any;
+            rows not sent because of it are ``failed`` with its code.
+        cancelled: the run was interrupted before it finished.
+    """
+
+    rows: pd.DataFrame
+    failed: pd.DataFrame
+    errors: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    plan: Plan | None = None
+    elapsed_s: float = 0.0
+    dry_run: bool = False
+    route: str = "batch"
+    error: MillimetricError | None = None
+    cancelled: bool = False
+
+    # ------------------------------------------------------------------ counts
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rows by status, plus ``possible_duplicates`` and ``total``."""
+        vc = self.rows["status"].value_counts()
+        out = {s: int(vc.get(s, 0)) for s in STATUSES}
+        sent = self.rows["status"] == "sent"
+        out["possible_duplicates"] = int((sent & self.rows["ambiguous"]).sum())
+        out["total"] = len(self.rows)
+        return out
+
+    @property
+    def sent(self) -> int:
+        """Rows acknowledged by the server."""
+        return self.counts["sent"]
+
+    @property
+    def failed_count(self) -> int:
+        """Rows whose request failed for certain, or that were not sent."""
+        return self.counts["failed"]
+
+    @property
+    def invalid(self) -> int:
+        """Rows that broke a field rule."""
+        return self.counts["invalid"]
+
+    @property
+    def skipped(self) -> int:
+        """Rows a journal says were already acknowledged."""
+        return self.counts["skipped"]
+
+    @property
+    def ambiguous(self) -> int:
+        """Rows whose outcome is unknown (may or may not be stored)."""
+        return self.counts["ambiguous"]
+
+    @property
+    def planned(self) -> int:
+        """Dry run: rows that would be sent."""
+        return self.counts["planned"]
+
+    @property
+    def possible_duplicates(self) -> int:
+        """Sent rows acknowledged after an attempt that may also have been written."""
+        return self.counts["possible_duplicates"]
+
+    @property
+    def ok(self) -> bool:
+        """True when every row is sent, skipped or planned, without a stop."""
+        c = self.counts
+        return self.error is None and not self.cancelled and (
+            c["failed"] + c["ambiguous"] + c["invalid"] == 0
+        )
+
+    def raise_for_error(self) -> SendResult:
+        """Raise the error that stopped the run, if any; else return ``self``."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+    # ------------------------------------------------------------------ display
+
+    def _headline(self) -> str:
+        c = self.counts
+        what = "Dry run" if self.dry_run else f"Send via /v1/{self.route}"
+        parts = [f"{c['total']:,} rows"]
+        keys = ("planned",) if self.dry_run else ("sent", "failed", "ambiguous")
+        for k in (*keys, "invalid", "skipped"):
+            if not self.dry_run or c[k]:
+                parts.append(f"{k} {c[k]:,}")
+        if c["possible_duplicates"]:
+            parts.append(f"possible duplicates {c['possible_duplicates']:,}")
+        return f"{what}: " + ", ".join(parts) + f" ({self.elapsed_s:.1f} s)"
+
+    def _notes(self) -> list[str]:
+        notes: list[str] = []
+        if self.error is not None:
+            notes.append(f"STOPPED: {self.error}")
+        if self.cancelled:
+            notes.append("INTERRUPTED: the run did not finish")
+        if self.plan is not None and self.dry_run:
+            notes.append(f"Plan: {self.plan}")
+        notes.extend(f"warning: {w}" for w in self.warnings)
+        return notes
+
+    def __repr__(self) -> str:
+        lines = [f"<SendResult {self._headline()}>"]
+        lines.extend(f"  {n}" for n in self._notes())
+        if len(self.failed):
+            lines.append(f"  .failed holds {len(self.failed):,} row(s) to fix and resend")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        c = self.counts
+        cells = "".join(
+            f"<td style='padding:2px 8px'><b>{c[k]:,}</b><br><small>{e(k)}</small></td>"
+            for k in (*STATUSES, "possible_duplicates")
+            if c[k] or k in ("sent", "failed", "invalid")
+        )
+        notes = "".join(f"<li>{e(n)}</li>" for n in self._notes())
+        sample = ""
+        bad = self.rows[~self.rows["status"].isin(["sent", "skipped", "planned"])]
+        if len(bad):
+            sample = "<details><summary>rows that did not get in</summary>" + (
+                bad.head(20).to_html(escape=True)
+            ) + "</details>"
+        return (
+            "<div class='millimetric-result'>"
+            f"<p>{e(self._headline())}</p><table><tr>{cells}</tr></table>"
+            f"<ul>{notes}</ul>{sample}</div>"
+        )
+
+
+__all__ = ["ROWS_COLUMNS", "STATUSES", "Plan", "SendResult", "empty_rows"]

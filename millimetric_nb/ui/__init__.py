@@ -1,0 +1,97 @@
+"""Displays of progress events. Presentation only: observers, never senders.
+
+:class:`TqdmProgress` renders the engine's progress events with ``tqdm.auto``
+(a widget bar in a notebook, a text bar in a terminal): rows done, the sent /
+failed / invalid / skipped counts and the rate. ``tqdm`` is imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from ..progress import Acknowledged, Done, Failed, Planned, ProgressEvent, Waiting
+
+
+class TqdmProgress:
+    """A progress observer drawing one tqdm bar for one send.
+
+    Pass it as ``observer=`` (or use ``progress=True``). ``file`` and ``disable``
+    go to tqdm; ``auto=False`` forces the text bar.
+    """
+
+    def __init__(
+        self,
+        desc: str = "millimetric",
+        *,
+        file: IO[str] | None = None,
+        auto: bool = True,
+        disable: bool = False,
+        unit: str = "row",
+    ) -> None:
+        self.desc = desc
+        self._file = file
+        self._auto = auto
+        self._disable = disable
+        self._unit = unit
+        self._bar: Any = None
+        self.counts: dict[str, int] = {"sent": 0, "failed": 0, "invalid": 0, "skipped": 0}
+        self.total: int | None = None
+        self.done = 0
+        self._planned = 0
+
+    def _ensure_bar(self) -> Any:
+        if self._bar is None:
+            if self._auto and self._file is None:
+                from tqdm.auto import tqdm
+            else:
+                from tqdm import tqdm
+            self._bar = tqdm(
+                total=self.total,
+                desc=self.desc,
+                unit=self._unit,
+                file=self._file,
+                disable=self._disable,
+                dynamic_ncols=True,
+            )
+        return self._bar
+
+    def _advance(self, n: int) -> None:
+        self.done += n
+        bar = self._ensure_bar()
+        if self.total is not None and bar.total != self.total:
+            bar.total = self.total
+        bar.update(n)
+        bar.set_postfix({k: v for k, v in self.counts.items() if v}, refresh=False)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        """Update the bar from one progress event."""
+        if isinstance(event, Planned):
+            self._planned += event.rows
+            self.total = event.total_rows if event.total_rows is not None else self._planned
+            self.counts["invalid"] += event.invalid
+            self.counts["skipped"] += event.skipped
+            self._advance(event.invalid + event.skipped)
+        elif isinstance(event, Acknowledged):
+            self.counts["sent"] += event.events
+            self._advance(event.events)
+        elif isinstance(event, Failed):
+            self.counts["failed"] += event.events
+            self._advance(event.events)
+        elif isinstance(event, Waiting):
+            if event.seconds >= 1.0 and self._bar is not None:
+                self._bar.set_description_str(
+                    f"{self.desc} (waiting {event.seconds:.0f}s: {event.reason})", refresh=False
+                )
+        elif isinstance(event, Done):
+            bar = self._ensure_bar()
+            bar.set_description_str(self.desc, refresh=False)
+            bar.set_postfix({k: v for k, v in self.counts.items() if v}, refresh=False)
+            bar.close()
+
+
+def progress_observer(enabled: bool, desc: str = "millimetric") -> TqdmProgress | None:
+    """The default display for ``progress=True`` (None for ``False``)."""
+    return TqdmProgress(desc) if enabled else None
+
+
+__all__ = ["TqdmProgress", "progress_observer"]
