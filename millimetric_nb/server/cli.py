@@ -1,0 +1,110 @@
+"""``millimetric-nb serve``: run the local server until SIGINT/SIGTERM.
+
+``--key KEY`` (repeatable) gives the accepted keys, each belonging to project
+``dev`` unless written ``KEY=project``. Without ``--key`` one key of each kind is
+minted for project ``dev`` and printed once at start. Once ready the command
+prints ``listening on http://HOST:PORT`` (the real port when ``--port 0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ServerConfig, parse_limits
+
+DEFAULT_DB = str(Path(".millimetric") / "server.sqlite3")
+
+
+def _rate(value: str) -> float:
+    rate = float(value)
+    if not 0.0 <= rate <= 1.0:
+        raise argparse.ArgumentTypeError(f"a rate is between 0 and 1, not {value}")
+    return rate
+
+
+def _limits(value: str) -> str:
+    try:
+        parse_limits(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``serve`` options to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8787, help="port (0 picks a free one)")
+    parser.add_argument("--db", default=DEFAULT_DB,
+                        help=f"SQLite file (default {DEFAULT_DB}; ':memory:' allowed)")
+    parser.add_argument("--key", action="append", default=None, metavar="KEY[=PROJECT]",
+                        help="an accepted key (repeatable); project 'dev' unless KEY=project. "
+                             "Without --key, one key of each kind is minted and printed")
+    parser.add_argument("--limits", type=_limits, default="production",
+                        help="production (the contract's token buckets), off, or xN")
+    parser.add_argument("--fail-rate", type=_rate, default=0.0,
+                        help="fraction of write requests answered 500/502 before writing")
+    parser.add_argument("--ambiguous-rate", type=_rate, default=0.0,
+                        help="fraction of write requests written, then failed (500 or dropped)")
+    parser.add_argument("--reset-rate", type=_rate, default=0.0,
+                        help="fraction of write requests dropped without writing or answering")
+    parser.add_argument("--latency-ms", type=int, default=0, help="delay added to every answer")
+    parser.add_argument("--seed", type=int, default=None, help="seed of fault injection")
+    parser.add_argument("--allow-origin", action="append", default=None, metavar="ORIGIN",
+                        help="an origin pk_ keys may be used from (repeatable; default "
+                             "http://localhost:3000)")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The :class:`ServerConfig` described by parsed ``serve`` options."""
+    kwargs = {}
+    if args.allow_origin:
+        kwargs["allowed_origins"] = tuple(args.allow_origin)
+    return ServerConfig(
+        host=args.host, port=args.port, db=args.db, keys=args.key, limits=args.limits,
+        fail_rate=args.fail_rate, ambiguous_rate=args.ambiguous_rate,
+        reset_rate=args.reset_rate, latency_ms=args.latency_ms, seed=args.seed, **kwargs,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 on bad options."""
+    import uvicorn
+
+    from .app import create_app
+    from .runner import bind_socket, uvicorn_config
+
+    try:
+        config = config_from_args(args)
+        app = create_app(config)
+    except ValueError as exc:
+        print(f"millimetric-nb serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sock = bind_socket(config.host, config.port)
+    except OSError as exc:
+        print(f"millimetric-nb serve: cannot listen on {config.host}:{config.port}: {exc}",
+              file=sys.stderr)
+        return 1
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    if config.keys is None:
+        print("minted keys for project 'dev' (shown once):")
+        for kind, key in app.state.millimetric.keys.items():
+            print(f"  {kind}: {key}")
+    sys.stdout.flush()
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                print(f"listening on http://{shown}:{port}", flush=True)
+
+    server = _Server(uvicorn_config(app, config))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        app.state.millimetric.storage.close()
+    return 0

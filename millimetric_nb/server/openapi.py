@@ -1,0 +1,167 @@
+"""The OpenAPI 3.1 document the server serves at ``/openapi.json``, built from the contract."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from millimetric_nb import contract
+
+_KIND = {"string": "string", "object": "object"}
+
+
+def _field_schema(spec: contract.FieldSpec) -> dict[str, Any]:
+    if spec.kind == "timestamp":
+        return {"type": "string", "format": "date-time"}
+    schema: dict[str, Any] = {"type": _KIND[spec.kind]}
+    if spec.kind == "string":
+        if spec.min_length:
+            schema["minLength"] = spec.min_length
+        if spec.max_length is not None:
+            schema["maxLength"] = spec.max_length
+    if spec.max_bytes is not None:
+        schema["description"] = f"at most {spec.max_bytes} bytes once JSON-encoded"
+    return schema
+
+
+def _object(fields: dict[str, contract.FieldSpec]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {name: _field_schema(f) for name, f in fields.items()},
+        "required": [name for name, f in fields.items() if f.required],
+        "additionalProperties": True,
+        "description": "Fields not listed are ignored.",
+    }
+
+
+def _error_ref(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_WRITE_ERRORS = {
+    "400": "invalid_payload",
+    "401": "missing_bearer_token, malformed_api_key, invalid_api_key, key_kind_mismatch",
+    "403": "origin_not_allowed, insufficient_scope",
+    "413": "payload_too_large",
+    "500": "internal_error",
+    "502": "upstream_failed",
+}
+
+
+def _param(name: str, required: bool, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+def _window() -> list[dict[str, Any]]:
+    ts = {"type": "string", "description": "ISO 8601 date or date-time; UTC when no offset"}
+    return [_param("from", True, ts), _param("to", True, ts)]
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    """The whole document (cached: it depends on the contract only)."""
+    routes = contract.ROUTES
+    ok = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+
+    def write(name: str, body: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+        r = routes[name]
+        responses: dict[str, Any] = {
+            str(r.success_status): _json(answer, "accepted" if r.success_status == 202 else "ok"),
+            **{status: _error_ref(codes) for status, codes in _WRITE_ERRORS.items()},
+        }
+        if r.rate_limit is not None:
+            responses["429"] = _error_ref(
+                f"rate_limited: {r.rate_limit.refill:g}/s refill, burst {r.rate_limit.burst}; "
+                "Retry-After header and details.retry_after_s")
+        if name == "forget":
+            responses["403"] = _error_ref(
+                "forget_requires_secret_key (pk_), insufficient_scope (rk_, ak_)")
+            responses["500"] = _error_ref("internal_error, forget_failed")
+        return {"post": {
+            "operationId": name,
+            "security": [{"bearer": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": responses,
+        }}
+
+    def read(name: str, params: list[dict[str, Any]], answer: dict[str, Any]) -> dict[str, Any]:
+        return {"get": {
+            "operationId": name,
+            "security": [{"bearer": []}],
+            "parameters": params,
+            "responses": {
+                "200": _json(answer, "ok"),
+                "400": _error_ref("invalid_params, invalid_group_by"),
+                "401": _error_ref(_WRITE_ERRORS["401"]),
+                "403": _error_ref("insufficient_scope (pk_)"),
+            },
+        }}
+
+    event = {"$ref": "#/components/schemas/Event"}
+    string = {"type": "string"}
+    rows = {"type": "object", "properties": {"rows": {"type": "array", "items": {
+        "type": "object"}}}}
+    paths: dict[str, Any] = {
+        routes["track"].path: write("track", event, {
+            "type": "object", "properties": {"ok": {"type": "boolean"}, "event_id": string}}),
+        routes["batch"].path: write("batch", {
+            "type": "object", "required": ["events"],
+            "properties": {"events": {"type": "array", "items": event,
+                                      "minItems": contract.BATCH_MIN_EVENTS,
+                                      "maxItems": contract.BATCH_MAX_EVENTS}}},
+            {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                              "count": {"type": "integer"}}}),
+        routes["identify"].path: write("identify", _object(contract.IDENTIFY_FIELDS), ok),
+        routes["forget"].path: write("forget", _object(contract.FORGET_FIELDS), {
+            "type": "object", "properties": {"ok": {"type": "boolean"},
+                                             "queued": {"type": "boolean"}}}),
+        routes["query"].path: read("query", [
+            *_window(), _param("event", False, string), _param("source", False, string),
+            _param("medium", False, string), _param("user_id", False, string),
+            _param("limit", False, {"type": "integer", "minimum": 1,
+                                    "maximum": contract.QUERY_LIMIT_MAX,
+                                    "default": contract.QUERY_LIMIT_DEFAULT}),
+        ], rows),
+        routes["stats"].path: read("stats", [
+            *_window(),
+            _param("metric", False, {"enum": list(contract.STATS_METRICS), "default": "count"}),
+            _param("event", False, string),
+            _param("group_by", False, {"type": "string", "description": "comma list of "
+                                       + ", ".join(contract.STATS_GROUP_BY)}),
+            _param("interval", False, {"enum": list(contract.STATS_INTERVALS)}),
+            _param("limit", False, {"type": "integer", "minimum": 1,
+                                    "maximum": contract.QUERY_LIMIT_MAX}),
+        ], rows),
+        routes["sources"].path: read("sources", [
+            *_window(),
+            _param("breakdown", False, {"enum": list(contract.SOURCES_BREAKDOWNS),
+                                        "default": "source_medium"}),
+            _param("limit", False, {"type": "integer", "minimum": 1,
+                                    "maximum": contract.SOURCES_LIMIT_MAX, "default": 100}),
+        ], rows),
+        "/openapi.json": {"get": {"operationId": "openapi", "responses": {
+            "200": _json({"type": "object"}, "this document")}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Millimetric (local server of millimetric-nb)", "version": "1"},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": contract.KEY_SHAPE}},
+            "schemas": {
+                "Event": _object(contract.EVENT_FIELDS),
+                "Error": {"type": "object", "required": ["error", "details"], "properties": {
+                    "error": {"enum": sorted([*contract.ERRORS, "not_found",
+                                              "method_not_allowed", "payload_too_large"])},
+                    "details": {"type": "object"}}},
+            },
+        },
+    }

@@ -1,0 +1,190 @@
+"""The read endpoints: ``/v1/query``, ``/v1/stats``, ``/v1/sources``.
+
+Parameters follow the contract. ``from``/``to`` are required ISO 8601 date-times
+(or dates, taken as midnight UTC), ``from`` inclusive, ``to`` exclusive; a
+date-time without an offset is UTC.
+
+- ``/v1/query`` rows come in timestamp order, ties in insertion order; they carry
+  the contract's columns plus ``event_id`` and ``session_id``; ``properties`` is a
+  JSON string.
+- ``/v1/stats``: ``metric`` defaults to ``count``; ``uniques`` counts distinct
+  ``anonymous_id``. With ``interval`` each row has ``bucket``, the start of its
+  hour, day or week (weeks start Monday 00:00 UTC). Rows are ordered by bucket,
+  then value (highest first), then the group columns. ``limit`` 1 to 1000
+  (default 100).
+- ``/v1/sources``: ``breakdown`` defaults to ``source_medium``; with ``source`` the
+  rows' ``medium`` is ``null``. ``uniques`` counts distinct ``anonymous_id``;
+  ``paid_share`` is the fraction of the events whose medium is a paid medium
+  (``enrich.PAID_MEDIUMS``). Ordered by events (highest first), then source and
+  medium. ``limit`` 1 to 200 (default 100).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from millimetric_nb import contract
+
+from . import enrich
+from .storage import Storage
+
+_HOUR_US = 3_600_000_000
+_DAY_US = 24 * _HOUR_US
+_WEEK_US = 7 * _DAY_US
+_MONDAY_US = 4 * _DAY_US  # 1970-01-05, the first Monday after the epoch
+_BUCKETS: dict[str, str] = {
+    "hour": f"(ts_us / {_HOUR_US}) * {_HOUR_US}",
+    "day": f"(ts_us / {_DAY_US}) * {_DAY_US}",
+    "week": f"((ts_us - {_MONDAY_US}) / {_WEEK_US}) * {_WEEK_US} + {_MONDAY_US}",
+}
+
+
+class ParamError(Exception):
+    """A refused query string: ``code`` (``invalid_params``/``invalid_group_by``) and problems."""
+
+    def __init__(self, code: str, problems: dict[str, list[str]]) -> None:
+        super().__init__(code)
+        self.code = code
+        self.problems = problems
+
+
+class _Params:
+    """Collects parameter problems; raises once at the end."""
+
+    def __init__(self, params: Mapping[str, str]) -> None:
+        self.params = params
+        self.problems: dict[str, list[str]] = {}
+
+    def add(self, name: str, rule: str, message: str) -> None:
+        self.problems.setdefault(name, []).append(f"{rule}: {message}")
+
+    def window(self) -> tuple[int, int]:
+        bounds: list[int] = []
+        for name in ("from", "to"):
+            raw = self.params.get(name)
+            if raw is None or raw == "":
+                self.add(name, contract.RULE_REQUIRED, f"`{name}` is required (ISO 8601)")
+                continue
+            dt = enrich.parse_timestamp(raw, allow_date=True)
+            if dt is None:
+                self.add(name, contract.RULE_TIMESTAMP,
+                         f"must be an ISO 8601 date or date-time, got {raw[:64]!r}")
+                continue
+            bounds.append(enrich.to_epoch_us(dt))
+        if len(bounds) == 2 and bounds[0] > bounds[1]:
+            self.add("to", "before_from", "`to` must not be before `from`")
+        return (bounds[0], bounds[1]) if len(bounds) == 2 else (0, 0)
+
+    def limit(self, maximum: int, default: int) -> int:
+        raw = self.params.get("limit")
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.add("limit", contract.RULE_TYPE, f"must be an integer, got {raw[:32]!r}")
+            return default
+        if not 1 <= value <= maximum:
+            self.add("limit", "out_of_range", f"must be between 1 and {maximum}, got {value}")
+        return value
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str | None) -> str | None:
+        raw = self.params.get(name)
+        if raw is None or raw == "":
+            return default
+        if raw not in allowed:
+            self.add(name, "not_allowed", f"must be one of {', '.join(allowed)}, got {raw[:32]!r}")
+            return default
+        return raw
+
+    def done(self) -> None:
+        if self.problems:
+            raise ParamError("invalid_params", self.problems)
+
+
+def query(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str, Any]:
+    """``GET /v1/query``: ``{"rows": [...]}``."""
+    p = _Params(params)
+    start, end = p.window()
+    limit = p.limit(contract.QUERY_LIMIT_MAX, contract.QUERY_LIMIT_DEFAULT)
+    p.done()
+    where = ["project = ?", "ts_us >= ?", "ts_us < ?"]
+    args: list[Any] = [project, start, end]
+    for param, column in (("event", "event_name"), ("source", "source"),
+                          ("medium", "medium"), ("user_id", "user_id")):
+        value = params.get(param)
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    rows = storage.fetch(
+        f"SELECT {', '.join(contract.QUERY_COLUMNS)} FROM events WHERE {' AND '.join(where)} "
+        "ORDER BY ts_us, seq LIMIT ?",
+        [*args, limit],
+    )
+    return {"rows": rows}
+
+
+def stats(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str, Any]:
+    """``GET /v1/stats``: ``{"metric": ..., "rows": [{..., "value": N}]}``."""
+    p = _Params(params)
+    start, end = p.window()
+    metric = p.choice("metric", contract.STATS_METRICS, "count")
+    interval = p.choice("interval", contract.STATS_INTERVALS, None)
+    limit = p.limit(contract.QUERY_LIMIT_MAX, contract.QUERY_LIMIT_DEFAULT)
+    p.done()
+    group_raw = params.get("group_by") or ""
+    group = [g.strip() for g in group_raw.split(",") if g.strip()]
+    unknown = [g for g in group if g not in contract.STATS_GROUP_BY]
+    if unknown:
+        raise ParamError("invalid_group_by", {"group_by": [
+            f"not_allowed: unknown column(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(contract.STATS_GROUP_BY)}"]})
+    group = list(dict.fromkeys(group))
+    where = ["project = ?", "ts_us >= ?", "ts_us < ?"]
+    args: list[Any] = [project, start, end]
+    if params.get("event") is not None:
+        where.append("event_name = ?")
+        args.append(params["event"])
+    value = "COUNT(*)" if metric == "count" else "COUNT(DISTINCT anonymous_id)"
+    select = list(group)
+    order: list[str] = []
+    if interval:
+        select.insert(0, f"{_BUCKETS[interval]} AS bucket")
+        order.append("bucket")
+    keys = (["bucket"] if interval else []) + group
+    order += ["value DESC", *group]
+    sql = (
+        f"SELECT {', '.join([*select, f'{value} AS value'])} FROM events "
+        f"WHERE {' AND '.join(where)}"
+        + (f" GROUP BY {', '.join(keys)}" if keys else "")
+        + f" ORDER BY {', '.join(order)} LIMIT ?"
+    )
+    rows = storage.fetch(sql, [*args, limit])
+    if interval:
+        for row in rows:
+            row["bucket"] = enrich.format_us(row["bucket"])
+    return {"metric": metric, "rows": rows}
+
+
+def sources(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str, Any]:
+    """``GET /v1/sources``: ``{"breakdown": ..., "rows": [{source, medium, events, uniques,
+    paid_share}]}``."""
+    p = _Params(params)
+    start, end = p.window()
+    breakdown = p.choice("breakdown", contract.SOURCES_BREAKDOWNS, "source_medium")
+    limit = p.limit(contract.SOURCES_LIMIT_MAX, 100)
+    p.done()
+    paid = ", ".join(f"'{m}'" for m in sorted(enrich.PAID_MEDIUMS))
+    medium = "medium" if breakdown == "source_medium" else "NULL"
+    group = "source, medium" if breakdown == "source_medium" else "source"
+    rows = storage.fetch(
+        f"SELECT source, {medium} AS medium, COUNT(*) AS events, "
+        "COUNT(DISTINCT anonymous_id) AS uniques, "
+        f"CAST(SUM(CASE WHEN medium IN ({paid}) THEN 1 ELSE 0 END) AS REAL) / COUNT(*) "
+        "AS paid_share "
+        "FROM events WHERE project = ? AND ts_us >= ? AND ts_us < ? "
+        f"GROUP BY {group} ORDER BY events DESC, source, medium LIMIT ?",
+        [project, start, end, limit],
+    )
+    return {"breakdown": breakdown, "rows": rows}

@@ -1,0 +1,125 @@
+"""Run the server in a thread of the current process: :func:`run_in_thread`."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from .app import MillimetricApp, ServerState, create_app
+from .config import ServerConfig
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def uvicorn_config(app: MillimetricApp, config: ServerConfig) -> uvicorn.Config:
+    """A quiet uvicorn configuration for ``app`` (no access log, no lifespan)."""
+    return uvicorn.Config(
+        app, host=config.host, port=config.port, lifespan="off", access_log=False,
+        log_level="warning", timeout_graceful_shutdown=2, timeout_keep_alive=30,
+    )
+
+
+class ServerHandle:
+    """A running server: its URL, keys, stored rows and answer counters."""
+
+    def __init__(self, app: MillimetricApp, url: str) -> None:
+        self.app = app
+        self.url = url
+        self.state: ServerState = app.state.millimetric
+
+    @property
+    def config(self) -> ServerConfig:
+        """The server's configuration."""
+        return self.state.config
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """``{kind: raw key}``: the first accepted key of each kind (minted ones by default)."""
+        return dict(self.state.keys)
+
+    def stored_events(self, project: str = "dev") -> list[dict[str, Any]]:
+        """Every stored row of ``project`` (all columns, properties decoded), insertion order."""
+        return self.state.storage.stored_events(project)
+
+    def count(self, project: str = "dev") -> int:
+        """How many events ``project`` holds."""
+        return self.state.storage.count(project)
+
+    def status_counts(self) -> dict[str, dict[int, int]]:
+        """``{route name: {status: n}}`` of every answer given (``other`` for unknown paths)."""
+        return self.state.status_counts()
+
+    def fault_counts(self) -> dict[str, int]:
+        """``{"fail": n, "ambiguous": n, "reset": n}``: faults injected so far."""
+        return self.state.fault_counts()
+
+    def inject(self, route: str, kind: str, count: int = 1) -> None:
+        """Fail the next ``count`` valid requests to write ``route`` with ``kind``.
+
+        Kinds: ``internal_error``, ``upstream_failed``, ``forget_failed`` (answered
+        before writing), ``reset`` (connection dropped, nothing written),
+        ``ambiguous_500`` / ``ambiguous_drop`` (written, then 500 / dropped).
+        """
+        self.state.inject(route, kind, count)
+
+    def __repr__(self) -> str:
+        return f"ServerHandle(url={self.url!r})"
+
+
+@contextlib.contextmanager
+def run_in_thread(config: ServerConfig | None = None, **kwargs: Any) -> Iterator[ServerHandle]:
+    """Run a server in a background thread for the ``with`` block; yield its handle.
+
+    Accepts a :class:`ServerConfig` or its fields as keywords. The socket is bound
+    before the thread starts, so ``handle.url`` carries the real port at once.
+    """
+    if config is None:
+        config = ServerConfig(**kwargs)
+    elif kwargs:
+        raise TypeError("pass either a ServerConfig or keyword options, not both")
+    app = create_app(config)
+    sock = bind_socket(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    server = uvicorn.Server(uvicorn_config(app, config))
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:  # reported to the caller below
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve, name=f"millimetric-server-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10.0
+    while not server.started:
+        if errors or not thread.is_alive():
+            sock.close()
+            raise RuntimeError(f"the server did not start: {errors[:1]!r}")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError("the server did not start within 10 s")
+        time.sleep(0.002)
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        yield ServerHandle(app, f"http://{shown}:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10.0)
+        sock.close()
+        app.state.millimetric.storage.close()
