@@ -265,7 +265,7 @@ def sources_frame(rows: Sequence[Mapping[str, Any]], breakdown: str) -> pd.DataF
     keys = ["source", "medium"] if breakdown == "source_medium" else ["source"]
     df = pd.DataFrame(list(rows))
     cols = [*keys, "events", "uniques", "paid_share"]
-    extra = [c for c in df.columns if c not in cols]
+    extra = [c for c in df.columns if c not in cols and not (c == "medium" and not keys[1:])]
     df = df.reindex(columns=[*cols, *extra])
     for c in keys:
         df[c] = df[c].astype("str")
@@ -502,11 +502,12 @@ async def astats(
     if interval is not None:
         params["interval"] = _choice("interval", interval, contract.STATS_INTERVALS)
     if limit is not None:
-        params["limit"] = str(_limit("limit", limit, None))
+        params["limit"] = str(_limit("limit", limit, contract.QUERY_LIMIT_MAX))
     answer = await _get(_async_of(client), "stats", params)
     rows = answer.get("rows", [])
-    if limit is not None:
-        _warn_if_full(len(rows), limit, "stats", "Raise limit or narrow the window.")
+    if cols or interval:
+        shown = limit if limit is not None else contract.QUERY_LIMIT_DEFAULT
+        _warn_if_full(len(rows), shown, "stats", "Raise limit (up to 1000) or narrow the window.")
     return stats_frame(rows, cols)
 
 
@@ -528,7 +529,8 @@ def stats(
         group_by: columns to break the figure down by (a list or a comma-separated
             string), from :data:`contract.STATS_GROUP_BY`.
         interval: ``hour``, ``day`` or ``week`` for a time series.
-        limit: at most this many rows.
+        limit: at most this many rows, 1 to 1000 (the API's default is 100; a
+            :class:`PossiblyTruncatedWarning` says when that many come back).
 
     Returns:
         One row per group (and time bucket): the bucket as ``datetime64[ns, UTC]``,
