@@ -6,7 +6,9 @@ The public API is what ``__all__`` lists. Importing the package registers the
 
 from __future__ import annotations
 
+from . import accessor as accessor  # registers df.millimetric
 from . import contract
+from .backfill import abackfill, backfill
 from .errors import (
     APIError,
     AuthenticationError,
@@ -20,7 +22,10 @@ from .errors import (
     TransportError,
     ValidationError,
 )
+from .journal import Journal
 from .keys import ApiKey, mask
+from .read import query, query_all, sources, stats
+from .results import SendResult
 
 __version__ = "0.1.0"
 
@@ -30,14 +35,22 @@ __all__ = [
     "AuthenticationError",
     "ConfigurationError",
     "InvalidRequestError",
+    "Journal",
     "KeyRefusedError",
     "MillimetricError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "SendResult",
     "ServerError",
     "TransportError",
     "ValidationError",
     "__version__",
+    "abackfill",
+    "backfill",
     "contract",
     "mask",
+    "query",
+    "query_all",
+    "sources",
+    "stats",
 ]
