@@ -1,0 +1,1121 @@
+"""Column-wise validation and encoding of a DataFrame of events.
+
+This is the data layer under ``df.millimetric`` and the backfill engine: it maps
+columns to the contract's event fields (:func:`resolve_mapping`), then checks and
+encodes a chunk of rows at once (:func:`prepare_chunk`). Checks run per column,
+vectorised with polars and numpy; only values that cannot be handled as a column
+(object columns of mixed types, dicts and lists in ``properties``, strings that
+need JSON escaping) are encoded one by one, through :mod:`millimetric_nb.encode`
+so that the rules are the same as for a single event (:mod:`millimetric_nb.events`).
+
+Choices (documented, and tested):
+
+* **Missing values** (``None``, NaN, ``NaT``, ``pd.NA``) in a field column omit the
+  field for that row; in a property column they omit that property for that row;
+  a row whose properties are all missing has no ``properties``. Inside a dict held
+  by a ``properties`` column a NaN is written as ``null`` (as ``encode.dumps`` does).
+* **String fields** (``event``, ids, ``url``...): ``str`` values are taken as they
+  are; **integers** (numpy, nullable ``Int64`` or Python ``int``) become their
+  decimal string, because numeric ids are common in exports (``user_id`` 123 is
+  sent as ``"123"``). Floats (even whole ones: an integer column with a missing
+  value becomes float; use ``astype("Int64")``), booleans, bytes, datetimes and
+  any other type are ``type`` errors. Lengths are counted in characters.
+* **Timestamps**: ``datetime64`` columns, naive = UTC, tz-aware converted; strings
+  and other objects are parsed as ISO 8601 with the same rules as
+  ``encode.to_utc_iso`` (a vectorised fast path for the common shapes, the exact
+  per-value parser for the rest). Output is ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``,
+  nanoseconds truncated. Numbers in a timestamp column are ``invalid_timestamp``
+  (epoch seconds and milliseconds cannot be told apart). A missing timestamp omits
+  the field (the server uses its own time) and is warned about.
+* **Properties**: keys are the column labels (``str(label)`` for non-string labels),
+  written in sorted key order. Integers beyond +-(2**53 - 1) are
+  ``int_out_of_range`` errors (never rounded, never silently turned into strings:
+  send them as strings yourself). ``inf`` is ``not_json``; bytes are ``not_json``;
+  lone surrogates are ``invalid_unicode``; ``Decimal`` follows ``encode``.
+* **Stable event ids**: a row without an ``event_id`` gets
+  ``"mm_" + blake2b-128(hex)`` of its encoded event (without ``event_id``); the
+  *n*-th repeat (n >= 1) of identical content within one input hashes the first
+  digest together with *n*. The id depends neither on the index nor on chunking
+  (:class:`EventIdState` carries occurrence counts across chunks), and is stable
+  across processes and library versions because it hashes this module's own
+  canonical encoding with ``hashlib`` (not Python's ``hash()`` nor polars' hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import numpy as np
+import orjson
+import pandas as pd
+import polars as pl
+
+from . import contract
+from .encode import EncodeError, dumps, is_missing, to_utc_iso
+from .errors import ValidationError
+
+__all__ = [
+    "ERROR_COLUMNS",
+    "RULE_PII",
+    "DataWarning",
+    "EventIdState",
+    "FieldMapping",
+    "PreparedChunk",
+    "detect_pii",
+    "prepare_chunk",
+    "resolve_mapping",
+]
+
+#: Columns of every errors DataFrame, in order.
+ERROR_COLUMNS: Final = ("row", "position", "field", "rule", "message")
+#: Rule code for a property column that looks like personal data (``pii="error"``).
+RULE_PII: Final = "personal_data"
+#: Field columns besides ``event`` and ``properties``, in the contract's order.
+COLUMN_FIELDS: Final = (
+    "event_id", "timestamp", "anonymous_id", "user_id", "session_id", "url", "path", "referrer",
+)
+_ID_PREFIX: Final = "mm_"
+_ID_PERSON: Final = b"mm-nb-event-id1"  # blake2b personalisation: versions the id scheme
+_MAX_SAFE: Final = contract.MAX_SAFE_INTEGER
+
+
+class DataWarning(UserWarning):
+    """Something in the data an analyst should know before sending it."""
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """Which columns feed which event fields.
+
+    Attributes:
+        event_col: column holding event names, or ``None`` when ``event`` is a constant.
+        event: constant event name for every row (when ``event_col`` is ``None``).
+        columns: contract field name -> column label, for the fields in
+            :data:`COLUMN_FIELDS` that are mapped.
+        properties: a list of column labels (each becomes one property, keyed by
+            ``str(label)``), or one column label whose cells are dicts, or ``None``
+            for no properties.
+        ignored_enriched: columns named like server-enriched fields (``source``,
+            ``medium``...), which are not sent.
+    """
+
+    event_col: str | None
+    event: str | None
+    columns: dict[str, Hashable]
+    properties: list[Hashable] | Hashable | None
+    ignored_enriched: list[Hashable] = field(default_factory=list)
+
+    @property
+    def properties_is_dict_column(self) -> bool:
+        """``True`` when ``properties`` names one column holding dicts."""
+        return self.properties is not None and not isinstance(self.properties, list)
+
+    @property
+    def property_columns(self) -> list[Hashable]:
+        """The property columns (list form), else an empty list."""
+        return list(self.properties) if isinstance(self.properties, list) else []
+
+
+def _mapping_error(message: str, column: Any, what: str = "mapping") -> ValidationError:
+    return ValidationError(
+        message, code="invalid_mapping", problems=[(str(what), "invalid_mapping", message)]
+    )
+
+
+def _property_key(label: Hashable) -> str:
+    """The JSON key of a property column: the label, or ``str(label)``."""
+    return label if isinstance(label, str) else str(label)
+
+
+def resolve_mapping(
+    columns: Sequence[Hashable],
+    *,
+    event: str | None = None,
+    event_col: str | None = "event",
+    event_id_col: Hashable | None = None,
+    timestamp_col: Hashable | None = None,
+    anonymous_id_col: Hashable | None = None,
+    user_id_col: Hashable | None = None,
+    session_id_col: Hashable | None = None,
+    url_col: Hashable | None = None,
+    path_col: Hashable | None = None,
+    referrer_col: Hashable | None = None,
+    properties: list[Hashable] | Hashable | None = None,
+) -> tuple[FieldMapping, list[str]]:
+    """Map a frame's columns to event fields; return ``(mapping, warnings)``.
+
+    * ``event`` (a constant name) wins over ``event_col``; else ``event_col`` must exist.
+    * A field whose ``*_col`` is not given is taken from a column named exactly like
+      the field (``user_id``, ``timestamp``...), if there is one.
+    * ``properties=None`` (default): a column named ``properties`` is used as a dict
+      column if present, else every column not mapped to a field becomes a property.
+      A list selects property columns; any other label names one column of dicts.
+      ``properties=[]`` sends no properties.
+    * Columns named like server-enriched fields (``source``, ``medium``...) are not
+      sent unless listed explicitly in ``properties``; a warning says so.
+
+    Raises:
+        ValidationError: code ``invalid_mapping``, naming the column, for a named
+            column that does not exist, duplicate column labels, a constant ``event``
+            that breaks the contract, or property columns whose keys collide.
+    """
+    cols = list(columns)
+    seen: set[Hashable] = set()
+    dupes: list[Hashable] = []
+    for c in cols:
+        try:
+            if c in seen:
+                dupes.append(c)
+            seen.add(c)
+        except TypeError as exc:  # unhashable label
+            raise _mapping_error(f"column label {c!r} is not hashable", c) from exc
+    if dupes:
+        raise _mapping_error(
+            f"duplicate column label(s) {sorted(map(repr, set(dupes)))}: each column must have a "
+            "unique name (rename them, e.g. df.columns = [...])", dupes[0], "columns",
+        )
+    warns: list[str] = []
+
+    def need(label: Hashable, what: str) -> Hashable:
+        if label not in seen:
+            raise _mapping_error(
+                f"{what}={label!r} names a column that does not exist (columns: "
+                f"{', '.join(map(repr, cols[:20]))}{'...' if len(cols) > 20 else ''})",
+                label, what,
+            )
+        return label
+
+    used: set[Hashable] = set()
+    if event is not None:
+        if not isinstance(event, str) or not (
+            1 <= len(event) <= (contract.EVENT_FIELDS["event"].max_length or 128)
+        ):
+            raise ValidationError(
+                f"event={event!r} must be a string of 1 to 128 characters",
+                code="invalid_mapping",
+                problems=[("event", contract.RULE_TYPE if not isinstance(event, str) else (
+                    contract.RULE_TOO_SHORT if not event else contract.RULE_TOO_LONG),
+                    "the constant event name breaks the contract")],
+            )
+        ev_col: str | None = None
+        if "event" in seen:
+            used.add("event")
+            warns.append(
+                "column 'event' is not sent: event= gives every row the name "
+                f"{event!r} (pass event_col='event' instead to use the column)"
+            )
+    else:
+        if event_col is None:
+            raise _mapping_error(
+                "give either event= (a constant name) or event_col=", None, "event"
+            )
+        ev_col = need(event_col, "event_col")  # type: ignore[assignment]
+        used.add(ev_col)
+
+    given = {
+        "event_id": event_id_col, "timestamp": timestamp_col, "anonymous_id": anonymous_id_col,
+        "user_id": user_id_col, "session_id": session_id_col, "url": url_col, "path": path_col,
+        "referrer": referrer_col,
+    }
+    mapped: dict[str, Hashable] = {}
+    for name in COLUMN_FIELDS:
+        label = given[name]
+        if label is not None:
+            mapped[name] = need(label, f"{name}_col")
+        elif name in seen and name not in used:
+            mapped[name] = name
+    used.update(mapped.values())
+
+    enriched = [c for c in cols if isinstance(c, str) and c in contract.ENRICHED_FIELDS]
+    ignored: list[Hashable] = []
+    props: list[Hashable] | Hashable | None
+    if properties is None:
+        if "properties" in seen and "properties" not in used:
+            props = "properties"
+            ignored = [c for c in enriched if c not in used]
+            rest = [c for c in cols if c not in used and c != "properties" and c not in ignored]
+            if rest:
+                warns.append(
+                    f"column(s) {', '.join(map(repr, rest))} are not sent: the 'properties' column "
+                    "holds the properties (pass properties=[...] to choose columns instead)"
+                )
+        else:
+            ignored = [c for c in enriched if c not in used]
+            props = [c for c in cols if c not in used and c not in ignored]
+    elif isinstance(properties, list | tuple):
+        props = [need(c, "properties") for c in properties]
+        ignored = [c for c in enriched if c not in used and c not in props]
+    else:
+        props = need(properties, "properties")
+        ignored = [c for c in enriched if c not in used and c != props]
+    if isinstance(props, list):
+        keys: dict[str, Hashable] = {}
+        for c in props:
+            k = _property_key(c)
+            if k in keys:
+                raise _mapping_error(
+                    f"property columns {keys[k]!r} and {c!r} would both be sent as key {k!r}",
+                    c, "properties",
+                )
+            keys[k] = c
+    if ignored:
+        warns.append(
+            f"column(s) {', '.join(map(repr, ignored))} are named like server-enriched fields and "
+            "are not sent: the server derives source, medium, campaign, country, device and "
+            "browser itself from url, referrer and the request"
+        )
+    mapping = FieldMapping(
+        event_col=ev_col, event=event, columns=mapped, properties=props, ignored_enriched=ignored
+    )
+    return mapping, warns
+
+
+# --------------------------------------------------------------------------- stable ids
+
+
+class EventIdState:
+    """Occurrence counts of event contents already seen in one input.
+
+    Derived ids number repeats of identical content (the second identical row gets
+    a different id from the first); passing the same state to every
+    :func:`prepare_chunk` call of one input makes streaming produce exactly the ids
+    one big frame would. Keys are the first 64 bits of each content digest, kept in
+    sorted numpy arrays (about 16 bytes per distinct content).
+    """
+
+    def __init__(self) -> None:
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._counts = np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._keys.size)
+
+    def occurrences(self, keys: np.ndarray) -> np.ndarray:
+        """For each key (in row order), how many earlier rows had it; records them."""
+        occ = _within_occurrences(keys)
+        if keys.size == 0:
+            return occ
+        uniq, counts = np.unique(keys, return_counts=True)
+        if self._keys.size:
+            pos = np.minimum(np.searchsorted(self._keys, uniq), self._keys.size - 1)
+            found = self._keys[pos] == uniq
+        else:
+            pos = np.zeros(uniq.size, dtype=np.int64)
+            found = np.zeros(uniq.size, dtype=bool)
+        pos_c = pos
+        prior = np.zeros(uniq.size, dtype=np.int64)
+        prior[found] = self._counts[pos_c[found]]
+        inv = np.searchsorted(uniq, keys)
+        occ = occ + prior[inv]
+        self._counts[pos_c[found]] += counts[found]
+        if (~found).any():
+            keys_all = np.concatenate([self._keys, uniq[~found]])
+            counts_all = np.concatenate([self._counts, counts[~found]])
+            order = np.argsort(keys_all, kind="stable")
+            self._keys, self._counts = keys_all[order], counts_all[order]
+        return occ
+
+
+def _within_occurrences(keys: np.ndarray) -> np.ndarray:
+    """Occurrence number of each key among the earlier equal keys of ``keys``."""
+    n = keys.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    idx = np.arange(n, dtype=np.int64)
+    starts = np.r_[True, sk[1:] != sk[:-1]]
+    group_start = np.maximum.accumulate(np.where(starts, idx, 0))
+    occ = np.empty(n, dtype=np.int64)
+    occ[order] = idx - group_start
+    return occ
+
+
+def _derive_ids(contents: list[bytes], state: EventIdState | None) -> list[str]:
+    """Stable ids for encoded contents (see the module docstring)."""
+    blake = hashlib.blake2b
+    digests = [blake(c, digest_size=16, person=_ID_PERSON).digest() for c in contents]
+    if not digests:
+        return []
+    keys = np.frombuffer(b"".join(digests), dtype=">u8")[::2].astype(np.uint64)
+    occ = state.occurrences(keys) if state is not None else _within_occurrences(keys)
+    ids = [_ID_PREFIX + d.hex() for d in digests]
+    for i in np.flatnonzero(occ):
+        n = int(occ[i])
+        ids[i] = _ID_PREFIX + blake(
+            digests[i] + n.to_bytes(8, "big"), digest_size=16, person=_ID_PERSON
+        ).hexdigest()
+    return ids
+
+
+# --------------------------------------------------------------------------- problems
+
+
+class _Problems:
+    """Accumulates per-row problems as arrays (local positions)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.invalid = np.zeros(n, dtype=bool)
+        self._pos: list[np.ndarray] = []
+        self._field: list[np.ndarray] = []
+        self._rule: list[np.ndarray] = []
+        self._msg: list[np.ndarray] = []
+
+    def add(self, where: np.ndarray, field: str, rule: str, message: str | Sequence[str]) -> None:
+        """Record a problem for rows ``where`` (bool mask or int positions)."""
+        pos = np.flatnonzero(where) if where.dtype == bool else np.asarray(where, dtype=np.int64)
+        if pos.size == 0:
+            return
+        self.invalid[pos] = True
+        self._pos.append(pos)
+        self._field.append(np.full(pos.size, field, dtype=object))
+        self._rule.append(np.full(pos.size, rule, dtype=object))
+        if isinstance(message, str):
+            self._msg.append(np.full(pos.size, message, dtype=object))
+        else:
+            m = np.empty(pos.size, dtype=object)
+            m[:] = list(message)
+            self._msg.append(m)
+
+    def frame(self, index: pd.Index, offset: int) -> pd.DataFrame:
+        """The errors DataFrame, sorted by row position then discovery order."""
+        if not self._pos:
+            return _empty_errors()
+        pos = np.concatenate(self._pos)
+        order = np.argsort(pos, kind="stable")
+        pos = pos[order]
+        return pd.DataFrame({
+            "row": index.take(pos).to_numpy(dtype=object) if not isinstance(index, pd.MultiIndex)
+            else _tuples(index.take(pos)),
+            "position": (pos + offset).astype(np.int64),
+            "field": np.concatenate(self._field)[order],
+            "rule": np.concatenate(self._rule)[order],
+            "message": np.concatenate(self._msg)[order],
+        })
+
+
+def _tuples(index: pd.Index) -> np.ndarray:
+    out = np.empty(len(index), dtype=object)
+    out[:] = list(index)
+    return out
+
+
+def _empty_errors() -> pd.DataFrame:
+    return pd.DataFrame({
+        "row": pd.Series([], dtype=object), "position": pd.Series([], dtype=np.int64),
+        "field": pd.Series([], dtype=object), "rule": pd.Series([], dtype=object),
+        "message": pd.Series([], dtype=object),
+    })
+
+
+def _col_name(label: Hashable) -> str:
+    return repr(label)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    r = repr(value)
+    if len(r) > limit:
+        r = r[: limit - 1] + "…"
+    return r.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# --------------------------------------------------------------------------- column helpers
+
+
+def _missing_mask(s: pd.Series) -> np.ndarray:
+    return np.asarray(pd.isna(s), dtype=bool)
+
+
+def _is_str_dtype(dtype: Any) -> bool:
+    return isinstance(dtype, pd.StringDtype) or (
+        isinstance(dtype, pd.ArrowDtype) and pd.api.types.is_string_dtype(dtype)
+    )
+
+
+def _object_values(s: pd.Series) -> np.ndarray:
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return np.asarray(s.astype(object), dtype=object)
+    return s.to_numpy(dtype=object)
+
+
+def _strings_to_polars(values: list[str | None]) -> tuple[pl.Series, list[int]]:
+    """A polars String series; positions holding lone surrogates come back as null."""
+    try:
+        return pl.Series(values=values, dtype=pl.String), []
+    except (UnicodeEncodeError, UnicodeError):
+        bad: list[int] = []
+        clean: list[str | None] = []
+        for i, v in enumerate(values):
+            if v is not None:
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    bad.append(i)
+                    v = None
+            clean.append(v)
+        return pl.Series(values=clean, dtype=pl.String), bad
+
+
+def _quote(ps: pl.Series) -> pl.Series:
+    """JSON string literals for a String series (nulls stay null)."""
+    quoted = pl.select(pl.concat_str([pl.lit('"'), pl.lit(ps), pl.lit('"')])).to_series()
+    needs = ps.str.contains(r'[\x00-\x1f"\\]').fill_null(False)
+    if needs.any():
+        idx = needs.arg_true()
+        vals = [orjson.dumps(v).decode() for v in ps.gather(idx).to_list()]
+        quoted = quoted.scatter(idx, pl.Series(vals, dtype=pl.String))
+    return quoted
+
+
+def _string_field(
+    s: pd.Series, name: str, spec: contract.FieldSpec, label: Hashable, probs: _Problems
+) -> pl.Series:
+    """A string field's values as a polars String series (null = omitted or invalid)."""
+    n = len(s)
+    dtype = s.dtype
+    where = f"column {_col_name(label)}"
+    out: pl.Series
+    if isinstance(dtype, pd.CategoricalDtype):
+        s = pd.Series(_object_values(s), index=s.index, dtype=object)
+        dtype = s.dtype
+    if pd.api.types.is_bool_dtype(dtype) and not _is_str_dtype(dtype):
+        probs.add(~_missing_mask(s), name, contract.RULE_TYPE,
+                  f"must be a string, got bool ({where})")
+        return pl.Series(values=[None] * n, dtype=pl.String)
+    if pd.api.types.is_integer_dtype(dtype) and not _is_str_dtype(dtype):
+        return pl.from_pandas(s).cast(pl.String)
+    if not _is_str_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
+        hint = ""
+        if pd.api.types.is_float_dtype(dtype):
+            hint = ("; an integer column with missing values becomes float: "
+                    "convert it with .astype('Int64')")
+        probs.add(~_missing_mask(s), name, contract.RULE_TYPE,
+                  f"must be a string, got {dtype} ({where}){hint}")
+        return pl.Series(values=[None] * n, dtype=pl.String)
+    bad_surrogate: list[int] = []
+    if (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow") or (
+        isinstance(dtype, pd.ArrowDtype)
+    ):
+        out = pl.from_pandas(s).cast(pl.String)
+    else:
+        vals = s.to_numpy(dtype=object)
+        inferred = pd.api.types.infer_dtype(vals, skipna=True)
+        if inferred in ("string", "empty"):
+            miss = _missing_mask(s)
+            lst = vals.tolist()
+            for i in np.flatnonzero(miss):
+                lst[i] = None
+            out, bad_surrogate = _strings_to_polars([
+                v if v is None or type(v) is str else str(v) for v in lst
+            ])
+        else:
+            clean: list[str | None] = []
+            bad_pos: list[int] = []
+            bad_msg: list[str] = []
+            for i, v in enumerate(vals.tolist()):
+                if isinstance(v, str):
+                    clean.append(str(v))
+                elif isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_):
+                    clean.append(str(int(v)))
+                elif is_missing(v):
+                    clean.append(None)
+                else:
+                    clean.append(None)
+                    bad_pos.append(i)
+                    hint = "; decode it to str first" if isinstance(v, bytes | bytearray) else ""
+                    bad_msg.append(
+                        f"must be a string, got {type(v).__name__} {_short(v)} ({where}){hint}"
+                    )
+            probs.add(np.asarray(bad_pos, dtype=np.int64), name, contract.RULE_TYPE, bad_msg)
+            out, bad_surrogate = _strings_to_polars(clean)
+    lengths = out.str.len_chars().to_numpy()
+    present = ~out.is_null().to_numpy()
+    lengths = np.where(present, np.nan_to_num(lengths.astype(np.float64)), 0).astype(np.int64)
+    drop = np.zeros(n, dtype=bool)
+    if spec.min_length:
+        short = present & (lengths < spec.min_length)
+        if short.any():
+            probs.add(short, name, contract.RULE_TOO_SHORT,
+                      f"must be at least {spec.min_length} character(s), got 0 ({where})")
+            drop |= short
+    if spec.max_length is not None:
+        long_ = present & (lengths > spec.max_length)
+        if long_.any():
+            probs.add(long_, name, contract.RULE_TOO_LONG, [
+                f"must be at most {spec.max_length} characters, got {k} ({where})"
+                for k in lengths[long_]
+            ])
+            drop |= long_
+    if bad_surrogate:
+        probs.add(np.asarray(bad_surrogate, dtype=np.int64), name, contract.RULE_UNICODE,
+                  f"contains a lone surrogate, which is not valid UTF-8 ({where})")
+    if drop.any():
+        out = out.scatter(np.flatnonzero(drop), None)
+    return out
+
+
+# --------------------------------------------------------------------------- timestamps
+
+_ISO_FAST = (
+    r"^\d{4}-\d{2}-\d{2}[T ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)?$"
+)
+
+
+def _format_ts(ps: pl.Series) -> pl.Series:
+    """UTC naive Datetime -> ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (as encode.to_utc_iso)."""
+    ps = ps.cast(pl.Datetime("us"))
+    us = ps.dt.microsecond()
+    return pl.select(
+        pl.concat_str([
+            pl.lit(ps).dt.strftime("%Y-%m-%dT%H:%M:%S"),
+            pl.when(pl.lit(us) != 0)
+            .then(pl.concat_str([pl.lit("."), pl.lit(us).cast(pl.String).str.zfill(6)]))
+            .otherwise(pl.lit("")),
+            pl.lit("Z"),
+        ])
+    ).to_series()
+
+
+def _timestamp_field(
+    s: pd.Series, label: Hashable, probs: _Problems, now: pd.Timestamp, warns: list[str]
+) -> pl.Series:
+    """Timestamps as UTC ISO strings (null = omitted or invalid)."""
+    n = len(s)
+    name = "timestamp"
+    where = f"column {_col_name(label)}"
+    miss = _missing_mask(s)
+    dtype = s.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        s = pd.Series(_object_values(s), index=s.index, dtype=object)
+        dtype = s.dtype
+    parsed: pl.Series  # Datetime(us), UTC naive
+    slow: np.ndarray = np.zeros(n, dtype=bool)
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        ps = pl.from_pandas(s)
+        if isinstance(ps.dtype, pl.Datetime) and ps.dtype.time_zone is not None:
+            ps = ps.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        parsed = ps.cast(pl.Datetime("us"))
+    elif _is_str_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+        vals = s.to_numpy(dtype=object)
+        is_str = np.fromiter((isinstance(v, str) for v in vals), dtype=bool, count=n)
+        parsed = pl.Series(values=[None] * n, dtype=pl.Datetime("us"))
+        if is_str.any():
+            strs, surr = _strings_to_polars([v if ok else None for v, ok in zip(vals, is_str,
+                                                                             strict=True)])
+            stripped = strs.str.strip_chars()
+            fast = stripped.str.contains(_ISO_FAST).fill_null(False).to_numpy()
+            if surr:
+                is_str[surr] = True
+            if fast.any():
+                idx = np.flatnonzero(fast)
+                sub = pd.to_datetime(
+                    pd.Series(stripped.gather(idx).to_numpy()), format="ISO8601", utc=True,
+                    errors="coerce",
+                )
+                sp = pl.from_pandas(sub).dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+                sp = sp.cast(pl.Datetime("us"))
+                parsed = parsed.scatter(idx, sp)
+                ok = ~sp.is_null().to_numpy()
+                fast[idx[~ok]] = False
+            slow = ~miss & ~fast
+        else:
+            slow = ~miss
+    else:
+        probs.add(~miss, name, contract.RULE_TIMESTAMP,
+                  f"must be a datetime or an ISO 8601 string, not {dtype} ({where}); "
+                  "convert epoch numbers with pd.to_datetime(col, unit='s' or 'ms')")
+        return pl.Series(values=[None] * n, dtype=pl.String)
+    years = parsed.dt.year().to_numpy()
+    years = np.where(parsed.is_null().to_numpy(), 2000, np.nan_to_num(years.astype(float)))
+    out_of_range = (years < 1) | (years > 9999)
+    if out_of_range.any():
+        probs.add(out_of_range, name, contract.RULE_TIMESTAMP,
+                  f"is outside the years 1 to 9999 ({where})")
+        parsed = parsed.scatter(np.flatnonzero(out_of_range), None)
+    text = _format_ts(parsed)
+    if slow.any():
+        vals_obj = _object_values(s)
+        idx = np.flatnonzero(slow)
+        good_i: list[int] = []
+        good_v: list[str] = []
+        bad_i: list[int] = []
+        bad_m: list[str] = []
+        for i in idx.tolist():
+            v = vals_obj[i]
+            try:
+                if isinstance(v, bool | int | float | np.number):
+                    raise ValueError(
+                        f"a number ({_short(v)}) is not a timestamp; convert epoch numbers with "
+                        "pd.to_datetime(col, unit='s' or 'ms')"
+                    )
+                good_v.append(to_utc_iso(v))
+                good_i.append(i)
+            except (ValueError, TypeError, OverflowError) as exc:
+                bad_i.append(i)
+                bad_m.append(f"{exc} ({where})")
+        if good_i:
+            text = text.scatter(good_i, pl.Series(good_v, dtype=pl.String))
+        probs.add(np.asarray(bad_i, dtype=np.int64), name, contract.RULE_TIMESTAMP, bad_m)
+    present = ~text.is_null().to_numpy()
+    if (miss).any():
+        warns.append(
+            f"{int(miss.sum())} row(s) have no timestamp in {where}: they will be stored at "
+            "server time (when they are sent)"
+        )
+    now_s = _format_ts(pl.Series([now.tz_convert("UTC").tz_localize(None)]).cast(
+        pl.Datetime("us")))[0]
+    future = present & (text > now_s).fill_null(False).to_numpy()
+    if future.any():
+        warns.append(
+            f"{int(future.sum())} row(s) have a timestamp in the future (after {now_s}) in {where}"
+        )
+    return text
+
+
+# --------------------------------------------------------------------------- properties
+
+
+def _fallback_values(
+    vals: np.ndarray, rows: np.ndarray, path: str, label: Hashable, probs: _Problems
+) -> list[str | None]:
+    """Encode values one by one through ``encode.dumps`` (missing -> None)."""
+    out: list[str | None] = []
+    bad_i: list[int] = []
+    bad_m: list[str] = []
+    bad_r: list[str] = []
+    bad_f: list[str] = []
+    for i in rows.tolist():
+        v = vals[i]
+        if is_missing(v):
+            out.append(None)
+            continue
+        try:
+            out.append(dumps(v, nan_as_null=True, path=path).decode("utf-8"))
+        except EncodeError as exc:
+            out.append(None)
+            bad_i.append(i)
+            bad_f.append(exc.path or path)
+            bad_r.append(exc.rule)
+            bad_m.append(f"{exc.reason} (column {_col_name(label)})")
+    for i, f, r, m in zip(bad_i, bad_f, bad_r, bad_m, strict=True):
+        probs.add(np.asarray([i], dtype=np.int64), f, r, m)
+    return out
+
+
+def _property_values(
+    s: pd.Series, key: str, label: Hashable, probs: _Problems
+) -> tuple[pl.Series, pl.Series | None]:
+    """``(JSON values, plain strings or None)`` of one property column (null = omitted)."""
+    n = len(s)
+    path = f"properties.{key}"
+    where = f"column {_col_name(label)}"
+    dtype = s.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        s = pd.Series(_object_values(s), index=s.index, dtype=object)
+        dtype = s.dtype
+    if _is_str_dtype(dtype) and not (isinstance(dtype, pd.StringDtype)
+                                     and dtype.storage != "pyarrow"):
+        ps = pl.from_pandas(s).cast(pl.String)
+        return _quote(ps), ps
+    if pd.api.types.is_bool_dtype(dtype):
+        return pl.from_pandas(s).cast(pl.String), None
+    if pd.api.types.is_integer_dtype(dtype):
+        ps = pl.from_pandas(s)
+        if ps.dtype.is_unsigned_integer():
+            big = (ps > _MAX_SAFE).fill_null(False)
+        else:
+            big = ((ps > _MAX_SAFE) | (ps < -_MAX_SAFE)).fill_null(False)
+        out = ps.cast(pl.String)
+        if big.any():
+            idx = big.arg_true()
+            probs.add(idx.to_numpy(), path, contract.RULE_INT_RANGE, [
+                f"the integer {v} is beyond +-{_MAX_SAFE}; send it as a string ({where})"
+                for v in ps.gather(idx).to_list()
+            ])
+            out = out.scatter(idx, None)
+        return out, None
+    if pd.api.types.is_float_dtype(dtype):
+        ps = pl.from_pandas(s).cast(pl.Float64)
+        inf = ps.is_infinite().fill_null(False)
+        if inf.any():
+            idx = inf.arg_true()
+            probs.add(idx.to_numpy(), path, contract.RULE_NOT_JSON,
+                      f"infinity is not a JSON number ({where})")
+            ps = ps.scatter(idx, None)
+        return ps.cast(pl.String), None
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        ps = pl.from_pandas(s)
+        if isinstance(ps.dtype, pl.Datetime) and ps.dtype.time_zone is not None:
+            ps = ps.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        ps = ps.cast(pl.Datetime("us"))
+        years = ps.dt.year()
+        oor = ((years < 1) | (years > 9999)).fill_null(False)
+        if oor.any():
+            idx = oor.arg_true()
+            probs.add(idx.to_numpy(), path, contract.RULE_NOT_JSON,
+                      f"datetime outside the years 1 to 9999 ({where})")
+            ps = ps.scatter(idx, None)
+        return _quote(_format_ts(ps)), None
+    vals = _object_values(s)
+    if pd.api.types.is_object_dtype(dtype) or _is_str_dtype(dtype):
+        inferred = pd.api.types.infer_dtype(vals, skipna=True)
+        if inferred in ("string", "empty"):
+            miss = _missing_mask(s)
+            lst = vals.tolist()
+            for i in np.flatnonzero(miss):
+                lst[i] = None
+            ps, bad = _strings_to_polars([v if v is None or type(v) is str else str(v)
+                                          for v in lst])
+            if bad:
+                probs.add(np.asarray(bad, dtype=np.int64), path, contract.RULE_UNICODE,
+                          f"contains a lone surrogate, which is not valid UTF-8 ({where})")
+            return _quote(ps), ps
+    return pl.Series(values=_fallback_values(vals, np.arange(n), path, label, probs),
+                     dtype=pl.String), None
+
+
+def _dict_properties(
+    s: pd.Series, label: Hashable, probs: _Problems
+) -> tuple[pl.Series, set[str]]:
+    """A column of dicts -> JSON objects (null = no properties); also the keys seen."""
+    vals = _object_values(s)
+    out: list[str | None] = []
+    keys: set[str] = set()
+    where = f"column {_col_name(label)}"
+    for i, v in enumerate(vals.tolist()):
+        if not isinstance(v, Mapping):
+            if not isinstance(v, list | tuple | set | np.ndarray) and is_missing(v):
+                out.append(None)
+            else:
+                out.append(None)
+                probs.add(np.asarray([i]), "properties", contract.RULE_TYPE,
+                          f"must be an object (dict), got {type(v).__name__} ({where})")
+            continue
+        try:
+            raw = dumps(v, nan_as_null=True, path="properties")
+        except EncodeError as exc:
+            out.append(None)
+            probs.add(np.asarray([i]), exc.path or "properties", exc.rule,
+                      f"{exc.reason} ({where})")
+            continue
+        keys.update(k for k in v if isinstance(k, str))
+        out.append(raw.decode("utf-8"))
+    return pl.Series(values=out, dtype=pl.String), keys
+
+
+# --------------------------------------------------------------------------- PII
+
+_PII_TOKENS: Final = frozenset({
+    "email", "emails", "mail", "phone", "phonenumber", "mobile", "telephone", "tel", "address",
+    "street", "ip", "ipaddress", "ipv4", "ipv6", "ssn", "dob", "birthday", "birthdate",
+    "passport", "surname", "firstname", "lastname", "fullname", "iban", "postcode", "zipcode",
+})
+_PII_KEYS: Final = frozenset({
+    "name", "firstname", "lastname", "fullname", "givenname", "familyname", "surname",
+    "customername", "username", "contactname",
+})
+_EMAIL_RE: Final = r"^\s*[^@\s]+@[^@\s]+\.[A-Za-z]{2,}\s*$"
+_PHONE_RE: Final = r"^\s*(?:\+\d[\d\s().-]{6,}\d|\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4})\s*$"
+_EMAIL_IN_JSON: Final = r'"[^"@\s]+@[^"@\s]+\.[A-Za-z]{2,}"'
+
+
+def _name_looks_personal(key: str) -> bool:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
+    tokens = [t for t in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if t]
+    joined = "".join(tokens)
+    return joined in _PII_KEYS or any(t in _PII_TOKENS for t in tokens) or joined in _PII_TOKENS
+
+
+def detect_pii(
+    names: dict[str, pl.Series | None], *, json_texts: pl.Series | None = None
+) -> dict[str, str]:
+    """Which property keys look like personal data, and why.
+
+    Args:
+        names: property key -> its plain string values (or ``None`` for non-string columns).
+        json_texts: encoded JSON objects to scan for email-looking strings (dict columns).
+
+    Returns:
+        ``{key: reason}``; the reason says whether the name or the values (and how many)
+        look personal.
+    """
+    found: dict[str, str] = {}
+    for key, values in names.items():
+        if _name_looks_personal(key):
+            found[key] = "its name looks like personal data"
+            continue
+        if values is None:
+            continue
+        emails = int(values.str.contains(_EMAIL_RE).fill_null(False).sum())
+        if emails:
+            found[key] = f"{emails} value(s) look like email addresses"
+            continue
+        phones = int(values.str.contains(_PHONE_RE).fill_null(False).sum())
+        if phones:
+            found[key] = f"{phones} value(s) look like phone numbers"
+    if json_texts is not None:
+        emails = int(json_texts.str.contains(_EMAIL_IN_JSON).fill_null(False).sum())
+        if emails:
+            found["properties"] = f"{emails} row(s) hold email-looking values"
+    return found
+
+
+# --------------------------------------------------------------------------- the chunk
+
+
+@dataclass
+class PreparedChunk:
+    """One validated (and encoded) chunk of rows.
+
+    Attributes:
+        index: the chunk's index labels, as in the input.
+        offset: global position of the chunk's first row.
+        valid: bool per row.
+        event_ids: object per row: the given ``event_id``, or the derived stable id;
+            ``None`` for invalid rows (and for every row when ``encode=False`` without
+            an ``event_id`` column).
+        payloads: compact JSON of each valid row's event, in row order, with its
+            ``event_id``.
+        errors: one row per problem: ``row`` (index label), ``position`` (global),
+            ``field``, ``rule``, ``message``.
+        warnings: chunk-level warnings, as sentences.
+    """
+
+    index: pd.Index
+    offset: int
+    valid: np.ndarray
+    event_ids: np.ndarray
+    payloads: list[bytes]
+    errors: pd.DataFrame
+    warnings: list[str]
+
+    @property
+    def n_rows(self) -> int:
+        """Rows in the chunk."""
+        return len(self.index)
+
+    @property
+    def n_valid(self) -> int:
+        """Valid rows (one payload each)."""
+        return int(self.valid.sum())
+
+    @property
+    def payload_bytes(self) -> int:
+        """Total size of the payloads."""
+        return sum(map(len, self.payloads))
+
+
+def _frag(key_json: str, values: pl.Series) -> pl.Series:
+    """``"key":<value>`` per row (null where the value is null)."""
+    return pl.select(pl.concat_str([pl.lit(key_json + ":"), pl.lit(values)])).to_series()
+
+
+def prepare_chunk(
+    df: pd.DataFrame,
+    mapping: FieldMapping,
+    *,
+    offset: int = 0,
+    pii: Literal["warn", "error", "ignore"] = "warn",
+    now: pd.Timestamp | None = None,
+    ids: EventIdState | None = None,
+    encode: bool = True,
+) -> PreparedChunk:
+    """Validate (and encode) a chunk of rows column-wise.
+
+    Args:
+        df: the rows; its columns must include those ``mapping`` names.
+        mapping: from :func:`resolve_mapping`.
+        offset: global position of the first row (for ``errors.position``).
+        pii: property columns that look personal: ``"warn"`` (a warning),
+            ``"error"`` (raise), ``"ignore"``.
+        now: the time future timestamps are measured against (default: now, UTC).
+        ids: the :class:`EventIdState` of the whole input, so derived ids do not
+            depend on chunking (a fresh state is used when ``None``).
+        encode: ``False`` validates only (no payloads, no derived ids).
+
+    Raises:
+        ValidationError: ``invalid_mapping`` when a mapped column is missing or labels
+            are duplicated; ``pii="error"`` and a property column looks personal.
+    """
+    if pii not in ("warn", "error", "ignore"):
+        raise ValueError(f"pii must be 'warn', 'error' or 'ignore', not {pii!r}")
+    if not df.columns.is_unique:
+        dupes = df.columns[df.columns.duplicated()].unique().tolist()
+        raise _mapping_error(f"duplicate column label(s) {dupes!r}: each column must have a "
+                             "unique name", dupes[0], "columns")
+    needed: list[Hashable] = [*mapping.columns.values(), *mapping.property_columns]
+    if mapping.event_col is not None:
+        needed.append(mapping.event_col)
+    if mapping.properties_is_dict_column:
+        needed.append(mapping.properties)
+    missing_cols = [c for c in needed if c not in df.columns]
+    if missing_cols:
+        raise _mapping_error(f"column(s) {missing_cols!r} named by the mapping are not in the "
+                             "frame", missing_cols[0], "columns")
+    now_ts = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    if now_ts.tzinfo is None:
+        now_ts = now_ts.tz_localize("UTC")
+    n = len(df)
+    probs = _Problems(n)
+    warns: list[str] = []
+    fields: dict[str, pl.Series] = {}
+
+    # event
+    ev_spec = contract.EVENT_FIELDS["event"]
+    if mapping.event_col is not None:
+        s = df[mapping.event_col]
+        ev = _string_field(s, "event", ev_spec, mapping.event_col, probs)
+        absent = ev.is_null().to_numpy() & _missing_mask(s)
+        probs.add(absent, "event", contract.RULE_REQUIRED,
+                  f"is required (column {_col_name(mapping.event_col)} is empty in this row)")
+        fields["event"] = ev
+    else:
+        fields["event"] = pl.Series(values=[mapping.event] * n, dtype=pl.String)
+
+    for name in COLUMN_FIELDS:
+        label = mapping.columns.get(name)
+        if label is None:
+            continue
+        s = df[label]
+        if name == "timestamp":
+            fields[name] = _timestamp_field(s, label, probs, now_ts, warns)
+        else:
+            fields[name] = _string_field(s, name, contract.EVENT_FIELDS[name], label, probs)
+    if "timestamp" not in mapping.columns and n:
+        warns.append(
+            "no timestamp column: every event will be stored at server time (when it is "
+            "sent); pass timestamp_col= to keep when the events happened"
+        )
+    if n:
+        who = np.zeros(n, dtype=bool)
+        for name in ("anonymous_id", "user_id"):
+            if name in fields:
+                who |= ~fields[name].is_null().to_numpy()
+        no_who = ~who & ~probs.invalid
+        if no_who.any():
+            warns.append(
+                f"{int(no_who.sum())} row(s) have neither user_id nor anonymous_id: the server "
+                "will give each such event a new anonymous visitor"
+            )
+
+    # properties
+    props_json: pl.Series | None = None
+    pii_found: dict[str, str] = {}
+    if mapping.properties_is_dict_column:
+        label = mapping.properties
+        props_json, keys = _dict_properties(df[label], label, probs)
+        if pii != "ignore" and n:
+            pii_found = detect_pii({k: None for k in keys}, json_texts=props_json)
+        props_obj = props_json
+    elif mapping.property_columns:
+        frags: list[pl.Series] = []
+        plain: dict[str, pl.Series | None] = {}
+        for label in sorted(mapping.property_columns, key=_property_key):
+            key = _property_key(label)
+            values, strings = _property_values(df[label], key, label, probs)
+            frags.append(_frag(orjson.dumps(key).decode(), values))
+            plain[key] = strings
+        if pii != "ignore" and n:
+            pii_found = detect_pii(plain)
+        inner = pl.select(pl.concat_str([pl.lit(f) for f in frags], separator=",",
+                                        ignore_nulls=True)).to_series()
+        props_obj = pl.select(
+            pl.when(pl.lit(inner) != "")
+            .then(pl.concat_str([pl.lit("{"), pl.lit(inner), pl.lit("}")]))
+            .otherwise(None)
+        ).to_series()
+    else:
+        props_obj = None
+    if props_obj is not None and n:
+        size = props_obj.str.len_bytes().fill_null(0).to_numpy()
+        big = size > contract.PROPERTIES_MAX_BYTES
+        if big.any():
+            probs.add(big, "properties", contract.RULE_TOO_LARGE, [
+                f"must be at most {contract.PROPERTIES_MAX_BYTES} bytes once JSON-encoded, "
+                f"got {k}" for k in size[big]
+            ])
+        fields["properties"] = _frag('"properties"', props_obj)
+    if pii_found:
+        lines = [f"{k!r} ({why})" for k, why in sorted(pii_found.items())]
+        msg = ("property column(s) that look like personal data, which Millimetric says not "
+               "to send: " + "; ".join(lines))
+        if pii == "error":
+            raise ValidationError(
+                msg + " (pii='error'; drop or hash them, or pass pii='warn')",
+                problems=[(k if k == "properties" else f"properties.{k}", RULE_PII, why)
+                          for k, why in sorted(pii_found.items())],
+            )
+        warns.append(msg)
+
+    valid = ~probs.invalid
+    event_ids = np.full(n, None, dtype=object)
+    given: pl.Series | None = fields.get("event_id")
+    if given is not None:
+        event_ids[:] = given.to_list()
+        event_ids[~valid] = None
+        dup = given.filter(pl.Series(valid)).drop_nulls()
+        n_dup = len(dup) - dup.n_unique()
+        if n_dup:
+            warns.append(
+                f"{n_dup} row(s) repeat an event_id of an earlier row in column "
+                f"{_col_name(mapping.columns['event_id'])}; the server does not deduplicate"
+            )
+    payloads: list[bytes] = []
+    if encode and valid.any():
+        order = ["event", "timestamp", "anonymous_id", "user_id", "session_id", "url", "path",
+                 "referrer"]
+        parts: list[pl.Series] = []
+        for name in order:
+            if name in fields:
+                parts.append(_frag(f'"{name}"', _quote(fields[name])))
+        if "properties" in fields:
+            parts.append(fields["properties"])
+        mask = pl.Series(valid)
+        frame = pl.DataFrame({f"c{i}": p for i, p in enumerate(parts)}).filter(mask)
+        contents: list[bytes] = frame.select(
+            pl.concat_str([pl.lit("{"), pl.concat_str(pl.all(), separator=",", ignore_nulls=True),
+                           pl.lit("}")]).cast(pl.Binary)
+        ).to_series().to_list()
+        vpos = np.flatnonzero(valid)
+        if given is not None:
+            given_json = _quote(given.filter(mask)).to_list()
+            need = [i for i, g in enumerate(given_json) if g is None]
+        else:
+            given_json = [None] * len(contents)
+            need = list(range(len(contents)))
+        if given is None:
+            derived = _derive_ids(contents, ids)
+            event_ids[vpos] = derived
+            payloads = [
+                b'{"event_id":"' + d.encode() + b'",' + c[1:]
+                for d, c in zip(derived, contents, strict=True)
+            ]
+        else:
+            derived = _derive_ids([contents[i] for i in need], ids)
+            for i, d in zip(need, derived, strict=True):
+                given_json[i] = '"' + d + '"'
+                event_ids[vpos[i]] = d
+            payloads = [
+                b'{"event_id":' + g.encode() + b"," + c[1:]  # type: ignore[union-attr]
+                for g, c in zip(given_json, contents, strict=True)
+            ]
+    return PreparedChunk(
+        index=df.index, offset=offset, valid=valid, event_ids=event_ids, payloads=payloads,
+        errors=probs.frame(df.index, offset), warnings=warns,
+    )
+
+
+def emit_warnings(messages: Sequence[str], *, stacklevel: int = 2) -> None:
+    """Issue each message once as a :class:`DataWarning`."""
+    for m in dict.fromkeys(messages):
+        warnings.warn(m, DataWarning, stacklevel=stacklevel + 1)
