@@ -195,9 +195,11 @@ def body_of(payloads: Sequence[bytes]) -> bytes:
 def route_limit(client: Any, route: str) -> contract.RateLimit | None:
     """The rate limit the client applies to ``route`` (else the contract's)."""
     for holder in (client, getattr(client, "async_client", None)):
-        limits = getattr(holder, "rate_limits", None)
-        if isinstance(limits, dict) and isinstance(limits.get(route), contract.RateLimit):
-            return limits[route]
+        limiter = getattr(holder, "limiter", None)
+        limits = getattr(limiter, "limits", None)
+        if isinstance(limits, dict):
+            found = limits.get(route)
+            return found if isinstance(found, contract.RateLimit) else None
     return contract.RATE_LIMITS.get(route)
 
 
@@ -304,6 +306,7 @@ class _Run:
     on_ambiguous: OnAmbiguous
     limit: contract.RateLimit | None
     total_rows: int | None
+    show_keys: bool = True
     warnings: list[str] = field(default_factory=list)
     errors: list[pd.DataFrame] = field(default_factory=list)
     rows: list[pd.DataFrame] = field(default_factory=list)
@@ -328,7 +331,10 @@ class _Run:
         unset = chunk.status == _UNSET
         if unset.any():  # defensive: nothing may vanish
             chunk.mark(unset, _FAILED, error="not_sent", message="not sent")
-        keys = pd.array(chunk.keys, dtype="string")
+        keys = pd.array(
+            chunk.keys if self.show_keys else np.full(chunk.n, None, dtype=object),
+            dtype="string",
+        )
         piece = pd.DataFrame(
             {
                 "status": chunk.status,
@@ -747,6 +753,7 @@ async def run_rows(
     on_ambiguous: OnAmbiguous = "resend",
     total_rows: int | None = None,
     warnings: Sequence[str] = (),
+    show_keys: bool = True,
 ) -> SendResult:
     """The one engine under every send: prepare each chunk, send, account for each row.
 
@@ -773,6 +780,7 @@ async def run_rows(
         on_ambiguous=on_ambiguous,
         limit=route_limit(client, route),
         total_rows=total_rows,
+        show_keys=show_keys,
     )
     for w in warnings:
         run.warn(w)

@@ -1,0 +1,392 @@
+"""``df.millimetric``: the pandas accessor, a thin face over validate and backfill.
+
+Registered when :mod:`millimetric_nb` is imported::
+
+    report = df.millimetric.validate()
+    result = df.millimetric.send_batch(event_col="event", journal="backfill.sqlite")
+    result.rows.status.value_counts(); result.failed  # what did not get in
+
+Every sending method takes ``client=None`` (the default client set by
+``millimetric_nb.connect()``), ``dry_run=False``, ``progress=True``,
+``journal=None``, ``concurrency`` and ``pii``, and returns a
+:class:`~millimetric_nb.results.SendResult` accounting for every row.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings as _warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import contract
+from .backfill import (
+    DEFAULT_CHUNKSIZE,
+    DEFAULT_CONCURRENCY,
+    OnAmbiguous,
+    PreparedRows,
+    abackfill,
+    iter_source,
+    resolve_async_client,
+    run_rows,
+)
+from .encode import is_missing
+from .errors import ConfigurationError, ValidationError
+from .events import prepare_forget, prepare_identify
+from .journal import Journal
+from .keys import ApiKey
+from .progress import Observer
+from .results import SendResult
+
+JournalArg = Journal | str | os.PathLike[str] | None
+_SEP = "\x1f"
+_ERROR_COLUMNS = ["row", "position", "field", "rule", "message"]
+
+
+def _run(coro: Any) -> SendResult:
+    from .sync import run_sync
+
+    return run_sync(coro)  # type: ignore[no-any-return]
+
+
+def _column(df: pd.DataFrame, name: str, what: str) -> np.ndarray:
+    """One column's values as an object array; a clear error if absent or duplicated."""
+    if name not in df.columns:
+        raise ValidationError(
+            f"{what}: no column {name!r} (columns: {', '.join(map(str, df.columns[:20]))})",
+            problems=[(what, contract.RULE_REQUIRED, f"column {name!r} not found")],
+        )
+    col = df[name]
+    if isinstance(col, pd.DataFrame):
+        raise ValidationError(
+            f"{what}: the column name {name!r} appears {col.shape[1]} times; rename the duplicates",
+            problems=[(what, "duplicate_column", f"column {name!r} is not unique")],
+        )
+    return col.to_numpy(dtype=object, na_value=None)
+
+
+def _per_row_errors(
+    frame: pd.DataFrame, problems: list[tuple[int, tuple[str, str, str]]]
+) -> pd.DataFrame:
+    if not problems:
+        return pd.DataFrame(columns=_ERROR_COLUMNS)
+    pos = [p for p, _ in problems]
+    return pd.DataFrame(
+        {
+            "row": list(frame.index[pos]),
+            "position": pos,
+            "field": [pr[0] for _, pr in problems],
+            "rule": [pr[1] for _, pr in problems],
+            "message": [pr[2] for _, pr in problems],
+        }
+    )
+
+
+def _traits_of(
+    frame: pd.DataFrame, traits: str | Sequence[str] | None
+) -> list[dict[str, Any] | None]:
+    n = len(frame)
+    if traits is None:
+        return [None] * n
+    if isinstance(traits, str):  # a column holding dicts
+        values = _column(frame, traits, "traits")
+        return [None if is_missing(v) else v for v in values]
+    cols = {c: _column(frame, c, f"traits.{c}") for c in traits}
+    out: list[dict[str, Any] | None] = []
+    for i in range(n):
+        d = {str(c): v[i] for c, v in cols.items() if not is_missing(v[i])}
+        out.append(d or None)
+    return out
+
+
+def _identify_preparer(anonymous_id_col: str, user_id_col: str, traits: Any) -> Any:
+    def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
+        anon = _column(frame, anonymous_id_col, "anonymous_id")
+        user = _column(frame, user_id_col, "user_id")
+        tr = _traits_of(frame, traits)
+        n = len(frame)
+        valid = np.zeros(n, dtype=bool)
+        keys = np.full(n, None, dtype=object)
+        problems: list[tuple[int, tuple[str, str, str]]] = []
+        calls: list[tuple[np.ndarray, dict[str, Any]]] = []
+        for i in range(n):
+            try:
+                body = prepare_identify(anon[i], user[i], tr[i])
+            except ValidationError as exc:
+                problems.extend((i, p) for p in exc.problems)
+                continue
+            valid[i] = True
+            keys[i] = f"$identify{_SEP}{body['anonymous_id']}{_SEP}{body['user_id']}"
+            calls.append((np.array([i]), body))
+        return PreparedRows(valid, keys, _per_row_errors(frame, problems), [], calls=calls)
+
+    return prepare
+
+
+def _forget_preparer(user_id_col: str) -> Any:
+    def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
+        user = _column(frame, user_id_col, "user_id")
+        n = len(frame)
+        valid = np.zeros(n, dtype=bool)
+        keys = np.full(n, None, dtype=object)
+        problems: list[tuple[int, tuple[str, str, str]]] = []
+        groups: dict[str, list[int]] = {}
+        bodies: dict[str, dict[str, Any]] = {}
+        for i in range(n):
+            try:
+                body = prepare_forget(user[i])
+            except ValidationError as exc:
+                problems.extend((i, p) for p in exc.problems)
+                continue
+            uid = body["user_id"]
+            valid[i] = True
+            keys[i] = f"$forget{_SEP}{uid}"
+            groups.setdefault(uid, []).append(i)
+            bodies[uid] = body
+        calls = [(np.array(pos), bodies[uid]) for uid, pos in groups.items()]
+        return PreparedRows(valid, keys, _per_row_errors(frame, problems), [], calls=calls)
+
+    return prepare
+
+
+def _check_forget_key(aclient: Any) -> None:
+    for holder in (aclient, getattr(aclient, "_client", None)):
+        key = getattr(holder, "key", None) or getattr(holder, "_key", None)
+        if isinstance(key, ApiKey):
+            key.check_use("forget")
+            return
+
+
+@pd.api.extensions.register_dataframe_accessor("millimetric")
+class MillimetricAccessor:
+    """``df.millimetric``: validate a frame and send its rows to Millimetric."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self._df = df
+
+    # ------------------------------------------------------------------ validate
+
+    def validate(self, *, pii: str = "warn", now: Any = None, **mapping: Any) -> Any:
+        """Check every row against the contract, column-wise; nothing is sent.
+
+        Returns a validation report: ``.ok``, ``.errors`` (one row per problem:
+        row label, field, rule code, message), ``.summary`` and an HTML repr.
+        """
+        try:
+            from .validate import validate_frame
+        except ImportError:  # pragma: no cover - depends on the frame layer's layout
+            from .frame import validate_frame  # type: ignore[attr-defined,no-redef]
+        return validate_frame(self._df, pii=pii, now=now, **mapping)
+
+    # ------------------------------------------------------------------ sends
+
+    def send_batch(
+        self,
+        event_col: str = "event",
+        *,
+        client: Any = None,
+        dry_run: bool = False,
+        progress: bool | Observer = True,
+        journal: JournalArg = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        pii: str = "warn",
+        observer: Observer | None = None,
+        chunksize: int = DEFAULT_CHUNKSIZE,
+        on_ambiguous: OnAmbiguous = "resend",
+        **mapping: Any,
+    ) -> SendResult:
+        """Send every valid row as one event through ``/v1/batch`` (the backfill path).
+
+        Mapping keywords: ``event`` (a constant name), ``event_id_col``,
+        ``timestamp_col``, ``anonymous_id_col``, ``user_id_col``, ``session_id_col``,
+        ``url_col``, ``path_col``, ``referrer_col``, ``properties``. See
+        :func:`millimetric_nb.backfill` for the other arguments.
+        """
+        return _run(
+            abackfill(
+                self._df,
+                client=client,
+                journal=journal,
+                dry_run=dry_run,
+                progress=progress,
+                observer=observer,
+                concurrency=concurrency,
+                chunksize=chunksize,
+                pii=pii,
+                on_ambiguous=on_ambiguous,
+                event_col=event_col,
+                **mapping,
+            )
+        )
+
+    def track(
+        self,
+        event: str | None = None,
+        event_col: str | None = None,
+        *,
+        client: Any = None,
+        dry_run: bool = False,
+        progress: bool | Observer = True,
+        journal: JournalArg = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        pii: str = "warn",
+        observer: Observer | None = None,
+        **mapping: Any,
+    ) -> SendResult:
+        """Send every valid row through ``/v1/track``, one request per row.
+
+        For small ad-hoc sends: ``/v1/track`` allows 50 requests/s where
+        ``/v1/batch`` carries up to 5,000 events/s; a large frame gets a warning
+        saying how long each would take.
+        """
+        if event is not None:
+            mapping["event"] = event
+        if event_col is not None:
+            mapping["event_col"] = event_col
+        return _run(
+            abackfill(
+                self._df,
+                client=client,
+                journal=journal,
+                dry_run=dry_run,
+                progress=progress,
+                observer=observer,
+                concurrency=concurrency,
+                pii=pii,
+                route="track",
+                **mapping,
+            )
+        )
+
+    def identify(
+        self,
+        anonymous_id_col: str = "anonymous_id",
+        user_id_col: str = "user_id",
+        traits: str | Sequence[str] | None = None,
+        *,
+        client: Any = None,
+        dry_run: bool = False,
+        progress: bool | Observer = True,
+        journal: JournalArg = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        pii: str = "warn",
+        observer: Observer | None = None,
+    ) -> SendResult:
+        """One ``/v1/identify`` per row: link each ``anonymous_id`` to its ``user_id``.
+
+        ``traits``: a list of columns (missing values left out), or the name of a
+        column holding dicts. Rows with a missing or invalid id are ``invalid``.
+        """
+        for col in (anonymous_id_col, user_id_col):
+            _column(self._df, col, col)
+        warns = _pii_warnings(self._df, traits, pii)
+        return self._per_row(
+            "identify",
+            _identify_preparer(anonymous_id_col, user_id_col, traits),
+            lambda ac, call: ac.identify(**call),
+            client=client, dry_run=dry_run, progress=progress, journal=journal,
+            concurrency=concurrency, observer=observer, warnings=warns,
+        )
+
+    def forget(
+        self,
+        user_id_col: str = "user_id",
+        confirm: bool = False,
+        *,
+        client: Any = None,
+        dry_run: bool = False,
+        progress: bool | Observer = True,
+        journal: JournalArg = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        pii: str = "warn",
+        observer: Observer | None = None,
+    ) -> SendResult:
+        """Permanently delete every event of each distinct user id (``/v1/forget``).
+
+        Refuses to run without ``confirm=True``; needs an ``sk_`` key. One request
+        per distinct user id; every row of that user gets its outcome.
+        """
+        if confirm is not True and not dry_run:
+            raise ConfigurationError(
+                "forget permanently deletes every event of these users: "
+                "call it with confirm=True to proceed (or dry_run=True to see the plan)",
+                code="confirmation_required",
+            )
+        _column(self._df, user_id_col, "user_id")
+        aclient = None
+        if not dry_run:
+            aclient = resolve_async_client(client)
+            _check_forget_key(aclient)
+        return self._per_row(
+            "forget",
+            _forget_preparer(user_id_col),
+            lambda ac, call: ac.forget(**call),
+            client=aclient, dry_run=dry_run, progress=progress, journal=journal,
+            concurrency=concurrency, observer=observer, whole=True,
+        )
+
+    def _per_row(
+        self,
+        route: str,
+        prepare: Any,
+        call: Any,
+        *,
+        client: Any,
+        dry_run: bool,
+        progress: bool | Observer,
+        journal: JournalArg,
+        concurrency: int,
+        observer: Observer | None,
+        warnings: Sequence[str] = (),
+        whole: bool = False,
+    ) -> SendResult:
+        df = self._df
+        chunks, total = iter_source(df, max(1, len(df)) if whole else DEFAULT_CHUNKSIZE)
+        aclient = None if dry_run and client is None else resolve_async_client(client)
+
+        async def send(req: Any, obs: Observer) -> Any:
+            return await call(aclient, req.call)
+
+        return _run(
+            run_rows(
+                chunks,
+                route=route,
+                prepare=prepare,
+                send=None if dry_run else send,
+                client=aclient,
+                journal=journal,
+                dry_run=dry_run,
+                progress=progress,
+                observer=observer,
+                concurrency=concurrency,
+                total_rows=total,
+                warnings=warnings,
+                show_keys=False,
+            )
+        )
+
+
+def _pii_warnings(df: pd.DataFrame, traits: Any, pii: str) -> list[str]:
+    """Trait columns that look like personal data (by name) -> warnings or an error."""
+    if pii == "ignore" or traits is None or isinstance(traits, str):
+        return []
+    hints = ("email", "e-mail", "phone", "mobile", "address", "name", "ssn", "birth")
+    suspicious = [c for c in traits if any(h in str(c).lower() for h in hints)]
+    if not suspicious:
+        return []
+    msg = (
+        f"trait column(s) {', '.join(map(repr, suspicious))} look like personal data, which "
+        "the contract says not to send (pii='ignore' to send anyway)"
+    )
+    if pii == "error":
+        raise ValidationError(
+            msg, problems=[(f"traits.{c}", "pii", "looks like personal data") for c in suspicious]
+        )
+    _warnings.warn(msg, UserWarning, stacklevel=3)
+    return [msg]
+
+
+__all__ = ["MillimetricAccessor"]
