@@ -22,6 +22,7 @@ No key secret is ever printed: keys show as ``sk_dev_1a2b3c4d_…``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
-from . import read
+from . import contract, read
 from .errors import MillimetricError
 from .keys import mask
 from .sample import (
@@ -58,6 +59,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar")
     parser.add_argument("--port", type=int, default=0,
                         help="port of the local server (default 0: a free port)")
+
+
+def build_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the demo's options alone (as ``millimetric-nb demo`` would)."""
+    parser = argparse.ArgumentParser(prog="millimetric-nb demo")
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def client_rate_limits(limits: str) -> Any:
+    """The client's rate limits matching a server started with ``--limits limits``.
+
+    ``production`` -> ``None`` (the contract's buckets), ``off`` -> ``"off"``,
+    ``xN`` -> every route's limit scaled by N.
+    """
+    mode = limits.strip().lower()
+    if mode == "production":
+        return None
+    if mode == "off":
+        return "off"
+    m = re.fullmatch(r"x(\d+(?:\.\d+)?)", mode)
+    if not m:
+        raise ValueError(f"--limits must be production, off or xN (e.g. x10), not {limits!r}")
+    factor = float(m.group(1))
+    return {name: rl.scaled(factor) for name, rl in contract.RATE_LIMITS.items()}
 
 
 @dataclass
@@ -143,6 +169,7 @@ def run_demo(
     from .sync import Client
 
     p = _Printer(stream or sys.stdout)
+    rate_limits = client_rate_limits(limits)
     t0 = time.perf_counter()
     p.step(f"Sample: {events:,} events from {visitors:,} visitors over {days} days (seed {seed})")
     sample = generate_sample(events, visitors, days, seed=seed)
@@ -155,7 +182,7 @@ def run_demo(
     with run_in_thread(limits=limits, db=":memory:", port=port) as srv:
         key = srv.keys["sk"]
         p.step(f"Local server at {srv.url} (limits: {limits}), key {mask(key)}")
-        with Client(key, host=srv.url) as client:
+        with Client(key, host=srv.url, rate_limits=rate_limits) as client:
             _validate(sample, out, p)
             _send(sample, client, progress, out, p)
             _identify(sample, client, progress, out, p)
@@ -176,13 +203,14 @@ def _counts(series: pd.Series) -> str:
 def _validate(sample: Sample, out: DemoOutcome, p: _Printer) -> None:
     p.step("Validate")
     report = sample.events.millimetric.validate()
-    p(str(report.summary))
+    p(repr(report))  # one line per field and rule, with an example row
     bad_rows = _error_rows(report.errors)
     out.invalid = len(bad_rows)
     out.checks.append(Check("rows reported invalid are the rows broken on purpose",
                             sorted(sample.invalid["row"]), sorted(bad_rows)))
     if len(report.errors):
-        cols = [c for c in report.errors.columns if c in ("row", "index", "field", "rule")]
+        cols = [c for c in ("row", "field", "rule") if c in report.errors.columns]
+        p("invalid rows (they will be reported, not sent):")
         p(report.errors[cols or list(report.errors.columns)].to_string(index=False))
 
 
@@ -296,4 +324,12 @@ def _short(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-__all__ = ["Check", "DemoOutcome", "add_arguments", "run", "run_demo"]
+__all__ = [
+    "Check",
+    "DemoOutcome",
+    "add_arguments",
+    "build_args",
+    "client_rate_limits",
+    "run",
+    "run_demo",
+]
