@@ -580,13 +580,102 @@ def sources(
     ))
 
 
+# --------------------------------------------------------------------------- verify
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How a set of event ids compares with what the server stored in a window.
+
+    Attributes:
+        expected: how many distinct ids were expected.
+        stored: rows the server holds in the window (under the filters).
+        missing: expected ids the server does not hold.
+        unexpected: ids the server holds that were not expected (each once).
+        duplicated: ids stored more than once, with their count.
+        complete: ``False`` if the read could not see every stored row.
+    """
+
+    expected: int
+    stored: int
+    missing: list[str]
+    unexpected: list[str]
+    duplicated: dict[str, int]
+    complete: bool
+
+    @property
+    def ok(self) -> bool:
+        """Every expected id stored exactly once, nothing else, and every row was read."""
+        return self.complete and not (self.missing or self.unexpected or self.duplicated)
+
+    def __str__(self) -> str:
+        head = "verified" if self.ok else "MISMATCH"
+        return (
+            f"{head}: {self.expected} expected, {self.stored} stored, {len(self.missing)} "
+            f"missing, {len(self.unexpected)} unexpected, {len(self.duplicated)} duplicated"
+            + ("" if self.complete else " (read incomplete)")
+        )
+
+
+async def averify(
+    event_ids: Iterable[str],
+    from_: Any,
+    to: Any,
+    *,
+    event: str | None = None,
+    client: Any = None,
+) -> Verification:
+    """Async :func:`verify`."""
+    expected = {str(e) for e in event_ids}
+    stored = await aquery_all(from_, to, event=event, client=client)
+    ids = stored["event_id"]
+    if len(stored) and ids.isna().all():
+        raise ValidationError(
+            "this server's /v1/query rows carry no event_id, so stored events cannot be "
+            "matched to sent ones; compare counts with stats() instead",
+            code="unsupported",
+        )
+    counts = ids.dropna().value_counts()
+    return Verification(
+        expected=len(expected),
+        stored=len(stored),
+        missing=sorted(expected - set(counts.index)),
+        unexpected=sorted(set(counts.index) - expected),
+        duplicated={str(k): int(v) for k, v in counts[counts > 1].items()},
+        complete=bool(stored.attrs.get("complete", True)),
+    )
+
+
+def verify(
+    event_ids: Iterable[str],
+    from_: Any,
+    to: Any,
+    *,
+    event: str | None = None,
+    client: Any = None,
+) -> Verification:
+    """Check that the events with ``event_ids`` are stored, each exactly once, in ``[from_, to)``.
+
+    Reads every stored row of the window with :func:`query_all` and compares
+    event ids: what is missing, what is there unexpectedly (another send, a
+    duplicate replay), what is stored twice (the server does not deduplicate).
+    Needs ``event_id`` in ``/v1/query`` rows (this project's local server serves it).
+    Typical use after a backfill: ``verify(result.rows.event_id[result.rows.status ==
+    "sent"], start, end)``.
+    """
+    ids = list(event_ids)
+    return _run_sync(client, lambda c: averify(ids, from_, to, event=event, client=c))
+
+
 __all__ = [
     "IncompleteReadWarning",
     "PossiblyTruncatedWarning",
+    "Verification",
     "aquery",
     "aquery_all",
     "asources",
     "astats",
+    "averify",
     "query",
     "query_all",
     "query_frame",
@@ -594,4 +683,5 @@ __all__ = [
     "sources_frame",
     "stats",
     "stats_frame",
+    "verify",
 ]

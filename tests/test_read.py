@@ -279,3 +279,28 @@ def test_bad_parameters_are_refused_before_any_request(srv, client, call, param,
     assert str(err).startswith(f"[{code}] {param}:")
     assert [p[0] for p in err.problems] == [param]
     assert srv.status_counts() == before  # nothing reached the server
+
+
+def test_verify_finds_missing_unexpected_and_duplicated(srv, client):
+    sent = [e["event_id"] for e in _bulk_events()]
+    good = read.verify(sent, BULK, BULK_END, client=client)
+    assert good.ok and good.expected == good.stored == 2600
+    assert "verified" in str(good)
+
+    claimed = [*sent[5:], "never-sent-1"]
+    bad = read.verify(claimed, BULK, BULK_END, client=client)
+    assert not bad.ok
+    assert bad.missing == ["never-sent-1"]
+    assert bad.unexpected == sorted(sent[:5])
+    assert bad.duplicated == {}
+
+
+def test_verify_sees_a_duplicate_replay():
+    with run_in_thread(limits="off") as s:
+        ev = {"event": "x", "event_id": "dup-1", "timestamp": _iso(DAY1)}
+        with httpx.Client(base_url=s.url,
+                          headers={"Authorization": f"Bearer {s.keys['sk']}"}) as http:
+            for _ in range(2):  # the server does not deduplicate
+                assert http.post("/v1/batch", json={"events": [ev]}).status_code == 202
+        got = read.verify(["dup-1"], DAY1, DAY2, client=_HttpReader(s.url, s.keys["rk"]))
+    assert got.duplicated == {"dup-1": 2} and not got.ok and not got.missing
