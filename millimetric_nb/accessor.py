@@ -69,7 +69,7 @@ def _column(df: pd.DataFrame, name: str, what: str) -> np.ndarray:
 
 
 def _per_row_errors(
-    frame: pd.DataFrame, problems: list[tuple[int, tuple[str, str, str]]]
+    frame: pd.DataFrame, problems: list[tuple[int, tuple[str, str, str]]], offset: int
 ) -> pd.DataFrame:
     if not problems:
         return pd.DataFrame(columns=_ERROR_COLUMNS)
@@ -77,7 +77,7 @@ def _per_row_errors(
     return pd.DataFrame(
         {
             "row": list(frame.index[pos]),
-            "position": pos,
+            "position": [p + offset for p in pos],
             "field": [pr[0] for _, pr in problems],
             "rule": [pr[1] for _, pr in problems],
             "message": [pr[2] for _, pr in problems],
@@ -121,7 +121,7 @@ def _identify_preparer(anonymous_id_col: str, user_id_col: str, traits: Any) -> 
             valid[i] = True
             keys[i] = f"$identify{_SEP}{body['anonymous_id']}{_SEP}{body['user_id']}"
             calls.append((np.array([i]), body))
-        return PreparedRows(valid, keys, _per_row_errors(frame, problems), [], calls=calls)
+        return PreparedRows(valid, keys, _per_row_errors(frame, problems, offset), [], calls=calls)
 
     return prepare
 
@@ -147,7 +147,7 @@ def _forget_preparer(user_id_col: str) -> Any:
             groups.setdefault(uid, []).append(i)
             bodies[uid] = body
         calls = [(np.array(pos), bodies[uid]) for uid, pos in groups.items()]
-        return PreparedRows(valid, keys, _per_row_errors(frame, problems), [], calls=calls)
+        return PreparedRows(valid, keys, _per_row_errors(frame, problems, offset), [], calls=calls)
 
     return prepare
 

@@ -41,6 +41,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import re
 import time
 import warnings as _warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -71,6 +72,7 @@ _BODY_HEAD = b'{"events":['
 _BODY_TAIL = b"]}"
 
 _UNSET = -1
+_COUNTED = re.compile(r"^(\d[\d,]*)( .*)$", re.DOTALL)
 _SENT = STATUS_CODES["sent"]
 _FAILED = STATUS_CODES["failed"]
 _AMBIGUOUS = STATUS_CODES["ambiguous"]
@@ -212,7 +214,7 @@ class PreparedRows:
 
     valid: np.ndarray  # bool per row
     keys: np.ndarray  # object per row: the journal key / event id (None when none)
-    errors: pd.DataFrame  # row, position (chunk-local), field, rule, message
+    errors: pd.DataFrame  # row, position (global: offset + local), field, rule, message
     warnings: list[str]
     payloads: list[bytes] | None = None  # batch / track: one per valid row, in order
     calls: list[tuple[np.ndarray, dict[str, Any]]] | None = None  # per-call routes
@@ -309,22 +311,41 @@ class _Run:
     show_keys: bool = True
     warnings: list[str] = field(default_factory=list)
     errors: list[pd.DataFrame] = field(default_factory=list)
-    rows: list[pd.DataFrame] = field(default_factory=list)
-    failed: list[pd.DataFrame] = field(default_factory=list)
+    rows: list[tuple[int, pd.DataFrame]] = field(default_factory=list)  # (offset, piece)
+    failed: list[tuple[int, pd.DataFrame]] = field(default_factory=list)
     stop_error: MillimetricError | None = None
     requests: int = 0
     events: int = 0
     bytes: int = 0
     seen_warnings: set[str] = field(default_factory=set)
+    counted_warnings: dict[str, int] = field(default_factory=dict)
+    template: pd.DataFrame | None = None  # the input's columns, no rows
     resent_uncertain: int = 0
     skipped_uncertain: int = 0
 
     # ---------------------------------------------------------------- bookkeeping
 
     def warn(self, message: str) -> None:
+        # chunk warnings that start with a row count ("12 row(s) have ...") are summed
+        # over the chunks into one message; others are kept once each
+        m = _COUNTED.match(message)
+        if m:
+            rest = m.group(2)
+            if rest in self.counted_warnings:
+                self.counted_warnings[rest] += int(m.group(1).replace(",", ""))
+                return
+            self.counted_warnings[rest] = int(m.group(1).replace(",", ""))
+            self.warnings.append(rest)
+            return
         if message not in self.seen_warnings:
             self.seen_warnings.add(message)
             self.warnings.append(message)
+
+    def rendered_warnings(self) -> list[str]:
+        return [
+            f"{self.counted_warnings[w]:,}{w}" if w in self.counted_warnings else w
+            for w in self.warnings
+        ]
 
     def finish_chunk(self, chunk: _Chunk) -> None:
         """All of the chunk's rows have a status: move them to the result pieces."""
@@ -346,10 +367,10 @@ class _Run:
             },
             index=chunk.frame.index,
         )
-        self.rows.append(piece)
+        self.rows.append((chunk.offset, piece))
         bad = np.isin(chunk.status, (_FAILED, _AMBIGUOUS, _INVALID))
         if bad.any():
-            self.failed.append(chunk.frame.iloc[np.flatnonzero(bad)])
+            self.failed.append((chunk.offset, chunk.frame.iloc[np.flatnonzero(bad)]))
         chunk.frame = chunk.frame.iloc[:0]  # let the chunk's data go
 
     def settle(self, chunk: _Chunk) -> None:
@@ -358,7 +379,7 @@ class _Run:
 
     def current_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
-        for piece in self.rows:
+        for _, piece in self.rows:
             for code, n in zip(*np.unique(piece["status"].to_numpy(), return_counts=True),
                                strict=True):
                 counts[STATUSES[int(code)]] += int(n)
@@ -389,6 +410,8 @@ class _Run:
                     break
                 if frame is None:
                     break
+                if self.template is None:
+                    self.template = frame.iloc[:0]
                 chunk = _Chunk(frame, offset)
                 offset += len(frame)
                 if self.stop_error is not None:
@@ -421,6 +444,16 @@ class _Run:
             self.emit(Planned(chunk.n, 0, chunk.n, total_rows=self.total_rows))
             self.settle(chunk)
             return
+        except Exception as exc:  # a bug, not bad input: account for the rows, go on
+            log.exception("preparing rows %d.. failed", chunk.offset)
+            msg = f"not sent: preparing the chunk failed ({type(exc).__name__}: {exc})"
+            self.warn(msg)
+            chunk.mark(slice(None), _FAILED, error="prepare_failed", message=_short(msg))
+            chunk.sealed = True
+            self.emit(Planned(chunk.n, 0, 0, total_rows=self.total_rows))
+            self.emit(Failed(self.route, chunk.n, "prepare_failed", _short(msg)))
+            self.settle(chunk)
+            return
         for w in prep.warnings:
             self.warn(w)
         chunk.keys = prep.keys
@@ -431,7 +464,7 @@ class _Run:
             first = prep.errors.drop_duplicates("position") if len(prep.errors) else None
             chunk.mark(invalid_pos, _INVALID, error="invalid", message="invalid row")
             if first is not None:
-                pos = first["position"].to_numpy(dtype=np.int64)
+                pos = first["position"].to_numpy(dtype=np.int64) - chunk.offset
                 ok = (pos >= 0) & (pos < chunk.n)
                 pos = pos[ok]
                 rules = first["rule"].to_numpy(dtype=object)[ok]
@@ -644,10 +677,8 @@ class _Run:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     def result(self, elapsed: float) -> SendResult:
-        if self.rows:
-            rows = pd.concat(self.rows)
-        else:
-            rows = None
+        # chunks finish out of order: put the pieces back in input order
+        rows = pd.concat([p for _, p in sorted(self.rows, key=_first)]) if self.rows else None
         if rows is None or rows.empty:
             out_rows = empty_rows(rows.index if rows is not None else None)
         else:
@@ -664,9 +695,15 @@ class _Run:
                 },
                 index=rows.index,
             )
-        failed = pd.concat(self.failed) if self.failed else pd.DataFrame()
+        failed = (
+            pd.concat([p for _, p in sorted(self.failed, key=_first)])
+            if self.failed
+            else (self.template if self.template is not None else pd.DataFrame())
+        )
         errors = (
             pd.concat(self.errors, ignore_index=True)
+            .sort_values("position", kind="stable")
+            .reset_index(drop=True)
             if self.errors
             else pd.DataFrame(columns=["row", "position", "field", "rule", "message"])
         )
@@ -694,13 +731,17 @@ class _Run:
             rows=out_rows,
             failed=failed,
             errors=errors,
-            warnings=list(self.warnings),
+            warnings=self.rendered_warnings(),
             plan=plan,
             elapsed_s=elapsed,
             dry_run=self.dry_run,
             route=self.route,
             error=self.stop_error,
         )
+
+
+def _first(item: tuple[int, Any]) -> int:
+    return item[0]
 
 
 async def _drain(queue: asyncio.Queue[_Request | None], sentinels: int) -> None:
@@ -874,6 +915,10 @@ async def abackfill(
     Returns:
         :class:`~millimetric_nb.results.SendResult` accounting for every row.
     """
+    if pii not in ("warn", "error", "ignore"):
+        raise ConfigurationError(
+            f"pii must be 'warn', 'error' or 'ignore', not {pii!r}", code="invalid_pii"
+        )
     chunks, total = iter_source(source, chunksize)
     aclient = None if dry_run and client is None else resolve_async_client(client)
     prepare, _ = _batch_preparer(mapping, pii, now, encode=True)

@@ -100,7 +100,7 @@ def simple_prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
     errors = pd.DataFrame(
         {
             "row": frame.index[bad],
-            "position": bad,
+            "position": bad + offset,
             "field": "event",
             "rule": "required",
             "message": "event is missing",
