@@ -27,3 +27,24 @@ def mm_server_factory() -> Iterator[Callable[..., ServerHandle]]:
             return stack.enter_context(run_in_thread(**kwargs))
 
         yield start
+
+
+@pytest.fixture
+def mm_client() -> Iterator[Callable[..., Any]]:
+    """``mm_client(srv, kind="sk", **headers) -> httpx.Client`` bound to ``srv.url`` with
+    ``Authorization: Bearer <srv.keys[kind]>`` (``kind=None``: no header); closed at teardown."""
+    import httpx
+
+    clients: list[httpx.Client] = []
+
+    def make(srv: ServerHandle, kind: str | None = "sk", **headers: str) -> httpx.Client:
+        hdrs = {k.replace("_", "-"): v for k, v in headers.items()}
+        if kind is not None:
+            hdrs["Authorization"] = f"Bearer {srv.keys[kind]}"
+        client = httpx.Client(base_url=srv.url, headers=hdrs, timeout=30.0)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
