@@ -41,6 +41,7 @@ __all__ = [
     "prepare_event",
     "prepare_forget",
     "prepare_identify",
+    "warn_enriched",
 ]
 
 #: ``(field path, contract.RULE_* code, message)``
@@ -119,7 +120,7 @@ def _prepare(
     problems: list[Problem] = []
     dropped: list[str] = []
     if not isinstance(fields, Mapping):
-        return out, [(prefix or "event", contract.RULE_TYPE,
+        return out, [(prefix.rstrip(".") or "event", contract.RULE_TYPE,
                       f"must be a mapping of field names to values, got {_describe(fields)}")], []
     for name, value in fields.items():
         path = f"{prefix}{name}"
@@ -163,7 +164,8 @@ def _prepare(
     return out, problems, dropped
 
 
-def _warn_dropped(dropped: Iterable[str], stacklevel: int) -> None:
+def warn_enriched(dropped: Iterable[str], stacklevel: int = 1) -> None:
+    """Warn once (:class:`EnrichedFieldWarning`) naming the enriched fields dropped."""
     names = sorted(set(dropped))
     if names:
         warnings.warn(
@@ -209,7 +211,7 @@ def prepare_event(fields: Mapping[str, Any]) -> dict[str, Any]:
         ValidationError: naming every field and rule broken.
     """
     body, problems, dropped = _prepare(fields, contract.EVENT_FIELDS, drop_enriched=True)
-    _warn_dropped(dropped, stacklevel=2)
+    warn_enriched(dropped, stacklevel=2)
     if problems:
         _raise("the event", problems)
     return body
@@ -218,7 +220,7 @@ def prepare_event(fields: Mapping[str, Any]) -> dict[str, Any]:
 def encode_event(fields: Mapping[str, Any]) -> bytes:
     """:func:`prepare_event` then compact JSON bytes (properties encoded once)."""
     raw, problems, dropped = check_event(fields)
-    _warn_dropped(dropped, stacklevel=2)
+    warn_enriched(dropped, stacklevel=2)
     if raw is None:
         _raise("the event", problems)
     return raw  # type: ignore[return-value]

@@ -12,6 +12,13 @@ sleeping. A :class:`RateLimiter` keeps one bucket per route, built from
 ``contract.RATE_LIMITS`` (production), another plan's limits, a scale factor,
 or ``"off"``. Routes without a limit still get a pause-only gate, so a 429 on
 them is honoured too.
+
+Why a reserve: the server's bucket starts refilling when the *first request
+arrives*, the client's when the first token is *taken*; if the first request
+is slower on the wire than later ones (it opens the connection), the server is
+briefly behind the client and would answer 429. The limiter therefore keeps a
+small reserve of ``refill * lag_s`` tokens (``lag_s`` = 0.25 s by default): the
+initial burst is a few requests smaller, the sustained rate is unchanged.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ class TokenBucket:
         clock: monotonic seconds (default ``time.monotonic``).
         sleep: async sleep (default ``asyncio.sleep``).
         name: the route name, for reprs.
+        reserve: tokens always left in the bucket (see the module docstring);
+            capped at ``burst - 1``.
     """
 
     def __init__(
@@ -55,10 +64,12 @@ class TokenBucket:
         clock: Clock | None = None,
         sleep: Sleep | None = None,
         name: str = "",
+        reserve: float = 0.0,
     ) -> None:
         if limit is not None and (limit.refill <= 0 or limit.burst < 1):
             raise ValueError(f"a rate limit needs refill > 0 and burst >= 1, got {limit}")
         self.limit = limit
+        self.reserve = 0.0 if limit is None else min(max(0.0, reserve), limit.burst - 1.0)
         self.name = name
         self._clock: Clock = clock or time.monotonic
         self._sleep: Sleep = sleep or asyncio.sleep
@@ -115,11 +126,12 @@ class TokenBucket:
                     delay, reason = self._paused_until - now, "retry_after"
                 elif self.limit is None:
                     return waited
-                elif self._tokens >= 1.0 - _EPS:
+                elif self._tokens >= 1.0 + self.reserve - _EPS:
                     self._tokens = max(0.0, self._tokens - 1.0)
                     return waited
                 else:
-                    delay, reason = (1.0 - self._tokens) / self.limit.refill, "rate_limit"
+                    need = 1.0 + self.reserve - self._tokens
+                    delay, reason = need / self.limit.refill, "rate_limit"
                 if on_wait is not None:
                     on_wait(delay, reason)
                 await self._sleep(delay)
@@ -135,6 +147,7 @@ class RateLimiter:
             are unlimited).
         scale: multiply every refill and burst (e.g. ``0.5`` to stay well under a
             shared project's limits, ``10`` for a bigger plan).
+        lag_s: seconds of refill kept in reserve in each bucket (module docstring).
         clock, sleep: injectable time, for tests.
     """
 
@@ -143,6 +156,7 @@ class RateLimiter:
         limits: RateLimitsArg = None,
         *,
         scale: float = 1.0,
+        lag_s: float = 0.25,
         clock: Clock | None = None,
         sleep: Sleep | None = None,
     ) -> None:
@@ -162,6 +176,7 @@ class RateLimiter:
         self.limits: dict[str, RateLimit] = {
             route: (lim.scaled(scale) if scale != 1.0 else lim) for route, lim in table.items()
         }
+        self.lag_s = lag_s
         self._clock = clock
         self._sleep = sleep
         self._buckets: dict[str, TokenBucket] = {}
@@ -173,8 +188,10 @@ class RateLimiter:
         """The route's bucket (created on first use)."""
         b = self._buckets.get(route)
         if b is None:
+            limit = self.limits.get(route)
+            reserve = limit.refill * self.lag_s if limit is not None else 0.0
             b = TokenBucket(
-                self.limits.get(route), clock=self._clock, sleep=self._sleep, name=route
+                limit, clock=self._clock, sleep=self._sleep, name=route, reserve=reserve
             )
             self._buckets[route] = b
         return b

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -168,3 +169,23 @@ def test_cancelled_waiter_does_not_block_the_next():
         await asyncio.wait_for(b.acquire(), timeout=5)
 
     run(go())
+
+
+def test_limiter_keeps_a_reserve_for_the_servers_head_start():
+    vt = VirtualTime()
+    limiter = RateLimiter({"batch": RateLimit(5.0, 20)}, lag_s=0.25, clock=vt, sleep=vt.sleep)
+    stamps: list[float] = []
+
+    async def go() -> None:
+        for _ in range(40):
+            await limiter.acquire("batch")
+            stamps.append(vt.now)
+
+    run(go())
+    free = sum(1 for t in stamps if t == 0.0)
+    assert free == 18  # 20 - ceil(1.25 reserve)
+    # the sustained rate is unchanged: one every 0.2 s after the burst
+    gaps = [b - a for a, b in itertools.pairwise(stamps[19:])]
+    assert all(g == pytest.approx(0.2) for g in gaps)
+    # and the reserve is always there, even in a bucket of one
+    assert TokenBucket(RateLimit(1.0, 1), reserve=5.0).reserve == 0.0

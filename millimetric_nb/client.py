@@ -1,0 +1,800 @@
+"""``AsyncClient``: the one boundary to HTTP (the only module that imports httpx).
+
+What it guarantees:
+
+* **Keys are checked before any request leaves the machine** (``keys.ApiKey``):
+  malformed keys and ``pk_`` keys are refused when the client is built; ``rk_``/``ak_``
+  keys are refused for writes when a write is attempted. The key is kept only in an
+  :class:`~millimetric_nb.keys.ApiKey` and written into the ``Authorization`` header of
+  each request; every message from outside (server details, transport errors) is
+  scrubbed of it, and no raised error chains an httpx exception (whose request
+  carries the header).
+* **Bodies are validated first** (``events``): nothing is sent if anything is invalid.
+* **Rate limits**: every request first takes a token from its route's bucket
+  (``ratelimit``), shared by every concurrent call of this client; a 429 pauses the
+  whole route for ``Retry-After``.
+* **Retries** (``stamina``): 429 after ``Retry-After``; 500/502/503/504, timeouts and
+  connection errors with exponential backoff and *full jitter* (a uniform draw in
+  ``[0, min(backoff_max, 0.1 * 2**(n-1))]``), at most ``max_attempts`` attempts; other
+  4xx are never retried. Use :func:`no_backoff` in tests to zero the waits.
+* **Ambiguity**: an attempt that failed after the request may have reached the server
+  (read timeout, connection dropped after sending, any 5xx) marks the request
+  *ambiguous*; the server does not deduplicate, so a later success still reports
+  ``ambiguous=True`` (a duplicate may exist) and a final failure raises with
+  ``.ambiguous=True``. A connect error (the request never left) and a 429 are not
+  ambiguous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import orjson
+import stamina
+
+from . import contract
+from .errors import (
+    ConfigurationError,
+    MillimetricError,
+    TransportError,
+    ValidationError,
+    error_for_status,
+)
+from .events import check_event, prepare_forget, prepare_identify, warn_enriched
+from .keys import ApiKey, Use
+from .progress import (
+    Acknowledged,
+    Done,
+    Emitter,
+    Failed,
+    Observer,
+    Planned,
+    RequestSent,
+    Retrying,
+    Waiting,
+)
+from .ratelimit import RateLimiter, RateLimitsArg
+
+__all__ = [
+    "AsyncClient",
+    "BatchFailedError",
+    "BatchRequest",
+    "BatchResult",
+    "SendOutcome",
+    "no_backoff",
+]
+
+log = logging.getLogger("millimetric_nb.client")
+
+ReadRoute = Literal["query", "stats", "sources"]
+
+_VERSION = "0.1.0"
+_BATCH_OPEN = b'{"events":['
+_BATCH_CLOSE = b"]}"
+#: Retry-After when a 429 carries none (the contract always sends one).
+_DEFAULT_RETRY_AFTER = 1.0
+_RETRY_STATUSES = contract.RETRYABLE_STATUSES
+_USE_BY_ROUTE: dict[str, Use] = {
+    "track": "ingest",
+    "batch": "ingest",
+    "identify": "ingest",
+    "forget": "forget",
+    "query": "read",
+    "stats": "read",
+    "sources": "read",
+}
+
+
+@contextlib.contextmanager
+def no_backoff() -> Iterator[None]:
+    """Within this block, retries happen at once (stamina's testing mode, attempts kept).
+
+    Waits for a 429's ``Retry-After`` still happen: they hold the route's bucket.
+    """
+    with stamina.set_testing(True, attempts=10_000, cap=True):
+        yield
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """A request the server accepted.
+
+    Attributes:
+        route: route name (``"batch"``...).
+        status: the success status (202 or 200).
+        body: the server's JSON answer.
+        attempts: HTTP attempts made (1 when the first one succeeded).
+        ambiguous: an earlier attempt may have been written too (a duplicate may exist).
+    """
+
+    route: str
+    status: int
+    body: dict[str, Any]
+    attempts: int
+    ambiguous: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRequest:
+    """One request of a :meth:`AsyncClient.batch` call: events ``[start, stop)`` of the input.
+
+    ``state`` is ``"stored"`` (acknowledged), ``"failed"`` (finally refused or
+    unanswered; ``error`` says why) or ``"not_sent"`` (abandoned after an
+    authentication or permission failure made every request pointless).
+    """
+
+    index: int
+    start: int
+    stop: int
+    bytes: int
+    state: Literal["stored", "failed", "not_sent"]
+    attempts: int = 0
+    ambiguous: bool = False
+    error: MillimetricError | None = None
+
+    @property
+    def events(self) -> int:
+        """Number of events in the request."""
+        return self.stop - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The account of a :meth:`AsyncClient.batch` call: every event is in one request."""
+
+    events: int
+    requests: list[BatchRequest] = field(default_factory=list)
+
+    @property
+    def stored(self) -> int:
+        """Events the server acknowledged."""
+        return sum(r.events for r in self.requests if r.state == "stored")
+
+    @property
+    def failed(self) -> int:
+        """Events in requests that finally failed."""
+        return sum(r.events for r in self.requests if r.state == "failed")
+
+    @property
+    def not_sent(self) -> int:
+        """Events never sent (abandoned)."""
+        return sum(r.events for r in self.requests if r.state == "not_sent")
+
+    @property
+    def ambiguous_requests(self) -> list[int]:
+        """Indexes of requests that may have been written more than once or without an answer."""
+        return [r.index for r in self.requests if r.ambiguous]
+
+    @property
+    def ok(self) -> bool:
+        """Every event was acknowledged."""
+        return self.stored == self.events
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """``{"events", "stored", "failed", "not_sent", "requests", "ambiguous_requests"}``."""
+        return {
+            "events": self.events,
+            "stored": self.stored,
+            "failed": self.failed,
+            "not_sent": self.not_sent,
+            "requests": len(self.requests),
+            "ambiguous_requests": len(self.ambiguous_requests),
+        }
+
+
+class BatchFailedError(MillimetricError):
+    """Some requests of a :meth:`AsyncClient.batch` call did not get in; ``result`` says which."""
+
+    code = "batch_incomplete"
+
+    def __init__(self, message: str, *, result: BatchResult, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.result = result
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_loopback(hostname: str) -> bool:
+    name = hostname.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _normalise_host(host: str, allow_insecure_http: bool) -> str:
+    if not isinstance(host, str) or not host.strip():
+        raise ConfigurationError(
+            f"the host must be a URL such as {contract.DEFAULT_HOST}", code="invalid_host"
+        )
+    text = host.strip().rstrip("/")
+    try:
+        url = httpx.URL(text)
+    except Exception:  # httpx.InvalidURL and friends; never chained (may echo input)
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(
+            f"the host must be an http(s) URL such as {contract.DEFAULT_HOST}",
+            code="invalid_host",
+        )
+    if url.scheme == "http" and not _is_loopback(url.host) and not allow_insecure_http:
+        raise ConfigurationError(
+            f"refusing plain http:// to {url.host}: the API key would travel unencrypted. "
+            "Use https://, or pass allow_insecure_http=True if you really mean it.",
+            code="insecure_http_refused",
+        )
+    if url.query or url.fragment:
+        raise ConfigurationError(
+            "the host must not carry a query string or fragment", code="invalid_host"
+        )
+    return text
+
+
+def _full_jitter(attempt: int, initial: float, cap: float) -> float:
+    return random.uniform(0.0, min(cap, initial * (2 ** (attempt - 1))))
+
+
+def _retry_after(response: httpx.Response, body: Mapping[str, Any]) -> float:
+    header = response.headers.get("retry-after")
+    if header is not None:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            pass
+    details = body.get("details")
+    if isinstance(details, Mapping):
+        value = details.get("retry_after_s")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return max(0.0, float(value))
+    return _DEFAULT_RETRY_AFTER
+
+
+class _Attempt(Exception):
+    """One failed attempt, with what the retry hook needs; never escapes this module."""
+
+    def __init__(self, error: MillimetricError, retryable: bool, delay: float | None) -> None:
+        super().__init__(error.code)
+        self.error = error
+        self.retryable = retryable
+        self.delay = delay  # None: use the exponential backoff
+
+
+class _CallState:
+    """Per-request bookkeeping shared by the attempts and the retry hook."""
+
+    __slots__ = ("ambiguous", "attempts", "client", "count", "emit", "route")
+
+    def __init__(self, client: AsyncClient, route: str, count: int, emit: Emitter) -> None:
+        self.client = client
+        self.route = route
+        self.count = count
+        self.emit = emit
+        self.attempts = 0
+        self.ambiguous = False
+
+    def hook(self, exc: Exception) -> bool | float:
+        """stamina backoff hook: whether (and after how long) to retry."""
+        if not isinstance(exc, _Attempt) or not exc.retryable:
+            return False
+        if self.attempts >= self.client.max_attempts:
+            return False
+        delay = exc.delay
+        if delay is None:
+            delay = _full_jitter(
+                self.attempts, self.client.backoff_initial, self.client.backoff_max
+            )
+        self.emit(Retrying(self.route, self.attempts, delay, exc.error.code, self.ambiguous))
+        return delay
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class AsyncClient:
+    """The async Millimetric client (see the module docstring for its guarantees).
+
+    Args:
+        key: the API key (an ``sk_`` key to send); else ``$MILLIMETRIC_KEY``.
+        host: base URL; else ``$MILLIMETRIC_HOST``; else ``https://api.millimetric.ai``.
+        rate_limits: ``None`` for the production limits (``contract.RATE_LIMITS``),
+            ``"off"``, ``{route: RateLimit}`` for another plan, or a ready
+            :class:`~millimetric_nb.ratelimit.RateLimiter`.
+        max_attempts: HTTP attempts per request, retries included (>= 1).
+        timeout: seconds for each of connect, write, read and pool waits.
+        allow_insecure_http: allow ``http://`` to a non-loopback host.
+        observer: receives progress events for every request of this client.
+        transport: an httpx transport (tests shape faults with it).
+        backoff_initial, backoff_max: the exponential backoff's first and largest
+            ceiling, in seconds.
+        max_concurrency: at most this many requests of one :meth:`batch` in flight.
+
+    Raises:
+        ConfigurationError: no key, or a bad or insecure host.
+        KeyRefusedError: a malformed key, or a ``pk_`` (browser) key.
+    """
+
+    def __init__(
+        self,
+        key: str | None = None,
+        host: str | None = None,
+        *,
+        rate_limits: RateLimitsArg | RateLimiter = None,
+        max_attempts: int = 6,
+        timeout: float = 30.0,
+        allow_insecure_http: bool = False,
+        observer: Observer | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        backoff_initial: float = contract.BACKOFF_INITIAL_S,
+        backoff_max: float = 5.0,
+        max_concurrency: int = 8,
+    ) -> None:
+        raw = key if key is not None else os.environ.get(contract.ENV_KEY)
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            raise ConfigurationError(
+                f"no API key: pass key='sk_live_…' or set the {contract.ENV_KEY} environment "
+                "variable (an sk_ key from your Millimetric project settings)",
+                code="missing_api_key",
+            )
+        self._key = ApiKey.parse(raw)  # malformed -> KeyRefusedError, secret never quoted
+        if self._key.kind == "pk":
+            self._key.check_use("ingest")  # raises browser_key_refused with the reason
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        if max_concurrency < 1:
+            raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
+        self._host = _normalise_host(
+            host if host is not None
+            else os.environ.get(contract.ENV_HOST) or contract.DEFAULT_HOST,
+            allow_insecure_http,
+        )
+        self.max_attempts = max_attempts
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.max_concurrency = max_concurrency
+        self.limiter = (
+            rate_limits if isinstance(rate_limits, RateLimiter) else RateLimiter(rate_limits)
+        )
+        self._observer = observer
+        self._http = httpx.AsyncClient(
+            base_url=self._host,
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            headers={"user-agent": f"millimetric-nb/{_VERSION}"},
+            follow_redirects=False,
+        )
+        self._closed = False
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def key_masked(self) -> str:
+        """The key as it may be shown: ``sk_live_1a2b3c4d_…``."""
+        return self._key.masked
+
+    @property
+    def key_kind(self) -> str:
+        """``"sk"``, ``"rk"`` or ``"ak"``."""
+        return self._key.kind
+
+    @property
+    def host(self) -> str:
+        """The base URL requests go to."""
+        return self._host
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        return f"AsyncClient(key={self.key_masked!r}, host={self._host!r})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:  # never let the key travel by pickling
+        raise TypeError("AsyncClient cannot be pickled (it holds an API key)")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self._http.aclose()
+
+    close = aclose  # ``await client.close()`` reads naturally too
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _scrub(self, value: Any) -> Any:
+        """``value`` with any occurrence of the key (or its secret) masked."""
+        if isinstance(value, str):
+            full = self._key.reveal()
+            secret = full.split("_", 3)[3]
+            if full in value:
+                value = value.replace(full, self.key_masked)
+            if secret and secret in value:
+                value = value.replace(secret, "…")
+            return value
+        if isinstance(value, Mapping):
+            return {self._scrub(str(k)): self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v) for v in value]
+        return value
+
+    def _check(self, route: str) -> contract.Route:
+        if self._closed:
+            raise ConfigurationError("this client is closed", code="client_closed")
+        self._key.check_use(_USE_BY_ROUTE[route])
+        return contract.ROUTES[route]
+
+    def _emitter(self, observer: Observer | None) -> Emitter:
+        return Emitter((self._observer, observer))
+
+    def _api_error(
+        self, route: contract.Route, response: httpx.Response, body: Mapping[str, Any]
+    ) -> MillimetricError:
+        status = response.status_code
+        code = body.get("error") if isinstance(body.get("error"), str) else None
+        details = body.get("details") if isinstance(body.get("details"), Mapping) else {}
+        details = self._scrub(details)
+        field_errors: dict[str, list[str]] = {}
+        fe = details.get("fieldErrors")
+        if isinstance(fe, Mapping):
+            for path, msgs in fe.items():
+                if isinstance(msgs, list):
+                    field_errors[str(path)] = [str(m) for m in msgs]
+                else:
+                    field_errors[str(path)] = [str(msgs)]
+        form = details.get("formErrors")
+        if isinstance(form, list) and form:
+            field_errors.setdefault("(body)", []).extend(str(m) for m in form)
+        retry_after = _retry_after(response, body) if status == 429 else None
+        code = code or f"http_{status}"
+        meaning = contract.ERRORS[code].meaning if code in contract.ERRORS else "error"
+        message = f"{route.method} {route.path} answered {status} {code}: {meaning}"
+        if status == 429:
+            message += f"; retry after {retry_after:g} s"
+        cls = error_for_status(status)
+        return cls(
+            self._scrub(message),
+            code=code,
+            status=status,
+            field_errors=field_errors,
+            retry_after=retry_after,
+            details=details,
+        )
+
+    async def _attempt(
+        self,
+        state: _CallState,
+        route: contract.Route,
+        *,
+        content: bytes | None,
+        params: Mapping[str, Any] | None,
+    ) -> SendOutcome:
+        emit = state.emit
+        await self.limiter.acquire(
+            route.name, on_wait=lambda s, r: emit(Waiting(route.name, s, r))
+        )
+        state.attempts += 1
+        emit(RequestSent(route.name, state.count, len(content or b""), state.attempts))
+        headers = {"authorization": f"Bearer {self._key.reveal()}"}
+        if content is not None:
+            headers["content-type"] = "application/json"
+        failure: MillimetricError | None = None
+        ambiguous = False
+        try:
+            response = await self._http.request(
+                route.method, route.path, content=content, params=params, headers=headers
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # The request never left: not ambiguous.
+            failure = TransportError(
+                self._scrub(f"could not connect to {self._host}: {type(exc).__name__}: {exc}"),
+                code="connect_failed",
+            )
+        except httpx.TimeoutException as exc:
+            ambiguous = True
+            failure = TransportError(
+                self._scrub(
+                    f"{route.method} {route.path} timed out ({type(exc).__name__}) after the "
+                    "request was sent: the server may have written it"
+                ),
+                code="timeout",
+            )
+        except httpx.HTTPError as exc:  # read/write errors, dropped connections, decoding
+            ambiguous = True
+            failure = TransportError(
+                self._scrub(
+                    f"{route.method} {route.path}: the connection failed after sending "
+                    f"({type(exc).__name__}: {exc}); the server may have written it"
+                ),
+                code="connection_lost",
+            )
+        if failure is not None:
+            # Raised outside the except blocks: no httpx exception in __context__.
+            state.ambiguous = state.ambiguous or ambiguous
+            failure.ambiguous = state.ambiguous
+            raise _Attempt(failure, retryable=True, delay=None)
+
+        try:
+            body = orjson.loads(response.content) if response.content else {}
+        except orjson.JSONDecodeError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {"value": body}
+        status = response.status_code
+        if 200 <= status < 300:
+            return SendOutcome(route.name, status, body, state.attempts, state.ambiguous)
+
+        error = self._api_error(route, response, body)
+        if status == 429:
+            assert error.retry_after is not None
+            self.limiter.pause(route.name, error.retry_after)
+            error.ambiguous = state.ambiguous
+            # The bucket holds the route (for every caller) until Retry-After passes.
+            raise _Attempt(error, retryable=True, delay=0.0)
+        if status >= 500:
+            state.ambiguous = True
+        error.ambiguous = state.ambiguous
+        raise _Attempt(error, retryable=status in _RETRY_STATUSES, delay=None)
+
+    async def _send(
+        self,
+        route_name: str,
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+        count: int = 1,
+        observer: Observer | None = None,
+    ) -> SendOutcome:
+        """One logical request: bucket, attempts, retries. Emits RequestSent/Retrying/Waiting."""
+        route = self._check(route_name)
+        state = _CallState(self, route.name, count, self._emitter(observer))
+        final: MillimetricError | None = None
+        try:
+            async for attempt in stamina.retry_context(
+                on=state.hook,
+                attempts=self.max_attempts,
+                timeout=None,
+                wait_initial=self.backoff_initial,
+                wait_max=self.backoff_max,
+                wait_jitter=0.0,
+            ):
+                with attempt:
+                    return await self._attempt(state, route, content=content, params=params)
+        except _Attempt as exc:
+            final = exc.error
+        assert final is not None
+        final.attempts = state.attempts
+        final.ambiguous = state.ambiguous
+        if state.attempts > 1:
+            final.message += f" (after {state.attempts} attempts)"
+            final.args = (final.message,)
+        raise final
+
+    # ------------------------------------------------------------------ the engine's API
+
+    async def send_batch_body(
+        self, body: bytes, count: int, *, observer: Observer | None = None
+    ) -> SendOutcome:
+        """Send one ready ``/v1/batch`` body (``b'{"events":[...]}'``, 1..1000 events, <= 5 MB).
+
+        The caller validated and encoded it. Goes through the batch bucket and the
+        retries; emits ``RequestSent``/``Retrying``/``Waiting`` (the caller emits
+        ``Acknowledged``/``Failed``, it knows the rows).
+
+        Raises:
+            MillimetricError: on final failure, with ``code``, ``status``, ``attempts``,
+                ``ambiguous`` and ``field_errors``.
+        """
+        if not contract.BATCH_MIN_EVENTS <= count <= contract.BATCH_MAX_EVENTS:
+            raise ValidationError(
+                f"a batch request holds {contract.BATCH_MIN_EVENTS} to "
+                f"{contract.BATCH_MAX_EVENTS} events, got {count}",
+                problems=[("events", contract.RULE_TOO_LONG if count else contract.RULE_TOO_SHORT,
+                           f"{count} events")],
+            )
+        if len(body) > contract.BATCH_MAX_BYTES:
+            raise ValidationError(
+                f"a batch request body is at most {contract.BATCH_MAX_BYTES} bytes, "
+                f"got {len(body)}",
+                problems=[("events", contract.RULE_TOO_LARGE, f"{len(body)} bytes")],
+            )
+        return await self._send("batch", content=body, count=count, observer=observer)
+
+    async def read(self, route: ReadRoute, params: Mapping[str, Any]) -> dict[str, Any]:
+        """GET ``/v1/{route}`` with ``params``; the key's read scope is checked first."""
+        if route not in ("query", "stats", "sources"):
+            raise ConfigurationError(
+                f"read() serves query, stats and sources, not {route!r}", code="invalid_route"
+            )
+        outcome = await self._send(route, params=dict(params), count=0)
+        return outcome.body
+
+    # ------------------------------------------------------------------ single calls
+
+    async def _single(self, route: str, content: bytes, observer: Observer | None) -> SendOutcome:
+        emit = self._emitter(observer)
+        try:
+            outcome = await self._send(route, content=content, count=1, observer=observer)
+        except MillimetricError as exc:
+            emit(Failed(route, 1, exc.code, str(exc), exc.ambiguous))
+            raise
+        emit(Acknowledged(route, 1, outcome.attempts, outcome.ambiguous))
+        return outcome
+
+    async def track(
+        self, event: str, *, observer: Observer | None = None, **fields: Any
+    ) -> SendOutcome:
+        """Send one event (``POST /v1/track``).
+
+        ``fields`` are the contract's event fields (``user_id``, ``timestamp``,
+        ``properties``...). Validated first (:class:`ValidationError` naming each field
+        and rule; nothing sent); server-enriched fields are dropped with a warning.
+        The answer's ``body["event_id"]`` is the stored event's id.
+        """
+        self._check("track")
+        raw, problems, dropped = check_event({"event": event, **fields})
+        warn_enriched(dropped)
+        if raw is None:
+            raise ValidationError(_invalid("the event is", len(problems)), problems=problems)
+        return await self._single("track", raw, observer)
+
+    async def identify(
+        self,
+        anonymous_id: str,
+        user_id: str,
+        traits: Mapping[str, Any] | None = None,
+        *,
+        observer: Observer | None = None,
+    ) -> SendOutcome:
+        """Link an anonymous visitor to a user (``POST /v1/identify``); validated first."""
+        self._check("identify")
+        body = prepare_identify(anonymous_id, user_id, traits)
+        return await self._single("identify", orjson.dumps(body), observer)
+
+    async def forget(self, user_id: str, *, observer: Observer | None = None) -> SendOutcome:
+        """Delete every event of ``user_id`` (``POST /v1/forget``; ``sk_`` keys only)."""
+        self._check("forget")
+        return await self._single("forget", orjson.dumps(prepare_forget(user_id)), observer)
+
+    # ------------------------------------------------------------------ batch
+
+    async def batch(
+        self,
+        events: Iterable[Mapping[str, Any]],
+        *,
+        observer: Observer | None = None,
+        raise_on_error: bool = True,
+    ) -> BatchResult:
+        """Send any number of events through ``/v1/batch``.
+
+        Every event is validated first: if any is invalid, a :class:`ValidationError`
+        names each (``events[i].field``) and nothing is sent. The events are then
+        split into requests of at most 1000 events and 5 MB, sent concurrently as far
+        as the batch bucket allows (built on :meth:`send_batch_body`).
+
+        Returns:
+            a :class:`BatchResult` accounting for every event by request.
+
+        Raises:
+            BatchFailedError: (when ``raise_on_error``) some requests finally failed;
+                ``.result`` is the full account, ``.ambiguous`` says whether any failed
+                request may have been written anyway.
+        """
+        self._check("batch")
+        encoded: list[bytes] = []
+        problems: list[tuple[str, str, str]] = []
+        dropped: set[str] = set()
+        for i, ev in enumerate(events):
+            raw, probs, drop = check_event(ev, prefix=f"events[{i}].")
+            if raw is None:
+                problems.extend(probs)
+            else:
+                encoded.append(raw)
+            dropped.update(drop)
+        n = len(encoded) + _count_events(problems)
+        warn_enriched(dropped)
+        if problems:
+            raise ValidationError(
+                _invalid(f"{_count_events(problems)} of {n} events are", len(problems)),
+                problems=problems,
+            )
+        emit = self._emitter(observer)
+        plan = _split(encoded)
+        emit(Planned(rows=n, valid=n, invalid=0, requests=len(plan), total_rows=n))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sem = asyncio.Semaphore(self.max_concurrency)
+        abandon = asyncio.Event()
+
+        async def send(index: int, start: int, stop: int) -> BatchRequest:
+            body = _BATCH_OPEN + b",".join(encoded[start:stop]) + _BATCH_CLOSE
+            async with sem:
+                if abandon.is_set():
+                    return BatchRequest(index, start, stop, len(body), "not_sent")
+                try:
+                    outcome = await self.send_batch_body(body, stop - start, observer=observer)
+                except MillimetricError as exc:
+                    if exc.status in (401, 403) or exc.code in ("client_closed",):
+                        abandon.set()
+                    emit(Failed("batch", stop - start, exc.code, str(exc), exc.ambiguous))
+                    return BatchRequest(index, start, stop, len(body), "failed",
+                                        exc.attempts, exc.ambiguous, exc)
+            emit(Acknowledged("batch", stop - start, outcome.attempts, outcome.ambiguous))
+            return BatchRequest(index, start, stop, len(body), "stored",
+                                outcome.attempts, outcome.ambiguous)
+
+        requests = list(await asyncio.gather(*(send(i, a, b) for i, (a, b) in enumerate(plan))))
+        result = BatchResult(n, requests)
+        emit(Done(result.counts, loop.time() - started))
+        if raise_on_error and not result.ok:
+            failed = [r for r in requests if r.state == "failed"]
+            first = failed[0].error if failed else None
+            raise BatchFailedError(
+                f"{result.failed + result.not_sent} of {n} events did not get in "
+                f"({len(failed)} of {len(requests)} requests failed"
+                + (f", first: {first}" if first is not None else "")
+                + "); see .result for the account of every request",
+                result=result,
+                code="batch_incomplete",
+                status=first.status if first is not None else None,
+                ambiguous=any(r.ambiguous for r in failed),
+                attempts=max((r.attempts for r in requests), default=0),
+            )
+        return result
+
+
+# --------------------------------------------------------------------------- module helpers
+
+
+def _invalid(what: str, n: int) -> str:
+    return f"{what} invalid ({n} problem{'s' if n != 1 else ''}); nothing was sent"
+
+
+def _count_events(problems: list[tuple[str, str, str]]) -> int:
+    return len({p[0].split(".", 1)[0] for p in problems})
+
+
+def _split(encoded: list[bytes]) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of at most BATCH_MAX_EVENTS events and BATCH_MAX_BYTES bytes."""
+    plan: list[tuple[int, int]] = []
+    start = 0
+    size = len(_BATCH_OPEN) + len(_BATCH_CLOSE)
+    for i, raw in enumerate(encoded):
+        extra = len(raw) + (1 if i > start else 0)
+        if i > start and (
+            i - start >= contract.BATCH_MAX_EVENTS or size + extra > contract.BATCH_MAX_BYTES
+        ):
+            plan.append((start, i))
+            start = i
+            size = len(_BATCH_OPEN) + len(_BATCH_CLOSE)
+            extra = len(raw)
+        size += extra
+    if start < len(encoded):
+        plan.append((start, len(encoded)))
+    return plan
