@@ -250,7 +250,9 @@ def resolve_mapping(
         else:
             ignored = [c for c in enriched if c not in used]
             props = [c for c in cols if c not in used and c not in ignored]
-    elif isinstance(properties, list | tuple):
+    elif isinstance(properties, list) or (
+        isinstance(properties, tuple) and properties not in seen
+    ):
         props = [need(c, "properties") for c in properties]
         ignored = [c for c in enriched if c not in used and c not in props]
     else:
@@ -339,21 +341,20 @@ def _within_occurrences(keys: np.ndarray) -> np.ndarray:
     return occ
 
 
-def _derive_ids(contents: list[bytes], state: EventIdState | None) -> list[str]:
-    """Stable ids for encoded contents (see the module docstring)."""
+def _derive_ids(contents: list[bytes], state: EventIdState | None) -> pl.Series:
+    """Stable ids (a String series) for encoded contents (see the module docstring)."""
     blake = hashlib.blake2b
     digests = [blake(c, digest_size=16, person=_ID_PERSON).digest() for c in contents]
     if not digests:
-        return []
+        return pl.Series(values=[], dtype=pl.String)
     keys = np.frombuffer(b"".join(digests), dtype=">u8")[::2].astype(np.uint64)
     occ = state.occurrences(keys) if state is not None else _within_occurrences(keys)
-    ids = [_ID_PREFIX + d.hex() for d in digests]
-    for i in np.flatnonzero(occ):
-        n = int(occ[i])
-        ids[i] = _ID_PREFIX + blake(
-            digests[i] + n.to_bytes(8, "big"), digest_size=16, person=_ID_PERSON
-        ).hexdigest()
-    return ids
+    for i in np.flatnonzero(occ).tolist():
+        digests[i] = blake(
+            digests[i] + int(occ[i]).to_bytes(8, "big"), digest_size=16, person=_ID_PERSON
+        ).digest()
+    hexed = pl.Series(values=digests, dtype=pl.Binary).bin.encode("hex")
+    return pl.select(pl.concat_str([pl.lit(_ID_PREFIX), pl.lit(hexed)])).to_series()
 
 
 # --------------------------------------------------------------------------- problems
@@ -465,15 +466,32 @@ def _strings_to_polars(values: list[str | None]) -> tuple[pl.Series, list[int]]:
         return pl.Series(values=clean, dtype=pl.String), bad
 
 
-def _quote(ps: pl.Series) -> pl.Series:
-    """JSON string literals for a String series (nulls stay null)."""
-    quoted = pl.select(pl.concat_str([pl.lit('"'), pl.lit(ps), pl.lit('"')])).to_series()
+#: A property or field value column ready for JSON: ``(values, wrap)``; ``wrap`` means
+#: the values are plain strings needing only surrounding quotes, else they are JSON text.
+_JsonCol = tuple[pl.Series, bool]
+
+
+def _quote(ps: pl.Series) -> _JsonCol:
+    """JSON string literals for a String series (nulls stay null).
+
+    Strings without characters JSON must escape are only wrapped in quotes (later, in
+    the one polars expression that builds each event); if any value needs escaping,
+    those few are escaped by orjson and every value is quoted here.
+    """
     needs = ps.str.contains(r'[\x00-\x1f"\\]').fill_null(False)
-    if needs.any():
-        idx = needs.arg_true()
-        vals = [orjson.dumps(v).decode() for v in ps.gather(idx).to_list()]
-        quoted = quoted.scatter(idx, pl.Series(vals, dtype=pl.String))
-    return quoted
+    if not needs.any():
+        return ps, True
+    quoted = pl.select(pl.concat_str([pl.lit('"'), pl.lit(ps), pl.lit('"')])).to_series()
+    idx = needs.arg_true()
+    vals = [orjson.dumps(v).decode() for v in ps.gather(idx).to_list()]
+    return quoted.scatter(idx, pl.Series(vals, dtype=pl.String)), False
+
+
+def _frag_expr(key_json: str, name: str, wrap: bool) -> pl.Expr:
+    """``"key":<value>`` per row of column ``name`` (null where the value is null)."""
+    if wrap:
+        return pl.concat_str([pl.lit(key_json + ':"'), pl.col(name), pl.lit('"')])
+    return pl.concat_str([pl.lit(key_json + ":"), pl.col(name)])
 
 
 def _string_field(
@@ -571,9 +589,16 @@ _ISO_FAST = (
 )
 
 
+def _to_us(ps: pl.Series) -> pl.Series:
+    """Datetime -> Datetime("us"), flooring nanoseconds (as ``to_pydatetime`` does)."""
+    if isinstance(ps.dtype, pl.Datetime) and ps.dtype.time_unit == "ns":
+        return (ps.cast(pl.Int64) // 1000).cast(pl.Datetime("us"))
+    return ps.cast(pl.Datetime("us"))
+
+
 def _format_ts(ps: pl.Series) -> pl.Series:
     """UTC naive Datetime -> ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (as encode.to_utc_iso)."""
-    ps = ps.cast(pl.Datetime("us"))
+    ps = _to_us(ps)
     us = ps.dt.microsecond()
     return pl.select(
         pl.concat_str([
@@ -604,7 +629,7 @@ def _timestamp_field(
         ps = pl.from_pandas(s)
         if isinstance(ps.dtype, pl.Datetime) and ps.dtype.time_zone is not None:
             ps = ps.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-        parsed = ps.cast(pl.Datetime("us"))
+        parsed = _to_us(ps)
     elif _is_str_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
         vals = s.to_numpy(dtype=object)
         is_str = np.fromiter((isinstance(v, str) for v in vals), dtype=bool, count=n)
@@ -623,7 +648,7 @@ def _timestamp_field(
                     errors="coerce",
                 )
                 sp = pl.from_pandas(sub).dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-                sp = sp.cast(pl.Datetime("us"))
+                sp = _to_us(sp)
                 parsed = parsed.scatter(idx, sp)
                 ok = ~sp.is_null().to_numpy()
                 fast[idx[~ok]] = False
@@ -674,7 +699,8 @@ def _timestamp_field(
         )
     now_s = _format_ts(pl.Series([now.tz_convert("UTC").tz_localize(None)]).cast(
         pl.Datetime("us")))[0]
-    future = present & (text > now_s).fill_null(False).to_numpy()
+    # same format, so comparing the seconds part as text compares instants
+    future = present & (text.str.slice(0, 19) > now_s[:19]).fill_null(False).to_numpy()
     if future.any():
         warns.append(
             f"{int(future.sum())} row(s) have a timestamp in the future (after {now_s}) in {where}"
@@ -714,7 +740,7 @@ def _fallback_values(
 
 def _property_values(
     s: pd.Series, key: str, label: Hashable, probs: _Problems
-) -> tuple[pl.Series, pl.Series | None]:
+) -> tuple[_JsonCol, pl.Series | None]:
     """``(JSON values, plain strings or None)`` of one property column (null = omitted)."""
     n = len(s)
     path = f"properties.{key}"
@@ -728,7 +754,7 @@ def _property_values(
         ps = pl.from_pandas(s).cast(pl.String)
         return _quote(ps), ps
     if pd.api.types.is_bool_dtype(dtype):
-        return pl.from_pandas(s).cast(pl.String), None
+        return (pl.from_pandas(s).cast(pl.String), False), None
     if pd.api.types.is_integer_dtype(dtype):
         ps = pl.from_pandas(s)
         if ps.dtype.is_unsigned_integer():
@@ -743,7 +769,7 @@ def _property_values(
                 for v in ps.gather(idx).to_list()
             ])
             out = out.scatter(idx, None)
-        return out, None
+        return (out, False), None
     if pd.api.types.is_float_dtype(dtype):
         ps = pl.from_pandas(s).cast(pl.Float64)
         inf = ps.is_infinite().fill_null(False)
@@ -752,12 +778,12 @@ def _property_values(
             probs.add(idx.to_numpy(), path, contract.RULE_NOT_JSON,
                       f"infinity is not a JSON number ({where})")
             ps = ps.scatter(idx, None)
-        return ps.cast(pl.String), None
+        return (ps.cast(pl.String), False), None
     if pd.api.types.is_datetime64_any_dtype(dtype):
         ps = pl.from_pandas(s)
         if isinstance(ps.dtype, pl.Datetime) and ps.dtype.time_zone is not None:
             ps = ps.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-        ps = ps.cast(pl.Datetime("us"))
+        ps = _to_us(ps)
         years = ps.dt.year()
         oor = ((years < 1) | (years > 9999)).fill_null(False)
         if oor.any():
@@ -780,8 +806,8 @@ def _property_values(
                 probs.add(np.asarray(bad, dtype=np.int64), path, contract.RULE_UNICODE,
                           f"contains a lone surrogate, which is not valid UTF-8 ({where})")
             return _quote(ps), ps
-    return pl.Series(values=_fallback_values(vals, np.arange(n), path, label, probs),
-                     dtype=pl.String), None
+    return (pl.Series(values=_fallback_values(vals, np.arange(n), path, label, probs),
+                      dtype=pl.String), False), None
 
 
 def _dict_properties(
@@ -915,11 +941,6 @@ class PreparedChunk:
         return sum(map(len, self.payloads))
 
 
-def _frag(key_json: str, values: pl.Series) -> pl.Series:
-    """``"key":<value>`` per row (null where the value is null)."""
-    return pl.select(pl.concat_str([pl.lit(key_json + ":"), pl.lit(values)])).to_series()
-
-
 def prepare_chunk(
     df: pd.DataFrame,
     mapping: FieldMapping,
@@ -1009,33 +1030,30 @@ def prepare_chunk(
             )
 
     # properties
-    props_json: pl.Series | None = None
     pii_found: dict[str, str] = {}
+    props_obj: pl.Series | None = None  # one JSON object per row, null = no properties
     if mapping.properties_is_dict_column:
         label = mapping.properties
-        props_json, keys = _dict_properties(df[label], label, probs)
+        props_obj, keys = _dict_properties(df[label], label, probs)
         if pii != "ignore" and n:
-            pii_found = detect_pii({k: None for k in keys}, json_texts=props_json)
-        props_obj = props_json
+            pii_found = detect_pii({k: None for k in keys}, json_texts=props_obj)
     elif mapping.property_columns:
-        frags: list[pl.Series] = []
+        cols: dict[str, pl.Series] = {}
+        exprs: list[pl.Expr] = []
         plain: dict[str, pl.Series | None] = {}
-        for label in sorted(mapping.property_columns, key=_property_key):
+        for i, label in enumerate(sorted(mapping.property_columns, key=_property_key)):
             key = _property_key(label)
-            values, strings = _property_values(df[label], key, label, probs)
-            frags.append(_frag(orjson.dumps(key).decode(), values))
+            (values, wrap), strings = _property_values(df[label], key, label, probs)
+            cols[f"p{i}"] = values
+            exprs.append(_frag_expr(orjson.dumps(key).decode(), f"p{i}", wrap))
             plain[key] = strings
         if pii != "ignore" and n:
             pii_found = detect_pii(plain)
-        inner = pl.select(pl.concat_str([pl.lit(f) for f in frags], separator=",",
-                                        ignore_nulls=True)).to_series()
-        props_obj = pl.select(
-            pl.when(pl.lit(inner) != "")
-            .then(pl.concat_str([pl.lit("{"), pl.lit(inner), pl.lit("}")]))
+        inner = pl.concat_str(exprs, separator=",", ignore_nulls=True)
+        props_obj = pl.DataFrame(cols, height=n).select(
+            pl.when(inner != "").then(pl.concat_str([pl.lit("{"), inner, pl.lit("}")]))
             .otherwise(None)
         ).to_series()
-    else:
-        props_obj = None
     if props_obj is not None and n:
         size = props_obj.str.len_bytes().fill_null(0).to_numpy()
         big = size > contract.PROPERTIES_MAX_BYTES
@@ -1044,7 +1062,6 @@ def prepare_chunk(
                 f"must be at most {contract.PROPERTIES_MAX_BYTES} bytes once JSON-encoded, "
                 f"got {k}" for k in size[big]
             ])
-        fields["properties"] = _frag('"properties"', props_obj)
     if pii_found:
         lines = [f"{k!r} ({why})" for k, why in sorted(pii_found.items())]
         msg = ("property column(s) that look like personal data, which Millimetric says not "
@@ -1072,43 +1089,39 @@ def prepare_chunk(
             )
     payloads: list[bytes] = []
     if encode and valid.any():
-        order = ["event", "timestamp", "anonymous_id", "user_id", "session_id", "url", "path",
-                 "referrer"]
-        parts: list[pl.Series] = []
-        for name in order:
-            if name in fields:
-                parts.append(_frag(f'"{name}"', _quote(fields[name])))
-        if "properties" in fields:
-            parts.append(fields["properties"])
         mask = pl.Series(valid)
-        frame = pl.DataFrame({f"c{i}": p for i, p in enumerate(parts)}).filter(mask)
-        contents: list[bytes] = frame.select(
-            pl.concat_str([pl.lit("{"), pl.concat_str(pl.all(), separator=",", ignore_nulls=True),
-                           pl.lit("}")]).cast(pl.Binary)
-        ).to_series().to_list()
+        cols = {}
+        exprs = []
+        for name in ("event", "timestamp", "anonymous_id", "user_id", "session_id", "url",
+                     "path", "referrer"):
+            if name in fields:
+                values, wrap = _quote(fields[name].filter(mask))
+                cols[name] = values
+                exprs.append(_frag_expr(f'"{name}"', name, wrap))
+        if props_obj is not None:
+            cols["properties"] = props_obj.filter(mask)
+            exprs.append(_frag_expr('"properties"', "properties", False))
+        content = pl.DataFrame(cols).select(
+            pl.concat_str([pl.lit("{"), pl.concat_str(exprs, separator=",", ignore_nulls=True),
+                           pl.lit("}")])
+        ).to_series()
         vpos = np.flatnonzero(valid)
-        if given is not None:
-            given_json = _quote(given.filter(mask)).to_list()
-            need = [i for i, g in enumerate(given_json) if g is None]
-        else:
-            given_json = [None] * len(contents)
-            need = list(range(len(contents)))
         if given is None:
-            derived = _derive_ids(contents, ids)
-            event_ids[vpos] = derived
-            payloads = [
-                b'{"event_id":"' + d.encode() + b'",' + c[1:]
-                for d, c in zip(derived, contents, strict=True)
-            ]
+            id_s = _derive_ids(content.cast(pl.Binary).to_list(), ids)
         else:
-            derived = _derive_ids([contents[i] for i in need], ids)
-            for i, d in zip(need, derived, strict=True):
-                given_json[i] = '"' + d + '"'
-                event_ids[vpos[i]] = d
-            payloads = [
-                b'{"event_id":' + g.encode() + b"," + c[1:]  # type: ignore[union-attr]
-                for g, c in zip(given_json, contents, strict=True)
-            ]
+            id_s = given.filter(mask)
+            need = id_s.is_null()
+            if need.any():
+                need_idx = need.arg_true()
+                derived = _derive_ids(content.gather(need_idx).cast(pl.Binary).to_list(), ids)
+                id_s = id_s.scatter(need_idx, derived)
+        event_ids[vpos] = id_s.to_list()
+        id_vals, wrap = _quote(id_s)
+        payloads = pl.DataFrame({"i": id_vals, "c": content}).select(
+            pl.concat_str([
+                _frag_expr('{"event_id"', "i", wrap), pl.lit(","), pl.col("c").str.slice(1)
+            ]).cast(pl.Binary)
+        ).to_series().to_list()
     return PreparedChunk(
         index=df.index, offset=offset, valid=valid, event_ids=event_ids, payloads=payloads,
         errors=probs.frame(df.index, offset), warnings=warns,
