@@ -68,6 +68,7 @@ log = logging.getLogger("millimetric_nb")
 
 DEFAULT_CONCURRENCY = 20
 DEFAULT_CHUNKSIZE = 50_000
+_FIRST_CHUNK = 1000
 _BODY_HEAD = b'{"events":['
 _BODY_TAIL = b"]}"
 
@@ -133,8 +134,12 @@ def iter_source(source: Source, chunksize: int) -> tuple[Iterator[pd.DataFrame],
             if len(frame) == 0:
                 yield frame
                 return
-            for start in range(0, len(frame), chunksize):
-                yield frame.iloc[start : start + chunksize]
+            # small chunks first so the first requests leave at once, then full size
+            start, size = 0, min(chunksize, _FIRST_CHUNK)
+            while start < len(frame):
+                yield frame.iloc[start : start + size]
+                start += size
+                size = min(chunksize, size * 4)
 
         return frame_chunks(), len(frame)
     if isinstance(source, (str, os.PathLike)):

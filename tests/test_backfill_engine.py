@@ -62,7 +62,7 @@ def test_iter_source_frame_csv_jsonl_parquet(tmp_path):
     df = pd.DataFrame({"event": [f"e{i}" for i in range(25)], "n": range(25)})
     chunks, total = iter_source(df, 10)
     got = list(chunks)
-    assert total == 25 and [len(c) for c in got] == [10, 10, 5]
+    assert total == 25 and [len(c) for c in got] == [10, 10, 5]  # chunks <= 1000 rows
     assert list(pd.concat(got).index) == list(range(25))
 
     df.to_csv(tmp_path / "a.csv", index=False)
@@ -326,3 +326,8 @@ def test_failed_event_emitted_for_rejections():
     fails = [e for e in events if isinstance(e, Failed)]
     assert fails and fails[0].code == "invalid_payload" and fails[0].events == 5
     assert res.counts["failed"] == 5
+
+
+def test_frame_chunks_start_small_then_full_size():
+    chunks, total = iter_source(pd.DataFrame({"event": ["e"] * 30_000}), 20_000)
+    assert [len(c) for c in chunks] == [1000, 4000, 16_000, 9000] and total == 30_000
