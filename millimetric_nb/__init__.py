@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import accessor as accessor  # registers df.millimetric
 from . import contract
 from .backfill import abackfill, backfill
+from .client import AsyncClient
 from .errors import (
     APIError,
     AuthenticationError,
@@ -26,13 +27,16 @@ from .journal import Journal
 from .keys import ApiKey, mask
 from .read import query, query_all, sources, stats
 from .results import SendResult
+from .sync import Client, connect, default_client
 
 __version__ = "0.1.0"
 
 __all__ = [
     "APIError",
     "ApiKey",
+    "AsyncClient",
     "AuthenticationError",
+    "Client",
     "ConfigurationError",
     "InvalidRequestError",
     "Journal",
@@ -47,7 +51,9 @@ __all__ = [
     "__version__",
     "abackfill",
     "backfill",
+    "connect",
     "contract",
+    "default_client",
     "mask",
     "query",
     "query_all",
