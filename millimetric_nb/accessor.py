@@ -32,6 +32,8 @@ from .backfill import (
     iter_source,
     resolve_async_client,
     run_rows,
+    run_sync_call,
+    sync_client,
 )
 from .encode import is_missing
 from .errors import ConfigurationError, ValidationError
@@ -46,10 +48,6 @@ _SEP = "\x1f"
 _ERROR_COLUMNS = ["row", "position", "field", "rule", "message"]
 
 
-def _run(coro: Any) -> SendResult:
-    from .sync import run_sync
-
-    return run_sync(coro)  # type: ignore[no-any-return]
 
 
 def _column(df: pd.DataFrame, name: str, what: str) -> np.ndarray:
@@ -205,7 +203,9 @@ class MillimetricAccessor:
         ``url_col``, ``path_col``, ``referrer_col``, ``properties``. See
         :func:`millimetric_nb.backfill` for the other arguments.
         """
-        return _run(
+        client = sync_client(client, dry_run)
+        return run_sync_call(
+            client,
             abackfill(
                 self._df,
                 client=client,
@@ -246,7 +246,9 @@ class MillimetricAccessor:
             mapping["event"] = event
         if event_col is not None:
             mapping["event_col"] = event_col
-        return _run(
+        client = sync_client(client, dry_run)
+        return run_sync_call(
+            client,
             abackfill(
                 self._df,
                 client=client,
@@ -283,6 +285,7 @@ class MillimetricAccessor:
         for col in (anonymous_id_col, user_id_col):
             _column(self._df, col, col)
         warns = _pii_warnings(self._df, traits, pii)
+        client = sync_client(client, dry_run)
         return self._per_row(
             "identify",
             _identify_preparer(anonymous_id_col, user_id_col, traits),
@@ -316,15 +319,14 @@ class MillimetricAccessor:
                 code="confirmation_required",
             )
         _column(self._df, user_id_col, "user_id")
-        aclient = None
+        client = sync_client(client, dry_run)
         if not dry_run:
-            aclient = resolve_async_client(client)
-            _check_forget_key(aclient)
+            _check_forget_key(resolve_async_client(client))
         return self._per_row(
             "forget",
             _forget_preparer(user_id_col),
             lambda ac, call: ac.forget(**call),
-            client=aclient, dry_run=dry_run, progress=progress, journal=journal,
+            client=client, dry_run=dry_run, progress=progress, journal=journal,
             concurrency=concurrency, observer=observer, whole=True,
         )
 
@@ -350,7 +352,8 @@ class MillimetricAccessor:
         async def send(req: Any, obs: Observer) -> Any:
             return await call(aclient, req.call)
 
-        return _run(
+        return run_sync_call(
+            client,
             run_rows(
                 chunks,
                 route=route,

@@ -44,7 +44,7 @@ import os
 import re
 import time
 import warnings as _warnings
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -949,7 +949,7 @@ async def abackfill(
         )
         warns.append(msg)
         _warnings.warn(msg, UserWarning, stacklevel=3)
-    return await run_rows(
+    result = await run_rows(
         chunks,
         route=route,
         prepare=prepare,
@@ -964,13 +964,33 @@ async def abackfill(
         total_rows=total,
         warnings=warns,
     )
+    from .frame import emit_warnings
+
+    emit_warnings([w for w in result.warnings if w not in warns], stacklevel=3)
+    return result
 
 
-def run_sync_call(client: Any, coro: Awaitable[SendResult]) -> SendResult:
-    """Run one of this module's coroutines through the package's event-loop bridge."""
+def sync_client(client: Any, dry_run: bool) -> Any:
+    """The client a synchronous face will use (the default one when ``None``)."""
+    if client is None and not dry_run:
+        from .sync import default_client
+
+        return default_client()
+    return client
+
+
+def run_sync_call(client: Any, coro: Coroutine[Any, Any, SendResult]) -> SendResult:
+    """Run a send coroutine through the package's one event-loop bridge.
+
+    A synchronous ``Client`` runs it on its own loop (where its connections live);
+    otherwise :func:`millimetric_nb.sync.run_sync` does.
+    """
+    runner = getattr(client, "run", None)
+    if callable(runner):
+        return runner(coro)  # type: ignore[no-any-return]
     from .sync import run_sync
 
-    return run_sync(coro)  # type: ignore[arg-type]
+    return run_sync(coro)
 
 
 def backfill(
@@ -992,6 +1012,7 @@ def backfill(
 
     The synchronous face (works in a script and inside Jupyter's running loop).
     """
+    client = sync_client(client, dry_run)
     return run_sync_call(
         client,
         abackfill(

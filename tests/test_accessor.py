@@ -1,0 +1,181 @@
+"""df.millimetric over real loopback HTTP: send_batch, track, identify, forget, validate,
+through the synchronous Client and the default client."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pandas as pd
+import pytest
+
+import millimetric_nb
+from millimetric_nb import sync
+from millimetric_nb.errors import ConfigurationError, KeyRefusedError
+from millimetric_nb.results import SendResult
+from millimetric_nb.sync import Client
+from millimetric_nb.ui import TqdmProgress
+
+NOW = pd.Timestamp("2026-06-01T00:00:00Z")
+
+
+def events(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "event": ["signup" if i % 5 == 0 else "page_view" for i in range(n)],
+            "anonymous_id": [f"anon-{i % 7}" for i in range(n)],
+            "user_id": [f"user-{i % 4}" for i in range(n)],
+            "timestamp": pd.date_range("2026-03-01", periods=n, freq="min", tz="UTC"),
+            "path": [f"/p/{i}" for i in range(n)],
+        },
+        index=pd.Index([f"r{i}" for i in range(n)], name="label"),
+    )
+
+
+@pytest.fixture
+def client(mm_server):
+    with Client(mm_server.keys["sk"], mm_server.url, rate_limits="off") as c:
+        yield c
+
+
+def test_accessor_registered_on_import():
+    assert hasattr(pd.DataFrame(), "millimetric")
+    assert millimetric_nb.SendResult is SendResult
+    assert callable(millimetric_nb.backfill) and callable(millimetric_nb.abackfill)
+
+
+def test_validate_delegates_to_the_frame_layer():
+    df = events(5)
+    df.loc["r2", "event"] = None
+    report = df.millimetric.validate()
+    assert not report.ok
+    assert list(report.errors["row"]) == ["r2"] and list(report.errors["field"]) == ["event"]
+
+
+def test_send_batch_stores_valid_rows(mm_server, client):
+    df = events(40)
+    df.loc["r3", "event"] = "x" * 200
+    res = df.millimetric.send_batch(client=client, progress=False, now=NOW)
+    assert res.counts["sent"] == 39 and res.counts["invalid"] == 1
+    assert res.rows.index.equals(df.index)
+    assert res.rows.loc["r3", "error"] == "too_long"
+    stored = {e["event_id"]: e for e in mm_server.stored_events()}
+    for label, eid in res.rows.loc[res.rows.status == "sent", "event_id"].items():
+        assert stored[eid]["path"] == df.loc[label, "path"]
+        assert stored[eid]["event_name"] == df.loc[label, "event"]
+    assert mm_server.status_counts() == {"batch": {202: 1}}
+    assert list(res.failed.index) == ["r3"]
+    html = res._repr_html_()
+    assert "sent" in html and "<script" not in html
+
+
+def test_send_batch_with_default_client_and_journal(mm_server, tmp_path, monkeypatch):
+    monkeypatch.setattr(sync, "_default", None)
+    c = millimetric_nb.sync.connect(mm_server.keys["sk"], mm_server.url, rate_limits="off")
+    try:
+        df = events(30)
+        j = tmp_path / "j.sqlite"
+        first = df.millimetric.send_batch(journal=j, progress=False, now=NOW)
+        again = df.millimetric.send_batch(journal=j, progress=False, now=NOW)
+        assert first.counts["sent"] == 30 and again.counts["skipped"] == 30
+        assert mm_server.count() == 30
+    finally:
+        c.close()
+
+
+def test_backfill_sync_face(mm_server, client, tmp_path):
+    df = events(25)
+    path = tmp_path / "e.csv"
+    df.to_csv(path)
+    res = millimetric_nb.backfill(path, client=client, progress=False, chunksize=10,
+                                  properties=[], now=NOW)
+    assert res.counts["sent"] == 25 and mm_server.count() == 25
+
+
+def test_track_one_request_per_row(mm_server, client):
+    df = events(12)
+    df.loc["r4", "user_id"] = ""  # too short
+    res = df.millimetric.track(client=client, event_col="event", progress=False)
+    assert res.counts["sent"] == 11 and res.counts["invalid"] == 1
+    assert mm_server.status_counts() == {"track": {202: 11}}
+    assert {e["event_id"] for e in mm_server.stored_events()} == set(
+        res.rows.loc[res.rows.status == "sent", "event_id"])
+
+
+def test_track_constant_event_and_large_frame_warning(mm_server, client):
+    df = events(3)
+    res = df.millimetric.track("custom", client=client, progress=False)
+    assert {e["event_name"] for e in mm_server.stored_events()} == {"custom"}
+    assert res.sent == 3
+    with pytest.warns(UserWarning, match="send_batch would take"):
+        big = events(2500).millimetric.track(dry_run=True, progress=False)
+    assert big.counts["planned"] == 2500 and big.plan.requests == 2500
+    assert big.plan.estimated_s == pytest.approx((2500 - 200) / 50)
+    assert any("send_batch" in w for w in big.warnings)
+
+
+def test_identify_one_per_row(mm_server, client):
+    df = pd.DataFrame(
+        {"anonymous_id": ["a1", "a2", "a3", None], "user_id": ["u1", "u2", "u3", "u4"],
+         "plan": ["pro", None, "free", "pro"]}
+    )
+    res = df.millimetric.identify(traits=["plan"], client=client, progress=False)
+    assert res.counts["sent"] == 3 and res.counts["invalid"] == 1
+    assert res.rows.loc[3, "error"] == "required" and "anonymous_id" in res.rows.loc[3, "message"]
+    stored = mm_server.stored_events()
+    assert sorted((e["anonymous_id"], e["user_id"]) for e in stored) == [
+        ("a1", "u1"), ("a2", "u2"), ("a3", "u3")]
+    assert {e["event_name"] for e in stored} == {"$identify"}
+    assert mm_server.status_counts() == {"identify": {200: 3}}
+
+
+def test_forget_refuses_without_confirm_and_non_sk(mm_server, client):
+    df = pd.DataFrame({"user_id": ["u1"]})
+    with pytest.raises(ConfigurationError) as ei:
+        df.millimetric.forget(client=client)
+    assert ei.value.code == "confirmation_required"
+    with Client(mm_server.keys["rk"], mm_server.url) as rk:
+        with pytest.raises(KeyRefusedError):
+            df.millimetric.forget(client=rk, confirm=True, progress=False)
+    assert mm_server.status_counts() == {}
+
+
+def test_forget_one_request_per_distinct_user(mm_server, client):
+    events(40).millimetric.send_batch(client=client, progress=False, now=NOW)
+    before = [e for e in mm_server.stored_events() if e["user_id"] in ("user-1", "user-2")]
+    assert before
+    df = pd.DataFrame({"user_id": ["user-1", "user-2", "user-1", None]})
+    res = df.millimetric.forget(confirm=True, client=client, progress=False)
+    assert res.counts["sent"] == 3 and res.counts["invalid"] == 1
+    assert mm_server.status_counts()["forget"] == {200: 2}
+    left = {e["user_id"] for e in mm_server.stored_events()}
+    assert "user-1" not in left and "user-2" not in left and "user-0" in left
+
+
+def test_progress_bar_text(mm_server, client):
+    out = io.StringIO()
+    bar = TqdmProgress("send", file=out)
+    res = events(30).millimetric.send_batch(client=client, progress=bar, now=NOW)
+    assert res.sent == 30
+    text = out.getvalue()
+    assert "30/30" in text and "sent=30" in text
+    assert bar.counts["sent"] == 30 and bar.done == 30
+
+
+def test_sync_face_inside_running_loop(mm_server):
+    df = events(10)
+
+    async def notebook_cell():
+        with Client(mm_server.keys["sk"], mm_server.url, rate_limits="off") as c:
+            return df.millimetric.send_batch(client=c, progress=False, now=NOW)
+
+    res = asyncio.run(notebook_cell())
+    assert res.sent == 10 and mm_server.count() == 10
+
+
+def test_dry_run_needs_no_client(mm_server, monkeypatch):
+    monkeypatch.delenv("MILLIMETRIC_KEY", raising=False)
+    monkeypatch.setattr(sync, "_default", None)
+    res = events(10).millimetric.send_batch(dry_run=True, progress=False)
+    assert res.counts["planned"] == 10 and res.plan.requests == 1
+    assert mm_server.status_counts() == {}
