@@ -9,6 +9,7 @@ prints ``listening on http://HOST:PORT`` (the real port when ``--port 0``).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -101,10 +102,20 @@ def run(args: argparse.Namespace) -> int:
             if not self.should_exit:
                 print(f"listening on http://{shown}:{port}", flush=True)
 
+    # uvicorn handles SIGINT/SIGTERM itself (a graceful shutdown), then re-raises the
+    # signal to the handlers that were installed before it: make those quiet, so that
+    # a requested stop ends with status 0 rather than death by signal.
+    stopped_by: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: stopped_by.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     server = _Server(uvicorn_config(app, config))
     try:
         server.run(sockets=[sock])
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sock.close()
         app.state.millimetric.storage.close()
     return 0
