@@ -373,7 +373,7 @@ async def identify(request: Request) -> Response:
     state.check_rate(key.project, "identify")
     body = _check_object(await read_json(request, state.config.max_body_bytes))
     problems: checks.Problems = {}
-    ok, traits = checks.check_fields(body, contract.IDENTIFY_FIELDS, "", problems)
+    ok, traits, _ = checks.check_fields(body, contract.IDENTIFY_FIELDS, "", problems)
     if not ok:
         raise Refusal("invalid_payload", field_errors(problems))
     event = {"event": contract.IDENTIFY_EVENT, "anonymous_id": body["anonymous_id"],
@@ -389,7 +389,7 @@ async def forget(request: Request) -> Response:
     state.check_rate(key.project, "forget")
     body = _check_object(await read_json(request, state.config.max_body_bytes))
     problems: checks.Problems = {}
-    ok, _ = checks.check_fields(body, contract.FORGET_FIELDS, "", problems)
+    ok, _, _ = checks.check_fields(body, contract.FORGET_FIELDS, "", problems)
     if not ok:
         raise Refusal("invalid_payload", field_errors(problems))
     user_id = body["user_id"]

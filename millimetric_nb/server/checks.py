@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -59,14 +60,16 @@ def _add(problems: Problems, path: str, rule: str, message: str) -> None:
 
 def check_fields(
     body: dict[str, Any], specs: dict[str, contract.FieldSpec], prefix: str, problems: Problems
-) -> tuple[bool, str | None]:
-    """Check ``body`` against ``specs``; add problems; return (ok, compact properties JSON).
+) -> tuple[bool, str | None, datetime | None]:
+    """Check ``body`` against ``specs``; add problems; return (ok, object JSON, timestamp).
 
     The second value is the compact JSON of the (``properties``/``traits``)
-    object field if present, so that it is encoded only once.
+    object field if present, and the third the parsed timestamp field if present,
+    so that neither is computed twice.
     """
     ok = True
     encoded: str | None = None
+    parsed: datetime | None = None
     for name, spec in specs.items():
         if name not in body:
             if spec.required:
@@ -104,11 +107,14 @@ def check_fields(
             _add(problems, prefix + name, contract.RULE_TOO_LONG,
                  f"must be at most {spec.max_length} characters, got {n}")
             ok = False
-        elif spec.kind == "timestamp" and enrich.parse_timestamp(value) is None:
-            _add(problems, prefix + name, contract.RULE_TIMESTAMP,
-                 f"must be an ISO 8601 date-time (e.g. 2024-05-01T12:00:00Z), got {value[:64]!r}")
-            ok = False
-    return ok, encoded
+        elif spec.kind == "timestamp":
+            parsed = enrich.parse_timestamp(value)
+            if parsed is None:
+                _add(problems, prefix + name, contract.RULE_TIMESTAMP,
+                     "must be an ISO 8601 date-time (e.g. 2024-05-01T12:00:00Z), "
+                     f"got {value[:64]!r}")
+                ok = False
+    return ok, encoded, parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +129,17 @@ class RequestContext:
     ip_hash: str | None
 
 
-def build_row(ev: dict[str, Any], props: str | None, ctx: RequestContext) -> Row:
-    """An enriched, storable row from one already-checked event."""
-    ts = ev.get("timestamp")
+def build_row(
+    ev: dict[str, Any], props: str | None, ctx: RequestContext, ts: datetime | None = None
+) -> Row:
+    """An enriched, storable row from one already-checked event (``ts``: its parsed
+    timestamp, ``None`` for now)."""
     if ts is None:
         ts_us = ctx.now_us
+        stamp = ctx.received_at
     else:
-        parsed = enrich.parse_timestamp(ts)
-        assert parsed is not None  # checked before
-        ts_us = enrich.to_epoch_us(parsed)
+        ts_us = enrich.to_epoch_us(ts)
+        stamp = enrich.format_dt(ts)
     anonymous_id = ev.get("anonymous_id") or str(uuid.uuid4())
     session_id = ev.get("session_id") or f"{anonymous_id}-{enrich.session_bucket(ts_us)}"
     url = ev.get("url")
@@ -140,7 +148,7 @@ def build_row(ev: dict[str, Any], props: str | None, ctx: RequestContext) -> Row
     d = ctx.device
     return (
         ctx.project, ev.get("event_id") or str(uuid.uuid4()), ev["event"],
-        enrich.format_us(ts_us), ts_us, anonymous_id, ev.get("user_id"), session_id,
+        stamp, ts_us, anonymous_id, ev.get("user_id"), session_id,
         url, ev.get("path"), referrer, props if props is not None else "{}",
         c.source, c.medium, c.campaign, c.confidence, c.rule_id,
         ctx.country, d.device_type, d.browser, d.os, ctx.ip_hash, ctx.received_at,
@@ -156,10 +164,10 @@ def check_event(ev: object, prefix: str, problems: Problems, ctx: RequestContext
         _add(problems, prefix.rstrip(".") or "body", contract.RULE_TYPE,
              f"an event must be a JSON object, got {json_type(ev)}")
         return None
-    ok, props = check_fields(ev, contract.EVENT_FIELDS, prefix, problems)
+    ok, props, ts = check_fields(ev, contract.EVENT_FIELDS, prefix, problems)
     if not ok:
         return None
-    return build_row(ev, props, ctx)
+    return build_row(ev, props, ctx, ts)
 
 
 def check_batch(body: object, problems: Problems, ctx: RequestContext) -> list[Row]:

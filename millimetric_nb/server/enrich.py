@@ -84,6 +84,11 @@ def format_us(us: int) -> str:
     return f"{dt:%Y-%m-%dT%H:%M:%S}.{micro:06d}Z"
 
 
+def format_dt(dt: datetime) -> str:
+    """:func:`format_us` of an aware UTC datetime."""
+    return dt.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
 SESSION_BUCKET_S = 1800
 
 
