@@ -316,7 +316,7 @@ class _Run:
     show_keys: bool = True
     warnings: list[str] = field(default_factory=list)
     errors: list[pd.DataFrame] = field(default_factory=list)
-    rows: list[tuple[int, pd.DataFrame]] = field(default_factory=list)  # (offset, piece)
+    rows: list[tuple[int, _Piece]] = field(default_factory=list)  # (offset, piece)
     failed: list[tuple[int, pd.DataFrame]] = field(default_factory=list)
     stop_error: MillimetricError | None = None
     requests: int = 0
@@ -357,21 +357,20 @@ class _Run:
         unset = chunk.status == _UNSET
         if unset.any():  # defensive: nothing may vanish
             chunk.mark(unset, _FAILED, error="not_sent", message="not sent")
-        keys = pd.array(
-            chunk.keys if self.show_keys else np.full(chunk.n, None, dtype=object),
-            dtype="string",
-        )
-        piece = pd.DataFrame(
-            {
-                "status": chunk.status,
-                "event_id": keys,
-                "error": chunk.error,
-                "attempts": chunk.attempts,
-                "ambiguous": chunk.ambiguous,
-                "message": chunk.message,
-            },
+        # compact pieces: codes and categoricals, no per-row Python objects kept
+        piece = _Piece(
             index=chunk.frame.index,
+            status=chunk.status,
+            event_id=pd.array(
+                chunk.keys if self.show_keys else np.full(chunk.n, None, dtype=object),
+                dtype="string",
+            ),
+            error=_categorical(chunk.error),
+            attempts=chunk.attempts,
+            ambiguous=chunk.ambiguous,
+            message=_categorical(chunk.message),
         )
+        chunk.keys = chunk.error = chunk.message = np.empty(0, dtype=object)
         self.rows.append((chunk.offset, piece))
         bad = np.isin(chunk.status, (_FAILED, _AMBIGUOUS, _INVALID))
         if bad.any():
@@ -385,8 +384,7 @@ class _Run:
     def current_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
         for _, piece in self.rows:
-            for code, n in zip(*np.unique(piece["status"].to_numpy(), return_counts=True),
-                               strict=True):
+            for code, n in zip(*np.unique(piece.status, return_counts=True), strict=True):
                 counts[STATUSES[int(code)]] += int(n)
         return counts
 
@@ -683,23 +681,8 @@ class _Run:
 
     def result(self, elapsed: float) -> SendResult:
         # chunks finish out of order: put the pieces back in input order
-        rows = pd.concat([p for _, p in sorted(self.rows, key=_first)]) if self.rows else None
-        if rows is None or rows.empty:
-            out_rows = empty_rows(rows.index if rows is not None else None)
-        else:
-            out_rows = pd.DataFrame(
-                {
-                    "status": pd.Categorical.from_codes(
-                        rows["status"].to_numpy(dtype=np.int8), categories=list(STATUSES)
-                    ),
-                    "event_id": rows["event_id"].astype("string"),
-                    "error": rows["error"].astype("category"),
-                    "attempts": rows["attempts"].astype("int16"),
-                    "ambiguous": rows["ambiguous"].astype(bool),
-                    "message": rows["message"].astype("string"),
-                },
-                index=rows.index,
-            )
+        pieces = [p for _, p in sorted(self.rows, key=_first)]
+        out_rows = _assemble(pieces) if pieces else empty_rows()
         failed = (
             pd.concat([p for _, p in sorted(self.failed, key=_first)])
             if self.failed
@@ -743,6 +726,49 @@ class _Run:
             route=self.route,
             error=self.stop_error,
         )
+
+
+@dataclass(slots=True)
+class _Piece:
+    """The finished account of one chunk's rows."""
+
+    index: pd.Index
+    status: np.ndarray
+    event_id: Any
+    error: pd.Categorical
+    attempts: np.ndarray
+    ambiguous: np.ndarray
+    message: pd.Categorical
+
+
+def _categorical(values: np.ndarray) -> pd.Categorical:
+    """Strings (or None) as a categorical with object categories (so pieces combine)."""
+    cats = pd.Index(list(dict.fromkeys(v for v in values if v is not None)), dtype=object)
+    return pd.Categorical(values, categories=cats)
+
+
+def _assemble(pieces: list[_Piece]) -> pd.DataFrame:
+    """``SendResult.rows`` from the pieces, column by column (one copy of each)."""
+    from pandas.api.types import union_categoricals
+
+    index = pieces[0].index.append([p.index for p in pieces[1:]]) if len(pieces) > 1 else (
+        pieces[0].index
+    )
+    status = pd.Categorical.from_codes(
+        np.concatenate([p.status for p in pieces]), categories=list(STATUSES)
+    )
+    event_id = pd.concat([pd.Series(p.event_id, copy=False) for p in pieces], ignore_index=True)
+    return pd.DataFrame(
+        {
+            "status": status,
+            "event_id": event_id.array,
+            "error": union_categoricals([p.error for p in pieces]),
+            "attempts": np.concatenate([p.attempts for p in pieces]),
+            "ambiguous": np.concatenate([p.ambiguous for p in pieces]),
+            "message": union_categoricals([p.message for p in pieces]),
+        },
+        index=index,
+    )
 
 
 def _first(item: tuple[int, Any]) -> int:
