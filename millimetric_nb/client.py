@@ -534,6 +534,8 @@ class AsyncClient:
                 ),
                 code="connection_lost",
             )
+        # Whatever happened, the server's bucket has started refilling by now.
+        self.limiter.confirm(route.name)
         if failure is not None:
             # Raised outside the except blocks: no httpx exception in __context__.
             state.ambiguous = state.ambiguous or ambiguous

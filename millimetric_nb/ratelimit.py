@@ -13,12 +13,18 @@ sleeping. A :class:`RateLimiter` keeps one bucket per route, built from
 or ``"off"``. Routes without a limit still get a pause-only gate, so a 429 on
 them is honoured too.
 
-Why a reserve: the server's bucket starts refilling when the *first request
-arrives*, the client's when the first token is *taken*; if the first request
-is slower on the wire than later ones (it opens the connection), the server is
-briefly behind the client and would answer 429. The limiter therefore keeps a
-small reserve of ``refill * lag_s`` tokens (``lag_s`` = 0.25 s by default): the
-initial burst is a few requests smaller, the sustained rate is unchanged.
+Why the client's bucket waits for the first answer of a burst: a full server
+bucket starts refilling when the burst's *first request arrives*, a full client
+bucket when its first token is *taken*. If that first request is slow to arrive
+(it opens the connection; the machine is busy), the server is behind the client
+by that delay and would answer 429. So a bucket built with ``hold=True`` (as the
+:class:`RateLimiter` builds them) that starts a burst from full does not refill
+until :meth:`TokenBucket.confirm` reports an answer from the server (the client
+calls it after every attempt): the server's bucket certainly started by then,
+so the client's count of tokens never exceeds the server's. If no answer comes
+within ``hold_max_s`` the refill starts anyway. On top of that a small reserve of
+``refill * lag_s`` tokens absorbs clock and scheduling jitter; the sustained
+rate is unchanged.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ RateLimitsArg = Mapping[str, RateLimit] | Literal["off", "production"] | None
 # Float slack: after sleeping exactly the computed time, refill arithmetic may
 # leave 0.9999999 tokens; that counts as one.
 _EPS = 1e-9
+#: How often a held bucket looks for the server's first answer.
+_HOLD_POLL_S = 0.005
 
 
 class TokenBucket:
@@ -55,6 +63,9 @@ class TokenBucket:
         name: the route name, for reprs.
         reserve: tokens always left in the bucket (see the module docstring);
             capped at ``burst - 1``.
+        hold: after a burst starts from a full bucket, refill only from the first
+            :meth:`confirm` (or ``hold_max_s`` later at most).
+        hold_max_s: the longest a refill waits for :meth:`confirm`.
     """
 
     def __init__(
@@ -65,6 +76,8 @@ class TokenBucket:
         sleep: Sleep | None = None,
         name: str = "",
         reserve: float = 0.0,
+        hold: bool = False,
+        hold_max_s: float = 2.0,
     ) -> None:
         if limit is not None and (limit.refill <= 0 or limit.burst < 1):
             raise ValueError(f"a rate limit needs refill > 0 and burst >= 1, got {limit}")
@@ -77,6 +90,9 @@ class TokenBucket:
         self._last = self._clock()
         self._paused_until = float("-inf")
         self._lock: asyncio.Lock | None = None
+        self.hold = hold and limit is not None
+        self.hold_max_s = hold_max_s
+        self._held_since: float | None = None  # refill suspended since (awaiting confirm)
 
     def __repr__(self) -> str:
         return f"TokenBucket({self.name!r}, {self.limit!r}, tokens={self.tokens:.2f})"
@@ -84,6 +100,13 @@ class TokenBucket:
     def _refill(self, now: float) -> None:
         if self.limit is None:
             return
+        if self._held_since is not None:
+            release = self._held_since + self.hold_max_s
+            if now < release:
+                self._last = now  # nothing accrues while held
+                return
+            self._held_since = None
+            self._last = release
         elapsed = now - self._last
         if elapsed > 0:
             self._tokens = min(float(self.limit.burst), self._tokens + elapsed * self.limit.refill)
@@ -98,6 +121,20 @@ class TokenBucket:
         return self._tokens
 
     @property
+    def held(self) -> bool:
+        """Whether the refill waits for the server's first answer of a burst."""
+        if self._held_since is not None:
+            self._refill(self._clock())
+        return self._held_since is not None
+
+    def confirm(self) -> None:
+        """The server answered a request of this route: its bucket has started refilling."""
+        if self._held_since is not None:
+            now = self._clock()
+            self._held_since = None
+            self._last = now
+
+    @property
     def paused_for(self) -> float:
         """Seconds left of the current pause (0 when not paused)."""
         return max(0.0, self._paused_until - self._clock())
@@ -107,6 +144,7 @@ class TokenBucket:
 
         Pauses only extend, never shorten, one already running.
         """
+        self.confirm()  # a 429 is an answer
         now = self._clock()
         self._refill(now)
         self._paused_until = max(self._paused_until, now + max(0.0, seconds))
@@ -118,6 +156,7 @@ class TokenBucket:
         if self._lock is None:
             self._lock = asyncio.Lock()
         waited = 0.0
+        reported = ""
         async with self._lock:
             while True:
                 now = self._clock()
@@ -127,13 +166,24 @@ class TokenBucket:
                 elif self.limit is None:
                     return waited
                 elif self._tokens >= 1.0 + self.reserve - _EPS:
+                    if self.hold and self._tokens >= self.limit.burst - _EPS:
+                        self._held_since = now  # a burst starts from full
                     self._tokens = max(0.0, self._tokens - 1.0)
                     return waited
                 else:
                     need = 1.0 + self.reserve - self._tokens
                     delay, reason = need / self.limit.refill, "rate_limit"
-                if on_wait is not None:
+                    if self._held_since is not None:
+                        # Poll for the confirm; report the whole expected wait once.
+                        left = self._held_since + self.hold_max_s - now
+                        reported_delay = delay
+                        delay = min(_HOLD_POLL_S, max(left, 0.0) or _HOLD_POLL_S)
+                        if on_wait is not None and reported != reason:
+                            on_wait(reported_delay, reason)
+                            reported = reason
+                if on_wait is not None and reported != reason:
                     on_wait(delay, reason)
+                    reported = reason
                 await self._sleep(delay)
                 waited += delay
 
@@ -148,6 +198,7 @@ class RateLimiter:
         scale: multiply every refill and burst (e.g. ``0.5`` to stay well under a
             shared project's limits, ``10`` for a bigger plan).
         lag_s: seconds of refill kept in reserve in each bucket (module docstring).
+        hold_max_s: the longest a bucket waits for the first answer of a burst.
         clock, sleep: injectable time, for tests.
     """
 
@@ -156,7 +207,8 @@ class RateLimiter:
         limits: RateLimitsArg = None,
         *,
         scale: float = 1.0,
-        lag_s: float = 0.25,
+        lag_s: float = 0.05,
+        hold_max_s: float = 2.0,
         clock: Clock | None = None,
         sleep: Sleep | None = None,
     ) -> None:
@@ -177,6 +229,7 @@ class RateLimiter:
             route: (lim.scaled(scale) if scale != 1.0 else lim) for route, lim in table.items()
         }
         self.lag_s = lag_s
+        self.hold_max_s = hold_max_s
         self._clock = clock
         self._sleep = sleep
         self._buckets: dict[str, TokenBucket] = {}
@@ -191,7 +244,8 @@ class RateLimiter:
             limit = self.limits.get(route)
             reserve = limit.refill * self.lag_s if limit is not None else 0.0
             b = TokenBucket(
-                limit, clock=self._clock, sleep=self._sleep, name=route, reserve=reserve
+                limit, clock=self._clock, sleep=self._sleep, name=route, reserve=reserve,
+                hold=True, hold_max_s=self.hold_max_s,
             )
             self._buckets[route] = b
         return b
@@ -203,3 +257,9 @@ class RateLimiter:
     def pause(self, route: str, seconds: float) -> None:
         """Hold ``route`` for every caller for ``seconds``."""
         self.bucket(route).pause(seconds)
+
+    def confirm(self, route: str) -> None:
+        """The server answered a request of ``route`` (see :meth:`TokenBucket.confirm`)."""
+        b = self._buckets.get(route)
+        if b is not None:
+            b.confirm()

@@ -177,8 +177,10 @@ def test_limiter_keeps_a_reserve_for_the_servers_head_start():
     stamps: list[float] = []
 
     async def go() -> None:
-        for _ in range(40):
+        for i in range(40):
             await limiter.acquire("batch")
+            if i == 0:
+                limiter.confirm("batch")  # the first answer came back at once
             stamps.append(vt.now)
 
     run(go())
@@ -189,3 +191,48 @@ def test_limiter_keeps_a_reserve_for_the_servers_head_start():
     assert all(g == pytest.approx(0.2) for g in gaps)
     # and the reserve is always there, even in a bucket of one
     assert TokenBucket(RateLimit(1.0, 1), reserve=5.0).reserve == 0.0
+
+
+def test_burst_from_full_refills_only_after_the_first_answer():
+    vt = VirtualTime()
+    limiter = RateLimiter({"batch": RateLimit(5.0, 2)}, lag_s=0.0, hold_max_s=2.0,
+                          clock=vt, sleep=vt.sleep)
+    waits: list[tuple[float, str]] = []
+
+    async def go() -> list[float]:
+        stamps = []
+
+        async def answer_later() -> None:
+            await vt.sleep(0.5)  # the server's first answer arrives at t=0.5
+            limiter.confirm("batch")
+
+        await limiter.acquire("batch")
+        stamps.append(vt.now)
+        await limiter.acquire("batch")
+        stamps.append(vt.now)
+        answer = asyncio.create_task(answer_later())
+        await limiter.acquire("batch", on_wait=lambda s, r: waits.append((s, r)))
+        stamps.append(vt.now)
+        await answer
+        return stamps
+
+    stamps = run(go())
+    # no refill counted before the answer: the third token comes 0.2 s after t=0.5
+    assert stamps[:2] == [0.0, 0.0]
+    assert stamps[2] == pytest.approx(0.7, abs=0.011)
+    assert len(waits) == 1 and waits[0][1] == "rate_limit"
+
+
+def test_hold_gives_up_after_hold_max():
+    vt = VirtualTime()
+    b = TokenBucket(RateLimit(5.0, 2), clock=vt, sleep=vt.sleep, hold=True, hold_max_s=1.0)
+
+    async def go() -> None:
+        await b.acquire()
+        assert b.held
+        await b.acquire()
+        await b.acquire()  # never confirmed: refill starts at t=1.0
+
+    run(go())
+    assert vt.now == pytest.approx(1.2, abs=0.011)
+    assert not b.held
