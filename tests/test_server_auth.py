@@ -110,3 +110,13 @@ def test_minted_keys_have_the_documented_shape(mm_server):
         key = ApiKey.parse(raw)
         assert key.kind == kind and key.env == "dev"
     assert mm_server.keys["sk"] not in repr(mm_server)
+
+
+def test_config_and_handle_reprs_hide_secrets(mm_server_factory):
+    from millimetric_nb.server import ServerConfig
+
+    raw = "sk_dev_abcd1234_TopSecretValue"
+    cfg = ServerConfig(keys=[raw])
+    assert "TopSecretValue" not in repr(cfg)
+    srv = mm_server_factory(keys=[raw])
+    assert "TopSecretValue" not in repr(srv) + repr(srv.state.stored_keys)

@@ -109,7 +109,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     db: str = ":memory:"
-    keys: Sequence[str] | None = None
+    keys: Sequence[str] | None = field(default=None, repr=False)  # secrets stay out of repr
     limits: str = "off"
     fail_rate: float = 0.0
     ambiguous_rate: float = 0.0
@@ -118,7 +118,7 @@ class ServerConfig:
     seed: int | None = None
     allowed_origins: tuple[str, ...] = ("http://localhost:3000",)
     clock: Callable[[], float] | None = None
-    ip_salt: str | None = None
+    ip_salt: str | None = field(default=None, repr=False)
     max_body_bytes: int = MAX_BODY_BYTES
 
     def __post_init__(self) -> None:

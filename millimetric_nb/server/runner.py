@@ -167,4 +167,4 @@ def run_in_thread(config: ServerConfig | None = None, **kwargs: Any) -> Iterator
         server.stop()
         thread.join(timeout=10.0)
         sock.close()
-        app.state.millimetric.storage.close()
+        # the storage stays open: a test may still inspect rows after the block
