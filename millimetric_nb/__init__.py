@@ -23,11 +23,13 @@ from .errors import (
     TransportError,
     ValidationError,
 )
+from .frame import DataWarning
 from .journal import Journal
 from .keys import ApiKey, mask
 from .read import query, query_all, sources, stats
 from .results import SendResult
 from .sync import Client, connect, default_client
+from .validate import ValidationReport, validate_frame
 
 __version__ = "0.1.0"
 
@@ -38,6 +40,7 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "ConfigurationError",
+    "DataWarning",
     "InvalidRequestError",
     "Journal",
     "KeyRefusedError",
@@ -48,6 +51,7 @@ __all__ = [
     "ServerError",
     "TransportError",
     "ValidationError",
+    "ValidationReport",
     "__version__",
     "abackfill",
     "backfill",
@@ -59,4 +63,5 @@ __all__ = [
     "query_all",
     "sources",
     "stats",
+    "validate_frame",
 ]
