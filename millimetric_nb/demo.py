@@ -247,9 +247,9 @@ def _send(sample: Sample, client: Any, progress: bool, out: DemoOutcome, p: _Pri
     valid = len(sample.events) - len(sample.invalid)
     out.checks += [
         Check("every valid row sent", valid, out.sent),
-        Check("rows failed", 0, out.failed),
-        Check("rows ambiguous", 0, out.ambiguous),
-        Check("rows reported invalid by the send", len(sample.invalid),
+        Check("no row failed", 0, out.failed),
+        Check("no row ambiguous", 0, out.ambiguous),
+        Check("the send reports the same invalid rows", len(sample.invalid),
               int(counts.get("invalid", 0))),
     ]
 
@@ -300,9 +300,9 @@ def _read_back(sample: Sample, client: Any, srv: Any, out: DemoOutcome, p: _Prin
     out.read_back = check.stored
     p(f"read every stored event of the window back with query_all: {check}")
     out.checks += [
-        Check("valid events missing on the server", [], check.missing),
-        Check("stored events that are not valid sample rows", [], check.unexpected),
-        Check("events stored twice", {}, check.duplicated),
+        Check("no valid event missing on the server", [], check.missing),
+        Check("no stored event outside the valid sample rows", [], check.unexpected),
+        Check("no event stored twice", {}, check.duplicated),
         Check("every stored event could be read back", True, check.complete),
     ]
 
