@@ -6,12 +6,12 @@ import asyncio
 import datetime as dt
 import warnings
 
-import httpx
 import pandas as pd
 import pytest
 
-from millimetric_nb import read
-from millimetric_nb.errors import ValidationError
+from millimetric_nb import AsyncClient, Client, read
+from millimetric_nb import sync as mm_sync
+from millimetric_nb.errors import KeyRefusedError, ValidationError
 from millimetric_nb.server import run_in_thread
 
 DAY1 = pd.Timestamp("2026-10-01T00:00:00Z")
@@ -66,44 +66,21 @@ def _clump_events() -> list[dict]:
             for i in range(1001)]
 
 
-class _HttpReader:
-    """Stand-in for the client's ``read`` until the client module lands."""
-
-    def __init__(self, url: str, key: str) -> None:
-        self.url, self._key = url, key
-
-    async def read(self, route: str, params: dict) -> dict:
-        async with httpx.AsyncClient(base_url=self.url) as http:
-            r = await http.get(f"/v1/{route}", params=params,
-                               headers={"Authorization": f"Bearer {self._key}"})
-        r.raise_for_status()
-        return r.json()
-
-    def run(self, coro):
-        return asyncio.run(coro)
-
-    @property
-    def async_client(self):
-        return self
-
-
 @pytest.fixture(scope="module")
 def srv():
     with run_in_thread(limits="off") as handle:
-        key = handle.keys["sk"]
-        with httpx.Client(base_url=handle.url,
-                          headers={"Authorization": f"Bearer {key}"}) as http:
-            everything = _small_events() + _bulk_events() + _clump_events()
-            for i in range(0, len(everything), 1000):
-                r = http.post("/v1/batch", json={"events": everything[i:i + 1000]})
-                assert r.status_code == 202, r.text
+        everything = _small_events() + _bulk_events() + _clump_events()
+        with Client(handle.keys["sk"], host=handle.url, rate_limits="off") as writer:
+            assert writer.batch(everything).ok
         assert handle.count() == len(everything)
         yield handle
 
 
 @pytest.fixture(scope="module")
 def client(srv):
-    return _HttpReader(srv.url, srv.keys["sk"])
+    """A read-only (rk_) client: reads need no more."""
+    with Client(srv.keys["rk"], host=srv.url) as c:
+        yield c
 
 
 def test_query_types_every_column(srv, client):
@@ -202,17 +179,35 @@ def test_query_all_says_when_one_instant_holds_more_than_1000(client):
     assert df.attrs["complete"] is False
 
 
-def test_async_variants(client):
+def test_async_variants(srv):
     async def main():
-        a = await read.aquery(DAY1, DAY3, limit=1000, client=client)
-        b = await read.aquery_all(BULK, BULK_END, client=client)
-        c = await read.astats("count", DAY1, DAY3, client=client)
-        d = await read.asources(DAY1, DAY3, client=client)
-        return a, b, c, d
+        async with AsyncClient(srv.keys["sk"], host=srv.url) as ac:
+            a = await read.aquery(DAY1, DAY3, limit=1000, client=ac)
+            b = await read.aquery_all(BULK, BULK_END, client=ac)
+            c = await read.astats("count", DAY1, DAY3, client=ac)
+            d = await read.asources(DAY1, DAY3, client=ac)
+            return a, b, c, d
 
     a, b, c, d = asyncio.run(main())
     assert len(a) == 30 and len(b) == 2600
     assert int(c["value"].sum()) == 30 and int(d["events"].sum()) == 30
+
+
+def test_default_client_from_connect(srv, monkeypatch):
+    monkeypatch.setattr(mm_sync, "_default", None)  # restored after the test
+    mm_sync.connect(srv.keys["rk"], host=srv.url)
+    try:
+        df = read.query(DAY1, DAY3, event="signup", limit=1000)
+    finally:
+        mm_sync.default_client().close()
+    assert len(df) == 10
+
+
+def test_a_browser_key_is_refused_before_reading(srv):
+    before = srv.status_counts()
+    with pytest.raises(KeyRefusedError):
+        read.query(DAY1, DAY3, client=Client(srv.keys["pk"], host=srv.url))
+    assert srv.status_counts() == before
 
 
 def test_stats_group_by_and_interval(client):
@@ -298,9 +293,8 @@ def test_verify_finds_missing_unexpected_and_duplicated(srv, client):
 def test_verify_sees_a_duplicate_replay():
     with run_in_thread(limits="off") as s:
         ev = {"event": "x", "event_id": "dup-1", "timestamp": _iso(DAY1)}
-        with httpx.Client(base_url=s.url,
-                          headers={"Authorization": f"Bearer {s.keys['sk']}"}) as http:
+        with Client(s.keys["sk"], host=s.url) as c:
             for _ in range(2):  # the server does not deduplicate
-                assert http.post("/v1/batch", json={"events": [ev]}).status_code == 202
-        got = read.verify(["dup-1"], DAY1, DAY2, client=_HttpReader(s.url, s.keys["rk"]))
+                assert c.batch([ev]).ok
+            got = read.verify(["dup-1"], DAY1, DAY2, client=c)
     assert got.duplicated == {"dup-1": 2} and not got.ok and not got.missing
