@@ -384,3 +384,17 @@ def test_forget_bad_input(mm_server, sk):
     r = sk.post("/v1/forget", json={"user": "x"})
     assert r.status_code == 400
     assert r.json()["details"]["fieldErrors"]["user_id"][0].startswith("required:")
+
+
+def test_big_bodies_still_get_their_error_answer(mm_server, mm_client):
+    body = orjson.dumps({"events": [{"event": "e", "properties": {"pad": "x" * 4900}}] * 1000})
+    anon = mm_client(mm_server, kind=None)
+    for _ in range(2):  # twice on the same pooled connection
+        r = anon.post("/v1/batch", content=body,
+                      headers={"Authorization": "Bearer sk_dev_abcdefgh_unknown"})
+        assert r.status_code == 401 and r.json()["error"] == "invalid_api_key"
+    r = anon.post("/v1/nope", content=body)
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+    r = anon.put("/v1/batch", content=body)
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+    assert mm_server.count() == 0

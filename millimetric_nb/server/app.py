@@ -12,7 +12,8 @@ Choices (the public reference is silent):
   read key is a read-scope key).
 - A key's identity is env + prefix + secret; one presented with another kind's
   prefix than the kind it was stored with gets ``key_kind_mismatch``.
-- Order of checks: route, auth, scope, rate limit, body, faults, write.
+- Order of checks: route, body size (the body is always read first), auth, scope,
+  rate limit, JSON and fields, faults, write.
 - ``/v1/query`` rows come in timestamp order, ties in insertion order.
 - ``/v1/forget`` deletes the rows whose ``user_id`` is that user (in the key's project).
 """
@@ -256,10 +257,13 @@ class ServerState:
 _KEY_MATCH = re.compile(contract.KEY_PATTERN).match
 
 
-async def read_json(request: Request, cap: int) -> Any:
-    """The decoded JSON body; ``payload_too_large`` past ``cap`` bytes, ``invalid_payload``
-    when it is not JSON. An oversize body is read to its end (and dropped) first, so
-    that the client sees the answer rather than a broken pipe."""
+async def read_body(request: Request, cap: int) -> bytes:
+    """The raw body; ``payload_too_large`` past ``cap`` bytes.
+
+    Write routes read the body before any other check, and an oversize body is read
+    to its end (and dropped), so that the client always sees the answer (401, 429,
+    413...) rather than a connection reset while it is still sending.
+    """
     declared = request.headers.get("content-length")
     too_big = declared is not None and declared.isdigit() and int(declared) > cap
     chunks: list[bytes] = []
@@ -277,7 +281,11 @@ async def read_json(request: Request, cap: int) -> Any:
     if too_big:
         raise Refusal("payload_too_large", {"max_bytes": cap, "formErrors": [
             f"{contract.RULE_TOO_LARGE}: the body must be at most {cap} bytes"]})
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """The decoded body, or ``invalid_payload`` (rule ``not_json``)."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -333,9 +341,10 @@ async def _write(
 async def track(request: Request) -> Response:
     """``POST /v1/track``: store one event; ``202 {"ok": true, "event_id": ...}``."""
     state = _state(request)
+    raw = await read_body(request, state.config.max_body_bytes)
     key = state.authorize(request, "track")
     state.check_rate(key.project, "track")
-    body = await read_json(request, state.config.max_body_bytes)
+    body = parse_json(raw)
     problems: checks.Problems = {}
     row = checks.check_event(body, "", problems, state.context(request, key.project))
     if row is None:
@@ -347,9 +356,10 @@ async def track(request: Request) -> Response:
 async def batch(request: Request) -> Response:
     """``POST /v1/batch``: 1 to 1000 events, all or nothing; ``202 {"ok": true, "count": N}``."""
     state = _state(request)
+    raw = await read_body(request, state.config.max_body_bytes)
     key = state.authorize(request, "batch")
     state.check_rate(key.project, "batch")
-    body = await read_json(request, state.config.max_body_bytes)
+    body = parse_json(raw)
     problems: checks.Problems = {}
     rows = checks.check_batch(body, problems, state.context(request, key.project))
     if problems:
@@ -369,9 +379,10 @@ def _check_object(body: object) -> dict[str, Any]:
 async def identify(request: Request) -> Response:
     """``POST /v1/identify``: store a ``$identify`` event; ``200 {"ok": true}``."""
     state = _state(request)
+    raw = await read_body(request, state.config.max_body_bytes)
     key = state.authorize(request, "identify")
     state.check_rate(key.project, "identify")
-    body = _check_object(await read_json(request, state.config.max_body_bytes))
+    body = _check_object(parse_json(raw))
     problems: checks.Problems = {}
     ok, traits, _ = checks.check_fields(body, contract.IDENTIFY_FIELDS, "", problems)
     if not ok:
@@ -385,9 +396,10 @@ async def identify(request: Request) -> Response:
 async def forget(request: Request) -> Response:
     """``POST /v1/forget``: delete every event of the user; ``200 {"ok": true, "queued": true}``."""
     state = _state(request)
+    raw = await read_body(request, state.config.max_body_bytes)
     key = state.authorize(request, "forget")
     state.check_rate(key.project, "forget")
-    body = _check_object(await read_json(request, state.config.max_body_bytes))
+    body = _check_object(parse_json(raw))
     problems: checks.Problems = {}
     ok, _, _ = checks.check_fields(body, contract.FORGET_FIELDS, "", problems)
     if not ok:
@@ -425,6 +437,11 @@ async def openapi(request: Request) -> Response:
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    size = 0
+    async for chunk in request.stream():  # read what the client sends before answering
+        size += len(chunk)
+        if size > _DRAIN_LIMIT:
+            break
     if exc.status_code == 405:
         return error_response("method_not_allowed", {"path": request.url.path,
                                                      "method": request.method},
