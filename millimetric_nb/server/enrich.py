@@ -110,19 +110,23 @@ class Classification(NamedTuple):
     rule_id: str
 
 
+#: Sites known by their name under any top-level domain (``google.de``, ``l.facebook.com``)
+#: and, for names that are too short or too common for that, by their exact domain.
 SEARCH_ENGINES: dict[str, str] = {
     "google": "google", "bing": "bing", "duckduckgo": "duckduckgo", "yahoo": "yahoo",
     "baidu": "baidu", "yandex": "yandex", "ecosia": "ecosia", "qwant": "qwant",
-    "startpage": "startpage", "search.brave": "brave", "naver": "naver", "seznam": "seznam",
+    "startpage": "startpage", "naver": "naver", "seznam": "seznam",
 }
+SEARCH_DOMAINS: dict[str, str] = {"search.brave.com": "brave", "ya.ru": "yandex"}
 SOCIAL_NETWORKS: dict[str, str] = {
-    "facebook": "facebook", "fb": "facebook", "m.facebook": "facebook",
-    "l.facebook": "facebook", "lm.facebook": "facebook", "instagram": "instagram",
-    "l.instagram": "instagram", "twitter": "twitter", "x": "twitter", "t.co": "twitter",
-    "linkedin": "linkedin", "lnkd.in": "linkedin", "reddit": "reddit", "old.reddit": "reddit",
-    "youtube": "youtube", "m.youtube": "youtube", "tiktok": "tiktok", "pinterest": "pinterest",
-    "threads": "threads", "mastodon.social": "mastodon", "bsky": "bluesky",
-    "news.ycombinator": "hackernews",
+    "facebook": "facebook", "instagram": "instagram", "twitter": "twitter",
+    "linkedin": "linkedin", "reddit": "reddit", "youtube": "youtube", "tiktok": "tiktok",
+    "pinterest": "pinterest",
+}
+SOCIAL_DOMAINS: dict[str, str] = {
+    "x.com": "twitter", "t.co": "twitter", "fb.com": "facebook", "fb.me": "facebook",
+    "lnkd.in": "linkedin", "youtu.be": "youtube", "threads.net": "threads",
+    "bsky.app": "bluesky", "mastodon.social": "mastodon", "news.ycombinator.com": "hackernews",
 }
 CLICK_IDS: tuple[tuple[str, str, str, str], ...] = (
     # (parameter, source, medium, confidence)
@@ -152,24 +156,22 @@ def _host(url: str) -> str:
 
 
 def _site_name(host: str) -> str:
-    """``google.co.uk`` -> ``google``; ``l.facebook.com`` -> ``l.facebook``."""
-    if host in SOCIAL_NETWORKS or host in SEARCH_ENGINES:
-        return host
+    """The registrable name of a host: ``google.co.uk`` -> ``google``,
+    ``l.facebook.com`` -> ``facebook``."""
     stripped = _MULTI_SUFFIX.sub("", host)
     if stripped == host:
-        head, _, _tld = host.rpartition(".")
-        stripped = head or host
-    return stripped
+        stripped = host.rpartition(".")[0] or host
+    return stripped.rpartition(".")[2]
 
 
-def _lookup(host: str, table: dict[str, str]) -> str | None:
-    name = _site_name(host)
-    if name in table:
-        return table[name]
-    if host in table:
-        return table[host]
-    last = name.rpartition(".")[2]
-    return table.get(last) if last != name else None
+def _lookup(host: str, by_name: dict[str, str], by_domain: dict[str, str]) -> str | None:
+    """The site a host belongs to: by exact domain (or a parent domain), else by name."""
+    parts = host.split(".")
+    for i in range(len(parts) - 1):
+        hit = by_domain.get(".".join(parts[i:]))
+        if hit:
+            return hit
+    return by_name.get(_site_name(host))
 
 
 @lru_cache(maxsize=65_536)
@@ -194,10 +196,10 @@ def classify(url: str | None, referrer: str | None) -> Classification:
         if ref_host:
             if url and _host(url) == ref_host:
                 return INTERNAL
-            engine = _lookup(ref_host, SEARCH_ENGINES)
+            engine = _lookup(ref_host, SEARCH_ENGINES, SEARCH_DOMAINS)
             if engine:
                 return Classification(engine, "organic", None, "medium", "referrer.search")
-            network = _lookup(ref_host, SOCIAL_NETWORKS)
+            network = _lookup(ref_host, SOCIAL_NETWORKS, SOCIAL_DOMAINS)
             if network:
                 return Classification(network, "social", None, "medium", "referrer.social")
             return Classification(ref_host, "referral", None, "medium", "referrer.other")
