@@ -442,6 +442,15 @@ def _is_str_dtype(dtype: Any) -> bool:
     )
 
 
+def _plain(s: pd.Series) -> pd.Series:
+    """Sparse columns densified, categoricals as their values (object)."""
+    if isinstance(s.dtype, pd.SparseDtype):
+        s = s.sparse.to_dense()
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        s = pd.Series(np.asarray(s.astype(object), dtype=object), index=s.index, dtype=object)
+    return s
+
+
 def _object_values(s: pd.Series) -> np.ndarray:
     if isinstance(s.dtype, pd.CategoricalDtype):
         return np.asarray(s.astype(object), dtype=object)
@@ -502,9 +511,8 @@ def _string_field(
     dtype = s.dtype
     where = f"column {_col_name(label)}"
     out: pl.Series
-    if isinstance(dtype, pd.CategoricalDtype):
-        s = pd.Series(_object_values(s), index=s.index, dtype=object)
-        dtype = s.dtype
+    s = _plain(s)
+    dtype = s.dtype
     if pd.api.types.is_bool_dtype(dtype) and not _is_str_dtype(dtype):
         probs.add(~_missing_mask(s), name, contract.RULE_TYPE,
                   f"must be a string, got bool ({where})")
@@ -620,9 +628,8 @@ def _timestamp_field(
     where = f"column {_col_name(label)}"
     miss = _missing_mask(s)
     dtype = s.dtype
-    if isinstance(dtype, pd.CategoricalDtype):
-        s = pd.Series(_object_values(s), index=s.index, dtype=object)
-        dtype = s.dtype
+    s = _plain(s)
+    dtype = s.dtype
     parsed: pl.Series  # Datetime(us), UTC naive
     slow: np.ndarray = np.zeros(n, dtype=bool)
     if pd.api.types.is_datetime64_any_dtype(dtype):
@@ -746,9 +753,8 @@ def _property_values(
     path = f"properties.{key}"
     where = f"column {_col_name(label)}"
     dtype = s.dtype
-    if isinstance(dtype, pd.CategoricalDtype):
-        s = pd.Series(_object_values(s), index=s.index, dtype=object)
-        dtype = s.dtype
+    s = _plain(s)
+    dtype = s.dtype
     if _is_str_dtype(dtype) and not (isinstance(dtype, pd.StringDtype)
                                      and dtype.storage != "pyarrow"):
         ps = pl.from_pandas(s).cast(pl.String)
@@ -758,9 +764,10 @@ def _property_values(
     if pd.api.types.is_integer_dtype(dtype):
         ps = pl.from_pandas(s)
         if ps.dtype.is_unsigned_integer():
-            big = (ps > _MAX_SAFE).fill_null(False)
+            big = (ps.cast(pl.UInt64) > _MAX_SAFE).fill_null(False)
         else:
-            big = ((ps > _MAX_SAFE) | (ps < -_MAX_SAFE)).fill_null(False)
+            wide = ps.cast(pl.Int64)
+            big = ((wide > _MAX_SAFE) | (wide < -_MAX_SAFE)).fill_null(False)
         out = ps.cast(pl.String)
         if big.any():
             idx = big.arg_true()
@@ -779,9 +786,9 @@ def _property_values(
                       f"infinity is not a JSON number ({where})")
             ps = ps.scatter(idx, None)
         return (ps.cast(pl.String), False), None
-    if pd.api.types.is_datetime64_any_dtype(dtype):
-        ps = pl.from_pandas(s)
-        if isinstance(ps.dtype, pl.Datetime) and ps.dtype.time_zone is not None:
+    ps = pl.from_pandas(s) if pd.api.types.is_datetime64_any_dtype(dtype) else None
+    if ps is not None and isinstance(ps.dtype, pl.Datetime):  # (Arrow dates go below)
+        if ps.dtype.time_zone is not None:
             ps = ps.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
         ps = _to_us(ps)
         years = ps.dt.year()

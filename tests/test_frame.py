@@ -478,3 +478,45 @@ def test_pii_in_dict_column_keys_and_values():
     assert any("'email'" in w for w in c.warnings)
     df2 = pd.DataFrame({"event": ["e"], "properties": [{"contact": "z@y.org"}]})
     assert any("email-looking" in w for w in prep(df2, pii="warn").warnings)
+
+
+# --------------------------------------------------------------------------- unusual dtypes
+
+
+@pytest.mark.parametrize("values, expected, rule", [
+    (pd.arrays.SparseArray([0, 1]), [0, 1], None),
+    (np.array([1, 2], dtype=np.int8), [1, 2], None),
+    (np.array([1, 255], dtype=np.uint8), [1, 255], None),
+    (np.array([0.1, 2.0], dtype=np.float32), [float(np.float32(0.1)), 2.0], None),
+    (pd.array([1, None], dtype="int64[pyarrow]"), [1, None], None),
+    (pd.array([True, None], dtype="bool[pyarrow]"), [True, None], None),
+    (pd.array([dt.date(2020, 1, 1), None], dtype="date32[pyarrow]"), ["2020-01-01", None], None),
+    (pd.Categorical([3, None]), [3, None], None),
+    (pd.to_timedelta([1, 2], unit="s"), None, "not_json"),
+    (pd.period_range("2020-01", periods=2, freq="M"), None, "not_json"),
+    (np.array([1 + 2j, 3j]), None, "not_json"),
+])
+def test_unusual_property_dtypes(values, expected, rule):
+    df = pd.DataFrame({"event": ["e", "e"], "v": values})
+    c = prep(df)
+    if rule is None:
+        assert c.errors.empty
+        got = [e.get("properties", {}).get("v") for e in events_of(c).values()]
+        assert got == expected
+        assert [type(x) for x in got] == [type(x) for x in expected]
+    else:
+        assert errs(c) == {(0, "properties.v", rule), (1, "properties.v", rule)}
+
+
+def test_unusual_dtypes_in_string_and_timestamp_fields_are_typed_errors():
+    df = pd.DataFrame({
+        "event": ["e", "e"],
+        "user_id": pd.to_timedelta([1, 2], unit="s"),
+        "timestamp": pd.period_range("2020-01", periods=2, freq="M"),
+    })
+    c = prep(df)
+    assert errs(c) == {(0, "user_id", "type"), (1, "user_id", "type"),
+                       (0, "timestamp", "invalid_timestamp"), (1, "timestamp", "invalid_timestamp")}
+    ok = prep(pd.DataFrame({"event": ["e"], "timestamp": pd.array(
+        [pd.Timestamp("2020-01-01 05:00")], dtype="timestamp[us, UTC][pyarrow]")}))
+    assert events_of(ok)[0]["timestamp"] == "2020-01-01T05:00:00Z"
