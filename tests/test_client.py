@@ -320,6 +320,8 @@ def test_batch_splits_by_count_and_validates_all_first(mm_server):
                 await c.batch(bad)
             assert [p[:2] for p in info.value.problems] == [("events[57].user_id", "type")]
             assert mm_server.status_counts() == {}
+            empty = await c.batch([])
+            assert empty.ok and empty.requests == [] and empty.events == 0
             return await c.batch(iter(events))
 
     result = run(go())
@@ -330,7 +332,7 @@ def test_batch_splits_by_count_and_validates_all_first(mm_server):
     assert mm_server.status_counts() == {"batch": {202: 3}}
     assert sum(1 for e in seen if isinstance(e, RequestSent)) == 3
     assert sum(e.events for e in seen if isinstance(e, Acknowledged)) == 2500
-    assert [e.requests for e in seen if isinstance(e, Planned)] == [3]
+    assert [e.requests for e in seen if isinstance(e, Planned)] == [0, 3]
 
 
 def test_batch_splits_by_bytes(mm_server):

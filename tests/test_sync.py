@@ -153,6 +153,9 @@ def test_notebook_sync_and_await(mm_server, monkeypatch, tmp_path):
         "res = await client.async_client.track('nb-await')\nres.status",
         "b = client.batch([{'event': 'nb-batch', 'properties': {'i': i}} for i in range(5)])\n"
         "b.stored",
+        "async with mm.AsyncClient() as ac:\n"
+        "    r = await ac.track('nb-own-async')\n"
+        "r.attempts",
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nbclient.NotebookClient(
@@ -161,6 +164,6 @@ def test_notebook_sync_and_await(mm_server, monkeypatch, tmp_path):
     outputs = [c.outputs[0]["data"]["text/plain"] for c in nb.cells if c.outputs]
     assert outputs[0].startswith("Client(key='sk_dev_") and "…" in outputs[0]
     assert mm_server.keys["sk"].split("_", 3)[3] not in "".join(outputs)
-    assert outputs[1:] == ["202", "202", "5"]
+    assert outputs[1:] == ["202", "202", "5", "1"]
     names = sorted(e["event_name"] for e in mm_server.stored_events())
-    assert names == ["nb-await"] + ["nb-batch"] * 5 + ["nb-sync"]
+    assert names == ["nb-await"] + ["nb-batch"] * 5 + ["nb-own-async", "nb-sync"]
