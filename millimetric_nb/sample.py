@@ -172,7 +172,10 @@ def generate_sample(
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
     if invalid_per_kind < 0 or invalid_per_kind * n_kinds > events // 2:
-        raise ValueError(f"invalid_per_kind={invalid_per_kind} is out of range for {events} rows")
+        raise ValueError(
+            f"events ({events}) must be at least {2 * invalid_per_kind * n_kinds} to break "
+            f"{invalid_per_kind * n_kinds} rows on purpose (invalid_per_kind={invalid_per_kind})"
+        )
 
     end_ts = pd.Timestamp(end)
     end_ts = end_ts.tz_localize("UTC") if end_ts.tzinfo is None else end_ts.tz_convert("UTC")

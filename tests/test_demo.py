@@ -91,3 +91,23 @@ def test_run_demo_returns_its_figures_in_process():
     assert all(c.ok for c in out.checks), [c for c in out.checks if not c.ok]
     assert out.stored == out.sent + out.identified
     assert out.summary_line() in buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [(["--limits", "fast"], "--limits"), (["--events", "10", "--visitors", "100"], "visitors")],
+)
+def test_bad_options_exit_1_with_a_clear_message(argv, named, capsys):
+    assert demo.run(demo.build_args([*argv, "--no-progress"])) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("demo failed:") and named in err
+
+
+def test_client_rate_limits_mirror_the_server_modes():
+    from millimetric_nb import contract
+
+    assert demo.client_rate_limits("production") is None
+    assert demo.client_rate_limits("off") == "off"
+    scaled = demo.client_rate_limits("x10")
+    assert scaled["batch"] == contract.RATE_LIMITS["batch"].scaled(10)
+    assert scaled["track"].burst == 2000
