@@ -275,12 +275,17 @@ def sources_frame(rows: Sequence[Mapping[str, Any]], breakdown: str) -> pd.DataF
     return df
 
 
-def _warn_if_full(n: int, limit: int, route: str, hint: str) -> None:
+def _warn_if_full(
+    n: int, limit: int, route: str, window: tuple[pd.Timestamp, pd.Timestamp], hint: str
+) -> None:
+    # The window is in the text so that each read's warning shows (Python shows a
+    # warning once per text and location).
     if n >= limit:
         warnings.warn(
-            f"/v1/{route} returned {n} rows, its limit: there may be more in this window. {hint}",
+            f"/v1/{route} returned {n} rows, its limit: there may be more in "
+            f"[{_iso(window[0])}, {_iso(window[1])}). {hint}",
             PossiblyTruncatedWarning,
-            stacklevel=4,
+            stacklevel=2,
         )
 
 
@@ -304,7 +309,8 @@ async def aquery(
     limit = _limit("limit", limit, contract.QUERY_LIMIT_MAX)
     answer = await _get(_async_of(client), "query", filt.params(start, end, limit))
     rows = answer.get("rows", [])
-    _warn_if_full(len(rows), limit, "query", "Raise limit (up to 1000) or use query_all().")
+    _warn_if_full(len(rows), limit, "query", (start, end),
+                  "Raise limit (up to 1000) or use query_all().")
     return query_frame(rows)
 
 
@@ -507,7 +513,7 @@ async def astats(
     rows = answer.get("rows", [])
     if cols or interval:
         shown = limit if limit is not None else contract.QUERY_LIMIT_DEFAULT
-        _warn_if_full(len(rows), shown, "stats", "Raise limit (up to 1000) or narrow the window.")
+        _warn_if_full(len(rows), shown, "stats", (start, end), "Raise limit (up to 1000).")
     return stats_frame(rows, cols)
 
 
@@ -557,7 +563,8 @@ async def asources(
     params = {"from": _iso(start), "to": _iso(end), "breakdown": breakdown, "limit": str(limit)}
     answer = await _get(_async_of(client), "sources", params)
     rows = answer.get("rows", [])
-    _warn_if_full(len(rows), limit, "sources", "Narrow the window or use breakdown='source'.")
+    _warn_if_full(len(rows), limit, "sources", (start, end),
+                  "Narrow the window or use breakdown='source'.")
     return sources_frame(rows, breakdown)
 
 

@@ -298,3 +298,14 @@ def test_verify_sees_a_duplicate_replay():
                 assert c.batch([ev]).ok
             got = read.verify(["dup-1"], DAY1, DAY2, client=c)
     assert got.duplicated == {"dup-1": 2} and not got.ok and not got.missing
+
+
+def test_each_truncated_read_warns_not_just_the_first(client):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's own: once per text and location
+        read.query(DAY1, DAY3, limit=3, client=client)
+        read.query(DAY1, DAY2, limit=3, client=client)
+    hits = [w for w in caught if issubclass(w.category, read.PossiblyTruncatedWarning)]
+    assert len(hits) == 2
+    with pytest.warns(read.PossiblyTruncatedWarning, match="/v1/stats returned 2 rows"):
+        read.stats("count", DAY1, DAY3, group_by="event_name", limit=2, client=client)
