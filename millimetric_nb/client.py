@@ -435,7 +435,7 @@ class AsyncClient:
             secret = full.split("_", 3)[3]
             if full in value:
                 value = value.replace(full, self.key_masked)
-            if secret and secret in value:
+            if len(secret) >= 8 and secret in value:  # a tiny secret would mangle text
                 value = value.replace(secret, "…")
             return value
         if isinstance(value, Mapping):
