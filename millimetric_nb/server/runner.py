@@ -27,11 +27,18 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: MillimetricApp, config: ServerConfig) -> uvicorn.Config:
-    """A quiet uvicorn configuration for ``app`` (no access log, no lifespan)."""
+def uvicorn_config(
+    app: MillimetricApp, config: ServerConfig, *, own_logging: bool = True
+) -> uvicorn.Config:
+    """A quiet uvicorn configuration for ``app`` (no access log, no lifespan).
+
+    ``own_logging=False`` leaves the process's logging configuration alone (in-process
+    servers must not reconfigure the host's logging each time one starts).
+    """
+    extra = {} if own_logging else {"log_config": None}
     return uvicorn.Config(
         app, host=config.host, port=config.port, lifespan="off", access_log=False,
-        log_level="warning", timeout_graceful_shutdown=2, timeout_keep_alive=30,
+        log_level="warning", timeout_graceful_shutdown=2, timeout_keep_alive=30, **extra,
     )
 
 
@@ -140,7 +147,7 @@ def run_in_thread(config: ServerConfig | None = None, **kwargs: Any) -> Iterator
     app = create_app(config)
     sock = bind_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
-    server = ThreadedServer(uvicorn_config(app, config))
+    server = ThreadedServer(uvicorn_config(app, config, own_logging=False))
     errors: list[BaseException] = []
 
     def serve() -> None:
