@@ -67,7 +67,7 @@ from .results import STATUS_CODES, STATUSES, Plan, SendResult, empty_rows
 log = logging.getLogger("millimetric_nb")
 
 DEFAULT_CONCURRENCY = 20
-DEFAULT_CHUNKSIZE = 50_000
+DEFAULT_CHUNKSIZE = 25_000
 _FIRST_CHUNK = 1000
 _BODY_HEAD = b'{"events":['
 _BODY_TAIL = b"]}"

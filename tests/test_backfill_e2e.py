@@ -262,3 +262,59 @@ def test_progress_events_over_http(mm_server):
 def test_unknown_source_type_is_typed():
     with pytest.raises(MillimetricError):
         asyncio.run(abackfill(123, dry_run=True, progress=False))  # type: ignore[arg-type]
+
+
+KILL_SCRIPT = r'''
+import asyncio, os, signal, sys
+import pandas as pd
+from millimetric_nb.backfill import abackfill
+from millimetric_nb.client import AsyncClient
+from millimetric_nb.progress import Acknowledged
+
+url, key, journal, src = sys.argv[1:5]
+acks = 0
+
+def observer(ev):
+    global acks
+    if isinstance(ev, Acknowledged):
+        acks += 1
+        if acks == 4:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: a hard crash
+
+async def main():
+    async with AsyncClient(key=key, host=url, rate_limits="off") as c:
+        await abackfill(src, client=c, journal=journal, progress=False, observer=observer,
+                        chunksize=1000, concurrency=3)
+
+asyncio.run(main())
+'''
+
+
+def test_sigkill_mid_run_then_resume(mm_server, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    df = events_frame(9000)
+    src = tmp_path / "events.parquet"
+    df.to_parquet(src)
+    journal = tmp_path / "j.sqlite"
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), mm_server.url, mm_server.keys["sk"], str(journal),
+         str(src)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    partial = mm_server.count()
+    assert 4000 <= partial < 9000
+    res = send(mm_server, src, journal=journal, chunksize=1000)
+    assert res.counts["skipped"] >= 4000  # every acknowledgement survived the kill
+    assert res.counts["skipped"] + res.counts["sent"] == 9000
+    stored = by_id(mm_server)
+    assert set(stored) == set(res.rows.event_id)
+    flagged = set(res.rows.loc[res.rows.ambiguous, "event_id"])
+    for eid, copies in stored.items():
+        assert len(copies) == 1 or eid in flagged, eid
+    assert sum(len(c) for c in stored.values()) - 9000 <= len(flagged)
