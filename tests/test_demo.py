@@ -26,8 +26,9 @@ def _summary(text: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def demo_run() -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("millimetric-nb")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "millimetric_nb.cli"]
     return subprocess.run(
-        [str(exe), "demo", "--events", str(EVENTS), "--visitors", str(VISITORS),
+        [*cmd, "demo", "--events", str(EVENTS), "--visitors", str(VISITORS),
          "--limits", "off", "--no-progress"],
         capture_output=True, text=True, timeout=240, check=False,
     )

@@ -309,3 +309,12 @@ def test_each_truncated_read_warns_not_just_the_first(client):
     assert len(hits) == 2
     with pytest.warns(read.PossiblyTruncatedWarning, match="/v1/stats returned 2 rows"):
         read.stats("count", DAY1, DAY3, group_by="event_name", limit=2, client=client)
+
+
+def test_sync_functions_take_an_async_client_too(srv):
+    ac = AsyncClient(srv.keys["rk"], host=srv.url)
+    df = read.query(DAY1, DAY3, event="purchase", limit=1000, client=ac)
+    assert sorted(df["event_id"]) == sorted(
+        e["event_id"] for e in _small_events() if e["event"] == "purchase"
+    )
+    mm_sync.run_sync(ac.aclose())
