@@ -168,6 +168,8 @@ def test_bad_key_stops_with_account(mm_server):
     assert res.counts["failed"] == 3000
     assert "notarealsecret" not in repr(res) and "notarealsecret" not in res._repr_html_()
     assert "STOPPED" in repr(res)
+    assert not res.rows["message"].astype(str).str.contains("notarealsecret").any()
+    assert "notarealsecret" not in str(res.error) and "notarealsecret" not in res.warnings[-1]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet", "iterable"])

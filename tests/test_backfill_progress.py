@@ -1,0 +1,36 @@
+"""The tqdm observer renders the engine's events (rows done, counts, totals)."""
+
+from __future__ import annotations
+
+import io
+
+from millimetric_nb.progress import Acknowledged, Done, Failed, Planned, Waiting
+from millimetric_nb.ui import TqdmProgress, progress_observer
+
+
+def test_bar_counts_rows_and_statuses():
+    out = io.StringIO()
+    bar = TqdmProgress("backfill", file=out)
+    bar(Planned(rows=100, valid=90, invalid=10, skipped=20, requests=1, total_rows=250))
+    bar(Acknowledged("batch", 70))
+    bar(Waiting("batch", 2.0, "retry_after"))
+    bar(Planned(rows=150, valid=150, invalid=0, requests=1, total_rows=250))
+    bar(Failed("batch", 150, "invalid_payload", "bad"))
+    bar(Done({"sent": 70}, 1.0))
+    assert bar.total == 250 and bar.done == 250
+    assert bar.counts == {"sent": 70, "failed": 150, "invalid": 10, "skipped": 20}
+    text = out.getvalue()
+    assert "250/250" in text and "sent=70" in text and "failed=150" in text
+
+
+def test_streaming_total_grows_with_chunks():
+    bar = TqdmProgress(file=io.StringIO())
+    bar(Planned(rows=10, valid=10, invalid=0))
+    bar(Planned(rows=5, valid=5, invalid=0))
+    assert bar.total == 15
+    bar(Done())
+
+
+def test_progress_false_attaches_nothing():
+    assert progress_observer(False) is None
+    assert isinstance(progress_observer(True), TqdmProgress)
