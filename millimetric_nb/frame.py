@@ -32,10 +32,10 @@ Choices (documented, and tested):
   ``int_out_of_range`` errors (never rounded, never silently turned into strings:
   send them as strings yourself). ``inf`` is ``not_json``; bytes are ``not_json``;
   lone surrogates are ``invalid_unicode``; ``Decimal`` follows ``encode``.
-* **Stable event ids**: a row without an ``event_id`` gets
-  ``"mm_" + blake2b-128(hex)`` of its encoded event (without ``event_id``); the
-  *n*-th repeat (n >= 1) of identical content within one input hashes the first
-  digest together with *n*. The id depends neither on the index nor on chunking
+* **Stable event ids**: a row without an ``event_id`` gets ``"mm_"`` + the first
+  32 hex digits (128 bits) of the SHA-256 of its encoded event (without
+  ``event_id``); the *n*-th repeat (n >= 1) of identical content within one input
+  hashes the first digest together with *n*. The id depends neither on the index nor on chunking
   (:class:`EventIdState` carries occurrence counts across chunks), and is stable
   across processes and library versions because it hashes this module's own
   canonical encoding with ``hashlib`` (not Python's ``hash()`` nor polars' hash).
@@ -80,7 +80,7 @@ COLUMN_FIELDS: Final = (
     "event_id", "timestamp", "anonymous_id", "user_id", "session_id", "url", "path", "referrer",
 )
 _ID_PREFIX: Final = "mm_"
-_ID_PERSON: Final = b"mm-nb-event-id1"  # blake2b personalisation: versions the id scheme
+_ID_REPEAT: Final = b"mm-nb-repeat\x00"  # domain tag for the n-th repeat of a content
 _MAX_SAFE: Final = contract.MAX_SAFE_INTEGER
 
 
@@ -302,58 +302,52 @@ class EventIdState:
 
     def occurrences(self, keys: np.ndarray) -> np.ndarray:
         """For each key (in row order), how many earlier rows had it; records them."""
-        occ = _within_occurrences(keys)
-        if keys.size == 0:
-            return occ
-        uniq, counts = np.unique(keys, return_counts=True)
+        n = keys.size
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        idx = np.arange(n, dtype=np.int64)
+        starts = np.r_[True, sk[1:] != sk[:-1]]
+        group_start = np.maximum.accumulate(np.where(starts, idx, 0))
+        group = np.cumsum(starts) - 1  # group number of each sorted row
+        uniq = sk[starts]
+        counts = np.diff(np.r_[np.flatnonzero(starts), n])
+        prior = np.zeros(uniq.size, dtype=np.int64)
         if self._keys.size:
-            pos = np.minimum(np.searchsorted(self._keys, uniq), self._keys.size - 1)
-            found = self._keys[pos] == uniq
+            pos = np.searchsorted(self._keys, uniq)
+            pos_c = np.minimum(pos, self._keys.size - 1)
+            found = self._keys[pos_c] == uniq
+            prior[found] = self._counts[pos_c[found]]
+            self._counts[pos_c[found]] += counts[found]
         else:
             pos = np.zeros(uniq.size, dtype=np.int64)
             found = np.zeros(uniq.size, dtype=bool)
-        pos_c = pos
-        prior = np.zeros(uniq.size, dtype=np.int64)
-        prior[found] = self._counts[pos_c[found]]
-        inv = np.searchsorted(uniq, keys)
-        occ = occ + prior[inv]
-        self._counts[pos_c[found]] += counts[found]
-        if (~found).any():
-            keys_all = np.concatenate([self._keys, uniq[~found]])
-            counts_all = np.concatenate([self._counts, counts[~found]])
-            order = np.argsort(keys_all, kind="stable")
-            self._keys, self._counts = keys_all[order], counts_all[order]
+        occ = np.empty(n, dtype=np.int64)
+        occ[order] = idx - group_start + prior[group]
+        new = ~found
+        if new.any():  # merge the new sorted keys in: O(total), no re-sort
+            self._keys = np.insert(self._keys, pos[new], uniq[new])
+            self._counts = np.insert(self._counts, pos[new], counts[new])
         return occ
 
 
 def _within_occurrences(keys: np.ndarray) -> np.ndarray:
     """Occurrence number of each key among the earlier equal keys of ``keys``."""
-    n = keys.size
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
-    idx = np.arange(n, dtype=np.int64)
-    starts = np.r_[True, sk[1:] != sk[:-1]]
-    group_start = np.maximum.accumulate(np.where(starts, idx, 0))
-    occ = np.empty(n, dtype=np.int64)
-    occ[order] = idx - group_start
-    return occ
+    return EventIdState().occurrences(keys)
 
 
 def _derive_ids(contents: list[bytes], state: EventIdState | None) -> pl.Series:
     """Stable ids (a String series) for encoded contents (see the module docstring)."""
-    blake = hashlib.blake2b
-    digests = [blake(c, digest_size=16, person=_ID_PERSON).digest() for c in contents]
+    sha = hashlib.sha256
+    digests = [sha(c).digest() for c in contents]
     if not digests:
         return pl.Series(values=[], dtype=pl.String)
-    keys = np.frombuffer(b"".join(digests), dtype=">u8")[::2].astype(np.uint64)
+    keys = np.frombuffer(b"".join(digests), dtype=">u8")[::4].astype(np.uint64)
     occ = state.occurrences(keys) if state is not None else _within_occurrences(keys)
     for i in np.flatnonzero(occ).tolist():
-        digests[i] = blake(
-            digests[i] + int(occ[i]).to_bytes(8, "big"), digest_size=16, person=_ID_PERSON
-        ).digest()
-    hexed = pl.Series(values=digests, dtype=pl.Binary).bin.encode("hex")
+        digests[i] = sha(_ID_REPEAT + digests[i] + int(occ[i]).to_bytes(8, "big")).digest()
+    hexed = pl.Series(values=digests, dtype=pl.Binary).bin.encode("hex").str.slice(0, 32)
     return pl.select(pl.concat_str([pl.lit(_ID_PREFIX), pl.lit(hexed)])).to_series()
 
 

@@ -520,3 +520,21 @@ def test_unusual_dtypes_in_string_and_timestamp_fields_are_typed_errors():
     ok = prep(pd.DataFrame({"event": ["e"], "timestamp": pd.array(
         [pd.Timestamp("2020-01-01 05:00")], dtype="timestamp[us, UTC][pyarrow]")}))
     assert events_of(ok)[0]["timestamp"] == "2020-01-01T05:00:00Z"
+
+
+def test_event_id_state_counts_occurrences_like_a_dict_across_any_split():
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        keys = rng.integers(0, 20, rng.integers(0, 60)).astype(np.uint64)
+        state, got, i = EventIdState(), [], 0
+        while i < len(keys):
+            k = int(rng.integers(1, 10))
+            got += state.occurrences(keys[i:i + k]).tolist()
+            i += k
+        seen: dict[int, int] = {}
+        expected = []
+        for k in keys.tolist():
+            expected.append(seen.get(k, 0))
+            seen[k] = seen.get(k, 0) + 1
+        assert got == expected
+        assert len(state) == len(seen)
