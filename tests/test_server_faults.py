@@ -11,14 +11,26 @@ import pytest
 CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError)
 
 
+_CLIENTS: dict[str, httpx.Client] = {}
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    yield
+    while _CLIENTS:
+        _CLIENTS.popitem()[1].close()
+
+
 def send(srv, path: str = "/v1/track", body: dict | None = None) -> int | str:
-    """Status of one request on a fresh connection, or 'dropped'."""
-    with httpx.Client(base_url=srv.url,
-                      headers={"Authorization": f"Bearer {srv.keys['sk']}"}) as c:
-        try:
-            r = c.post(path, json=body if body is not None else {"event": "e"})
-        except CONNECTION_ERRORS:
-            return "dropped"
+    """Status of one request (one pooled client per server), or 'dropped'."""
+    c = _CLIENTS.get(srv.url)
+    if c is None:
+        c = _CLIENTS[srv.url] = httpx.Client(
+            base_url=srv.url, headers={"Authorization": f"Bearer {srv.keys['sk']}"})
+    try:
+        r = c.post(path, json=body if body is not None else {"event": "e"})
+    except CONNECTION_ERRORS:
+        return "dropped"
     if r.status_code >= 500:
         assert r.headers["content-type"].startswith("application/json")
         return f"{r.status_code} {r.json()['error']}"
