@@ -16,6 +16,7 @@ Choices (the public reference is silent):
   rate limit, JSON and fields, faults, write.
 - ``/v1/query`` rows come in timestamp order, ties in insertion order.
 - ``/v1/forget`` deletes the rows whose ``user_id`` is that user (in the key's project).
+- ``/v1/identify`` stores a ``$identify`` event and rewrites no other row.
 """
 
 from __future__ import annotations
