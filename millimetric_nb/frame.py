@@ -492,9 +492,43 @@ def _quote(ps: pl.Series) -> _JsonCol:
 
 def _frag_expr(key_json: str, name: str, wrap: bool) -> pl.Expr:
     """``"key":<value>`` per row of column ``name`` (null where the value is null)."""
+    return pl.concat_str(_frag_parts(key_json, name, wrap))
+
+
+def _frag_parts(key_json: str, name: str, wrap: bool) -> list[pl.Expr]:
     if wrap:
-        return pl.concat_str([pl.lit(key_json + ':"'), pl.col(name), pl.lit('"')])
-    return pl.concat_str([pl.lit(key_json + ":"), pl.col(name)])
+        return [pl.lit(key_json + ':"'), pl.col(name), pl.lit('"')]
+    return [pl.lit(key_json + ":"), pl.col(name)]
+
+
+def _members(items: list[tuple[str, str, pl.Series, bool]]) -> tuple[list[pl.Expr], bool]:
+    """Pieces of ``,"key":value`` for each ``(key_json, column, values, wrap)``, in order.
+
+    Columns without nulls are spliced in flat (no intermediate strings); nullable
+    ones become one nested concat that is null (and so dropped by the outer
+    ``concat_str(..., ignore_nulls=True)``) where the value is missing. Returns the
+    pieces and whether any member can be absent.
+    """
+    parts: list[pl.Expr] = []
+    nullable_any = False
+    for key_json, name, values, wrap in items:
+        pieces = _frag_parts("," + key_json, name, wrap)
+        if values.null_count():
+            nullable_any = True
+            parts.append(pl.concat_str(pieces))
+        else:
+            parts.extend(pieces)
+    return parts, nullable_any
+
+
+def _object_expr(items: list[tuple[str, str, pl.Series, bool]]) -> pl.Expr:
+    """One JSON object per row (members in the given order); null when no member is present."""
+    parts, nullable = _members(items)
+    inner = pl.concat_str(parts, ignore_nulls=True)  # "" or ",m1,m2..."
+    obj = pl.concat_str([pl.lit("{"), inner.str.slice(1), pl.lit("}")])
+    if not nullable:
+        return obj
+    return pl.when(inner != "").then(obj).otherwise(None)
 
 
 def _string_field(
@@ -600,16 +634,9 @@ def _to_us(ps: pl.Series) -> pl.Series:
 
 def _format_ts(ps: pl.Series) -> pl.Series:
     """UTC naive Datetime -> ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (as encode.to_utc_iso)."""
-    ps = _to_us(ps)
-    us = ps.dt.microsecond()
+    text = ps.cast(pl.Datetime("us")).dt.strftime("%Y-%m-%dT%H:%M:%S%.6f")
     return pl.select(
-        pl.concat_str([
-            pl.lit(ps).dt.strftime("%Y-%m-%dT%H:%M:%S"),
-            pl.when(pl.lit(us) != 0)
-            .then(pl.concat_str([pl.lit("."), pl.lit(us).cast(pl.String).str.zfill(6)]))
-            .otherwise(pl.lit("")),
-            pl.lit("Z"),
-        ])
+        pl.concat_str([pl.lit(text).str.strip_suffix(".000000"), pl.lit("Z")])
     ).to_series()
 
 
@@ -1040,21 +1067,17 @@ def prepare_chunk(
             pii_found = detect_pii({k: None for k in keys}, json_texts=props_obj)
     elif mapping.property_columns:
         cols: dict[str, pl.Series] = {}
-        exprs: list[pl.Expr] = []
+        items: list[tuple[str, str, pl.Series, bool]] = []
         plain: dict[str, pl.Series | None] = {}
         for i, label in enumerate(sorted(mapping.property_columns, key=_property_key)):
             key = _property_key(label)
             (values, wrap), strings = _property_values(df[label], key, label, probs)
             cols[f"p{i}"] = values
-            exprs.append(_frag_expr(orjson.dumps(key).decode(), f"p{i}", wrap))
+            items.append((orjson.dumps(key).decode(), f"p{i}", values, wrap))
             plain[key] = strings
         if pii != "ignore" and n:
             pii_found = detect_pii(plain)
-        inner = pl.concat_str(exprs, separator=",", ignore_nulls=True)
-        props_obj = pl.DataFrame(cols, height=n).select(
-            pl.when(inner != "").then(pl.concat_str([pl.lit("{"), inner, pl.lit("}")]))
-            .otherwise(None)
-        ).to_series()
+        props_obj = pl.DataFrame(cols, height=n).select(_object_expr(items)).to_series()
     if props_obj is not None and n:
         size = props_obj.str.len_bytes().fill_null(0).to_numpy()
         big = size > contract.PROPERTIES_MAX_BYTES
@@ -1092,19 +1115,21 @@ def prepare_chunk(
     if encode and valid.any():
         mask = pl.Series(valid)
         cols = {}
-        exprs = []
+        items = []
         for name in ("event", "timestamp", "anonymous_id", "user_id", "session_id", "url",
                      "path", "referrer"):
             if name in fields:
                 values, wrap = _quote(fields[name].filter(mask))
                 cols[name] = values
-                exprs.append(_frag_expr(f'"{name}"', name, wrap))
+                items.append((f'"{name}"', name, values, wrap))
         if props_obj is not None:
-            cols["properties"] = props_obj.filter(mask)
-            exprs.append(_frag_expr('"properties"', "properties", False))
+            cols["properties"] = values = props_obj.filter(mask)
+            items.append(('"properties"', "properties", values, False))
+        # "event" is present in every valid row, so it leads without a comma
+        first = _frag_parts(items[0][0], items[0][1], items[0][3])
+        rest, _ = _members(items[1:])
         content = pl.DataFrame(cols).select(
-            pl.concat_str([pl.lit("{"), pl.concat_str(exprs, separator=",", ignore_nulls=True),
-                           pl.lit("}")])
+            pl.concat_str([pl.lit("{"), *first, *rest, pl.lit("}")], ignore_nulls=True)
         ).to_series()
         vpos = np.flatnonzero(valid)
         if given is None:

@@ -325,8 +325,29 @@ def test_stable_ids_equal_across_runs_chunkings_and_indexes():
     assert all(isinstance(i, str) and i.startswith("mm_") and len(i) == 35 for i in one)
 
 
+def test_ids_do_not_depend_on_which_chunk_holds_the_missing_values():
+    n = 40
+    df = _frame(n).assign(
+        user_id=[None if i % 5 else f"u{i % 2}" for i in range(n)],
+        amount=[np.nan if i % 7 == 0 else float(i % 2) for i in range(n)],
+        note=[None] * 20 + ["x"] * 20,  # whole chunks without any value
+    )
+    whole = prep(df, ids=EventIdState())
+    for size in (3, 10, 20):
+        state = EventIdState()
+        got: list = []
+        payloads: list = []
+        for start in range(0, n, size):
+            c = prep(df.iloc[start:start + size], ids=state, offset=start)
+            got += c.event_ids.tolist()
+            payloads += c.payloads
+        assert got == whole.event_ids.tolist(), size
+        assert payloads == whole.payloads, size
+
+
 def test_identical_rows_get_distinct_ids_and_column_order_does_not_matter():
     df = _frame(24)  # rows repeat every 12
+    assert df.duplicated().sum() == 12
     ids = prep(df, ids=EventIdState()).event_ids.tolist()
     assert len(set(ids)) == len(ids)
     swapped = df[["amount", "timestamp", "anonymous_id", "event"]]
