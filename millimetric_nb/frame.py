@@ -1045,18 +1045,6 @@ def prepare_chunk(
             "no timestamp column: every event will be stored at server time (when it is "
             "sent); pass timestamp_col= to keep when the events happened"
         )
-    if n:
-        who = np.zeros(n, dtype=bool)
-        for name in ("anonymous_id", "user_id"):
-            if name in fields:
-                who |= ~fields[name].is_null().to_numpy()
-        no_who = ~who & ~probs.invalid
-        if no_who.any():
-            warns.append(
-                f"{int(no_who.sum())} row(s) have neither user_id nor anonymous_id: the server "
-                "will give each such event a new anonymous visitor"
-            )
-
     # properties
     pii_found: dict[str, str] = {}
     props_obj: pl.Series | None = None  # one JSON object per row, null = no properties
@@ -1097,6 +1085,18 @@ def prepare_chunk(
                           for k, why in sorted(pii_found.items())],
             )
         warns.append(msg)
+
+    if n:
+        who = np.zeros(n, dtype=bool)
+        for name in ("anonymous_id", "user_id"):
+            if name in fields:
+                who |= ~fields[name].is_null().to_numpy()
+        no_who = ~who & ~probs.invalid  # among the rows that will be sent
+        if no_who.any():
+            warns.append(
+                f"{int(no_who.sum())} row(s) have neither user_id nor anonymous_id: the server "
+                "will give each such event a new anonymous visitor"
+            )
 
     valid = ~probs.invalid
     event_ids = np.full(n, None, dtype=object)
