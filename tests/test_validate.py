@@ -107,3 +107,13 @@ def test_pii_error_and_mapping_errors_raise_typed():
 def test_empty_frame_is_ok():
     r = validate_frame(pd.DataFrame({"event": pd.Series([], dtype=object)}), warn=False)
     assert r.ok and r.n_rows == 0 and r.warnings == []
+
+
+def test_the_demo_sample_planted_invalid_rows_are_exactly_the_ones_reported():
+    from millimetric_nb.sample import generate_sample
+
+    s = generate_sample(events=2000, invalid_per_kind=2)
+    r = validate_frame(s.events, warn=False)
+    got = set(zip(r.errors["row"], r.errors["field"], r.errors["rule"], strict=True))
+    assert got == set(zip(s.invalid["row"], s.invalid["field"], s.invalid["rule"], strict=True))
+    assert r.n_valid_rows == len(s.valid_events)
