@@ -394,36 +394,36 @@ class _Run:
         self, chunks: Iterator[pd.DataFrame], queue: asyncio.Queue[_Request | None]
     ) -> None:
         offset = 0
-        try:
-            while True:
-                try:
-                    frame = await asyncio.to_thread(next, chunks, None)
-                except MillimetricError:
-                    raise
-                except Exception as exc:
-                    # the rest of the source cannot be read: stop, keep the account
-                    err = MillimetricError(
-                        f"reading the source failed after {offset:,} rows: "
-                        f"{type(exc).__name__}: {exc}",
-                        code="source_read_failed",
-                    )
-                    if self.stop_error is None:
-                        self.stop_error = err
-                    self.warn(str(err))
-                    break
-                if frame is None:
-                    break
-                if self.template is None:
-                    self.template = frame.iloc[:0]
-                chunk = _Chunk(frame, offset)
-                offset += len(frame)
-                if self.stop_error is not None:
-                    self.stop_chunk(chunk)
-                    continue
-                await self.plan_chunk(chunk, queue)
-        finally:
-            for _ in range(self.concurrency):
-                await queue.put(None)
+        while True:
+            try:
+                frame = await asyncio.to_thread(next, chunks, None)
+            except MillimetricError:
+                raise
+            except Exception as exc:
+                # the rest of the source cannot be read: stop, keep the account
+                err = MillimetricError(
+                    f"reading the source failed after {offset:,} rows: "
+                    f"{type(exc).__name__}: {exc}",
+                    code="source_read_failed",
+                )
+                if self.stop_error is None:
+                    self.stop_error = err
+                self.warn(str(err))
+                break
+            if frame is None:
+                break
+            if self.template is None:
+                self.template = frame.iloc[:0]
+            chunk = _Chunk(frame, offset)
+            offset += len(frame)
+            if self.stop_error is not None:
+                self.stop_chunk(chunk)
+                continue
+            await self.plan_chunk(chunk, queue)
+        # only on normal completion: when failing or cancelled, run() cancels the
+        # workers (and waiting on a full queue then could never end)
+        for _ in range(self.concurrency):
+            await queue.put(None)
 
     def stop_chunk(self, chunk: _Chunk) -> None:
         err = self.stop_error

@@ -331,3 +331,30 @@ def test_failed_event_emitted_for_rejections():
 def test_frame_chunks_start_small_then_full_size():
     chunks, total = iter_source(pd.DataFrame({"event": ["e"] * 30_000}), 20_000)
     assert [len(c) for c in chunks] == [1000, 4000, 16_000, 9000] and total == 30_000
+
+
+def test_task_cancellation_ends_promptly_and_keeps_journal(tmp_path):
+    path = tmp_path / "j.sqlite"
+    acks = []
+
+    async def slow(req, observer):
+        await asyncio.sleep(0.01)
+        return Outcome()
+
+    async def main():
+        chunks, _ = iter_source(frame(20_000), 500)
+        task = asyncio.create_task(run_rows(
+            chunks, route="batch", prepare=simple_prepare, send=slow, progress=False,
+            journal=path, concurrency=1, observer=lambda e: acks.append(e)
+            if isinstance(e, Acknowledged) else None))
+        while len(acks) < 3:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=10)  # a hang would time out instead
+
+    asyncio.run(main())
+    with Journal(path) as j:
+        counts = j.counts()
+    assert counts.get("acked", 0) >= 3 * 500
+    assert counts.get("acked", 0) + counts.get("pending", 0) < 20_000
