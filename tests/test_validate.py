@@ -112,7 +112,7 @@ def test_empty_frame_is_ok():
 def test_the_demo_sample_planted_invalid_rows_are_exactly_the_ones_reported():
     from millimetric_nb.sample import generate_sample
 
-    s = generate_sample(events=2000, invalid_per_kind=2)
+    s = generate_sample(events=2000, visitors=200, invalid_per_kind=2)
     r = validate_frame(s.events, warn=False)
     got = set(zip(r.errors["row"], r.errors["field"], r.errors["rule"], strict=True))
     assert got == set(zip(s.invalid["row"], s.invalid["field"], s.invalid["rule"], strict=True))
