@@ -67,6 +67,7 @@ __all__ = [
     "FieldMapping",
     "PreparedChunk",
     "detect_pii",
+    "pii_columns",
     "prepare_chunk",
     "resolve_mapping",
 ]
@@ -922,6 +923,20 @@ def detect_pii(
         if emails:
             found["properties"] = f"{emails} row(s) hold email-looking values"
     return found
+
+
+def pii_columns(df: pd.DataFrame, columns: Sequence[Hashable]) -> dict[str, str]:
+    """Which of ``columns`` (e.g. identify traits) look like personal data, and why.
+
+    The same rules as for property columns: the name (``email``, ``phone``, ``first_name``,
+    ``ip``...) or string values shaped like email addresses or phone numbers.
+    Returns ``{str(label): reason}``.
+    """
+    plain: dict[str, pl.Series | None] = {}
+    for label in columns:
+        _, strings = _property_values(df[label], _property_key(label), label, _Problems(len(df)))
+        plain[_property_key(label)] = strings
+    return detect_pii(plain)
 
 
 # --------------------------------------------------------------------------- the chunk

@@ -559,3 +559,14 @@ def test_event_id_state_counts_occurrences_like_a_dict_across_any_split():
             seen[k] = seen.get(k, 0) + 1
         assert got == expected
         assert len(state) == len(seen)
+
+
+def test_pii_columns_for_traits():
+    from millimetric_nb.frame import pii_columns
+
+    df = pd.DataFrame({"plan": ["pro"], "contact": ["x@y.org"], "firstName": ["Ann"],
+                       "age": [40]})
+    assert pii_columns(df, ["plan", "contact", "firstName", "age"]) == {
+        "contact": "1 value(s) look like email addresses",
+        "firstName": "its name looks like personal data",
+    }
