@@ -29,11 +29,13 @@ from .backfill import (
     OnAmbiguous,
     PreparedRows,
     abackfill,
+    issue_warnings,
     iter_source,
     resolve_async_client,
     run_rows,
     run_sync_call,
     sync_client,
+    track_warning,
 )
 from .encode import is_missing
 from .errors import ConfigurationError, ValidationError
@@ -204,10 +206,11 @@ class MillimetricAccessor:
         :func:`millimetric_nb.backfill` for the other arguments.
         """
         client = sync_client(client, dry_run)
-        return run_sync_call(
+        result = run_sync_call(
             client,
             abackfill(
                 self._df,
+                warn_stacklevel=0,
                 client=client,
                 journal=journal,
                 dry_run=dry_run,
@@ -221,6 +224,8 @@ class MillimetricAccessor:
                 **mapping,
             )
         )
+        issue_warnings(result, 2)
+        return result
 
     def track(
         self,
@@ -246,11 +251,15 @@ class MillimetricAccessor:
             mapping["event"] = event
         if event_col is not None:
             mapping["event_col"] = event_col
+        slow = track_warning(len(self._df))
+        if slow:
+            _warnings.warn(slow, UserWarning, stacklevel=2)
         client = sync_client(client, dry_run)
-        return run_sync_call(
+        result = run_sync_call(
             client,
             abackfill(
                 self._df,
+                warn_stacklevel=0,
                 client=client,
                 journal=journal,
                 dry_run=dry_run,
@@ -262,6 +271,8 @@ class MillimetricAccessor:
                 **mapping,
             )
         )
+        issue_warnings(result, 2)
+        return result
 
     def identify(
         self,

@@ -916,6 +916,7 @@ async def abackfill(
     on_ambiguous: OnAmbiguous = "resend",
     now: dt.datetime | None = None,
     route: Literal["batch", "track"] = "batch",
+    warn_stacklevel: int = 2,
     **mapping: Any,
 ) -> SendResult:
     """Send every valid row of ``source`` as events; the ``await``-able backfill.
@@ -939,6 +940,8 @@ async def abackfill(
             ``event_id``) or ``"skip"``.
         now: the reference time for the future-timestamp check (default: now).
         route: ``"batch"`` (default) or ``"track"`` (one request per row).
+        warn_stacklevel: where the data warnings (also in ``result.warnings``) point;
+            ``0`` issues none (the synchronous faces issue them themselves).
         **mapping: ``event``, ``event_col``, ``event_id_col``, ``timestamp_col``,
             ``anonymous_id_col``, ``user_id_col``, ``session_id_col``, ``url_col``,
             ``path_col``, ``referrer_col``, ``properties``.
@@ -962,19 +965,11 @@ async def abackfill(
         return await aclient.track(**req.call)
 
     warns: list[str] = []
-    if route == "track" and total is not None and total > 1000:
-        limit = contract.RATE_LIMITS["track"]
-        blimit = contract.RATE_LIMITS["batch"]
-        t_track = max(0, total - limit.burst) / limit.refill
-        n_batch = -(-total // contract.BATCH_MAX_EVENTS)
-        t_batch = max(0, n_batch - blimit.burst) / blimit.refill
-        msg = (
-            f"track sends one request per row: {total:,} rows take about {t_track:,.0f} s at "
-            f"{limit.refill:g}/s; send_batch would take about {t_batch:,.0f} s "
-            f"(1000 events per request)"
-        )
-        warns.append(msg)
-        _warnings.warn(msg, UserWarning, stacklevel=3)
+    slow = track_warning(total) if route == "track" else None
+    if slow:
+        warns.append(slow)
+        if warn_stacklevel:
+            _warnings.warn(slow, UserWarning, stacklevel=warn_stacklevel)
     result = await run_rows(
         chunks,
         route=route,
@@ -990,10 +985,38 @@ async def abackfill(
         total_rows=total,
         warnings=warns,
     )
+    if warn_stacklevel:
+        issue_warnings(result, warn_stacklevel)
+    return result
+
+
+_TRACK_NOTE = "track sends one request per row"
+
+
+def track_warning(total: int | None) -> str | None:
+    """For a large frame sent through ``/v1/track``: how long it takes against a batch."""
+    if total is None or total <= 1000:
+        return None
+    limit = contract.RATE_LIMITS["track"]
+    blimit = contract.RATE_LIMITS["batch"]
+    t_track = max(0, total - limit.burst) / limit.refill
+    n_batch = -(-total // contract.BATCH_MAX_EVENTS)
+    t_batch = max(0, n_batch - blimit.burst) / blimit.refill
+    return (
+        f"{_TRACK_NOTE}: {total:,} rows take about {t_track:,.0f} s at {limit.refill:g}/s; "
+        f"send_batch would take about {t_batch:,.0f} s (1000 events per request)"
+    )
+
+
+def issue_warnings(result: SendResult, stacklevel: int) -> None:
+    """Issue a result's data warnings with :func:`warnings.warn` (DataWarning), once each.
+
+    (The track-throughput warning is issued before sending, not here.)
+    """
     from .frame import emit_warnings
 
-    emit_warnings([w for w in result.warnings if w not in warns], stacklevel=3)
-    return result
+    messages = [w for w in result.warnings if not w.startswith(_TRACK_NOTE)]
+    emit_warnings(messages, stacklevel=stacklevel + 1)
 
 
 def sync_client(client: Any, dry_run: bool) -> Any:
@@ -1039,10 +1062,11 @@ def backfill(
     The synchronous face (works in a script and inside Jupyter's running loop).
     """
     client = sync_client(client, dry_run)
-    return run_sync_call(
+    result = run_sync_call(
         client,
         abackfill(
             source,
+            warn_stacklevel=0,
             client=client,
             journal=journal,
             dry_run=dry_run,
@@ -1056,6 +1080,8 @@ def backfill(
             **mapping,
         ),
     )
+    issue_warnings(result, 2)
+    return result
 
 
 __all__ = [
