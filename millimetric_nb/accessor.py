@@ -384,20 +384,30 @@ class MillimetricAccessor:
 
 
 def _pii_warnings(df: pd.DataFrame, traits: Any, pii: str) -> list[str]:
-    """Trait columns that look like personal data (by name) -> warnings or an error."""
+    """Trait columns that look like personal data -> a warning, or an error for ``pii="error"``.
+
+    Same rules as for event properties (the frame layer's: names such as ``email`` or
+    ``phone``, or values shaped like them).
+    """
+    if pii not in ("warn", "error", "ignore"):
+        raise ConfigurationError(
+            f"pii must be 'warn', 'error' or 'ignore', not {pii!r}", code="invalid_pii"
+        )
     if pii == "ignore" or traits is None or isinstance(traits, str):
         return []
-    hints = ("email", "e-mail", "phone", "mobile", "address", "name", "ssn", "birth")
-    suspicious = [c for c in traits if any(h in str(c).lower() for h in hints)]
-    if not suspicious:
+    from .frame import pii_columns
+
+    found = pii_columns(df, list(traits))
+    if not found:
         return []
+    why = "; ".join(f"{c!r} ({reason})" for c, reason in found.items())
     msg = (
-        f"trait column(s) {', '.join(map(repr, suspicious))} look like personal data, which "
-        "the contract says not to send (pii='ignore' to send anyway)"
+        f"trait column(s) look like personal data, which the contract says not to send: {why} "
+        "(pass pii='ignore' to send them anyway)"
     )
     if pii == "error":
         raise ValidationError(
-            msg, problems=[(f"traits.{c}", "pii", "looks like personal data") for c in suspicious]
+            msg, problems=[(f"traits.{c}", "pii", reason) for c, reason in found.items()]
         )
     _warnings.warn(msg, UserWarning, stacklevel=3)
     return [msg]

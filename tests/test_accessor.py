@@ -179,3 +179,18 @@ def test_dry_run_needs_no_client(mm_server, monkeypatch):
     res = events(10).millimetric.send_batch(dry_run=True, progress=False)
     assert res.counts["planned"] == 10 and res.plan.requests == 1
     assert mm_server.status_counts() == {}
+
+
+def test_identify_personal_traits_warn_or_refuse(mm_server, client):
+    df = pd.DataFrame({"anonymous_id": ["a1"], "user_id": ["u1"],
+                       "email": ["someone@example.com"], "plan": ["pro"]})
+    with pytest.raises(millimetric_nb.ValidationError) as ei:
+        df.millimetric.identify(traits=["email", "plan"], pii="error", client=client,
+                                progress=False)
+    assert "email" in str(ei.value)
+    assert mm_server.status_counts() == {}
+    with pytest.warns(UserWarning, match="personal data"):
+        res = df.millimetric.identify(traits=["email", "plan"], client=client, progress=False)
+    assert res.sent == 1 and any("email" in w for w in res.warnings)
+    res = df.millimetric.identify(traits=["plan"], client=client, progress=False)
+    assert res.sent == 1 and not res.warnings
