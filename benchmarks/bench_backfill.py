@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from millimetric_nb import contract
-from millimetric_nb.backfill import abackfill
+from millimetric_nb import abackfill, contract
 from millimetric_nb.client import AsyncClient
 from millimetric_nb.progress import Retrying, Waiting
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from millimetric_nb.backfill import abackfill
+from millimetric_nb import abackfill
 from millimetric_nb.client import AsyncClient
 
 sys.path.insert(0, os.path.dirname(__file__))

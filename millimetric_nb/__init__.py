@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import accessor as accessor  # registers df.millimetric
 from . import contract
-from .backfill import abackfill, backfill
+from .api import abackfill, backfill
 from .client import AsyncClient
 from .errors import (
     APIError,

@@ -23,19 +23,16 @@ import numpy as np
 import pandas as pd
 
 from . import contract
+from .api import observer_for, run_sync_call, send_sync, sync_client
 from .backfill import (
     DEFAULT_CHUNKSIZE,
     DEFAULT_CONCURRENCY,
     OnAmbiguous,
     PreparedRows,
-    abackfill,
-    issue_warnings,
+    Preparer,
     iter_source,
     resolve_async_client,
     run_rows,
-    run_sync_call,
-    sync_client,
-    track_warning,
 )
 from .encode import is_missing
 from .errors import ConfigurationError, ValidationError
@@ -44,6 +41,7 @@ from .journal import Journal
 from .keys import ApiKey
 from .progress import Observer
 from .results import SendResult
+from .validate import validate_frame
 
 JournalArg = Journal | str | os.PathLike[str] | None
 _SEP = "\x1f"
@@ -102,7 +100,7 @@ def _traits_of(
     return out
 
 
-def _identify_preparer(anonymous_id_col: str, user_id_col: str, traits: Any) -> Any:
+def _identify_preparer(anonymous_id_col: str, user_id_col: str, traits: Any) -> Preparer:
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
         anon = _column(frame, anonymous_id_col, "anonymous_id")
         user = _column(frame, user_id_col, "user_id")
@@ -126,7 +124,7 @@ def _identify_preparer(anonymous_id_col: str, user_id_col: str, traits: Any) -> 
     return prepare
 
 
-def _forget_preparer(user_id_col: str) -> Any:
+def _forget_preparer(user_id_col: str) -> Preparer:
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
         user = _column(frame, user_id_col, "user_id")
         n = len(frame)
@@ -175,10 +173,6 @@ class MillimetricAccessor:
         Returns a validation report: ``.ok``, ``.errors`` (one row per problem:
         row label, field, rule code, message), ``.summary`` and an HTML repr.
         """
-        try:
-            from .validate import validate_frame
-        except ImportError:  # pragma: no cover - depends on the frame layer's layout
-            from .frame import validate_frame  # type: ignore[attr-defined,no-redef]
         return validate_frame(self._df, pii=pii, now=now, **mapping)
 
     # ------------------------------------------------------------------ sends
@@ -205,27 +199,12 @@ class MillimetricAccessor:
         ``url_col``, ``path_col``, ``referrer_col``, ``properties``. See
         :func:`millimetric_nb.backfill` for the other arguments.
         """
-        client = sync_client(client, dry_run)
-        result = run_sync_call(
-            client,
-            abackfill(
-                self._df,
-                warn_stacklevel=0,
-                client=client,
-                journal=journal,
-                dry_run=dry_run,
-                progress=progress,
-                observer=observer,
-                concurrency=concurrency,
-                chunksize=chunksize,
-                pii=pii,
-                on_ambiguous=on_ambiguous,
-                event_col=event_col,
-                **mapping,
-            )
+        return send_sync(
+            self._df, route="batch", stacklevel=3, event_col=event_col, client=client,
+            dry_run=dry_run, progress=progress, journal=journal, concurrency=concurrency,
+            pii=pii, observer=observer, chunksize=chunksize, on_ambiguous=on_ambiguous,
+            **mapping,
         )
-        issue_warnings(result, 2)
-        return result
 
     def track(
         self,
@@ -251,28 +230,11 @@ class MillimetricAccessor:
             mapping["event"] = event
         if event_col is not None:
             mapping["event_col"] = event_col
-        slow = track_warning(len(self._df))
-        if slow:
-            _warnings.warn(slow, UserWarning, stacklevel=2)
-        client = sync_client(client, dry_run)
-        result = run_sync_call(
-            client,
-            abackfill(
-                self._df,
-                warn_stacklevel=0,
-                client=client,
-                journal=journal,
-                dry_run=dry_run,
-                progress=progress,
-                observer=observer,
-                concurrency=concurrency,
-                pii=pii,
-                route="track",
-                **mapping,
-            )
+        return send_sync(
+            self._df, route="track", stacklevel=3, client=client, dry_run=dry_run,
+            progress=progress, journal=journal, concurrency=concurrency, pii=pii,
+            observer=observer, **mapping,
         )
-        issue_warnings(result, 2)
-        return result
 
     def identify(
         self,
@@ -300,7 +262,6 @@ class MillimetricAccessor:
         return self._per_row(
             "identify",
             _identify_preparer(anonymous_id_col, user_id_col, traits),
-            lambda ac, call: ac.identify(**call),
             client=client, dry_run=dry_run, progress=progress, journal=journal,
             concurrency=concurrency, observer=observer, warnings=warns,
         )
@@ -336,7 +297,6 @@ class MillimetricAccessor:
         return self._per_row(
             "forget",
             _forget_preparer(user_id_col),
-            lambda ac, call: ac.forget(**call),
             client=client, dry_run=dry_run, progress=progress, journal=journal,
             concurrency=concurrency, observer=observer, whole=True,
         )
@@ -344,8 +304,7 @@ class MillimetricAccessor:
     def _per_row(
         self,
         route: str,
-        prepare: Any,
-        call: Any,
+        prepare: Preparer,
         *,
         client: Any,
         dry_run: bool,
@@ -356,30 +315,24 @@ class MillimetricAccessor:
         warnings: Sequence[str] = (),
         whole: bool = False,
     ) -> SendResult:
+        """identify / forget: one call per unit the preparer plans, through the engine."""
         df = self._df
         chunks, total = iter_source(df, max(1, len(df)) if whole else DEFAULT_CHUNKSIZE)
-        aclient = None if dry_run and client is None else resolve_async_client(client)
-
-        async def send(req: Any, obs: Observer) -> Any:
-            return await call(aclient, req.call)
-
         return run_sync_call(
             client,
             run_rows(
                 chunks,
                 route=route,
                 prepare=prepare,
-                send=None if dry_run else send,
-                client=aclient,
+                client=None if dry_run and client is None else resolve_async_client(client),
                 journal=journal,
                 dry_run=dry_run,
-                progress=progress,
-                observer=observer,
+                observer=observer_for(progress, observer, route),
                 concurrency=concurrency,
                 total_rows=total,
                 warnings=warnings,
                 show_keys=False,
-            )
+            ),
         )
 
 

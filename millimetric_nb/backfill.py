@@ -1,8 +1,11 @@
 """The backfill engine: chunks -> validate + encode -> requests -> send -> account.
 
-One async code path (:func:`abackfill`, and :func:`run_rows` for the per-row
-routes) does everything; :func:`backfill` is its synchronous face through the
-package's one event-loop bridge.
+One async code path, :func:`run_rows`, does everything: :func:`send_events`
+(events through ``/v1/batch`` or ``/v1/track``) and the accessor's identify and
+forget are built on it. The engine takes observers only; the public faces
+(:func:`millimetric_nb.backfill`, :func:`millimetric_nb.abackfill`, ``df.millimetric``,
+in :mod:`millimetric_nb.api` and :mod:`millimetric_nb.accessor`) choose the display
+for ``progress=True`` and bridge to synchronous code.
 
 How a run goes:
 
@@ -43,8 +46,7 @@ import logging
 import os
 import re
 import time
-import warnings as _warnings
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -782,7 +784,7 @@ async def _drain(queue: asyncio.Queue[_Request | None], sentinels: int) -> None:
             seen += 1
 
 
-# --------------------------------------------------------------------------- faces
+# --------------------------------------------------------------------------- running
 
 
 def resolve_async_client(client: Any) -> Any:
@@ -794,20 +796,27 @@ def resolve_async_client(client: Any) -> Any:
     return getattr(client, "async_client", client)
 
 
-def make_emitter(progress: bool | Observer, observer: Observer | None, desc: str) -> Emitter:
-    """Observers for a run: ``observer`` plus the tqdm bar when ``progress`` is true.
+def route_sender(aclient: Any, route: str) -> SendFn:
+    """How a run sends one request through ``aclient``: a ``/v1/batch`` body, or one call.
 
-    (The display is imported lazily from :mod:`millimetric_nb.ui`; the engine only
-    emits events and never knows which display is attached.)
+    For the per-row routes (track, identify, forget: the client method of that name)
+    the request's call is passed as keywords. The run's observer goes to the client
+    too, so its RequestSent / Retrying / Waiting events reach the displays.
     """
-    emitter = Emitter([observer])
-    if callable(progress):
-        emitter.add(progress)
-    elif progress:
-        from .ui import TqdmProgress
+    if route == "batch":
 
-        emitter.add(TqdmProgress(desc))
-    return emitter
+        async def send_body(req: _Request, obs: Observer) -> Any:
+            assert req.body is not None
+            return await aclient.send_batch_body(req.body, req.count, observer=obs)
+
+        return send_body
+    method = getattr(aclient, route)
+
+    async def send_call(req: _Request, obs: Observer) -> Any:
+        assert req.call is not None
+        return await method(**req.call, observer=obs)
+
+    return send_call
 
 
 async def run_rows(
@@ -815,11 +824,10 @@ async def run_rows(
     *,
     route: str,
     prepare: Preparer,
-    send: SendFn | None,
+    send: SendFn | None = None,
     client: Any = None,
     journal: Journal | str | os.PathLike[str] | None = None,
     dry_run: bool = False,
-    progress: bool | Observer = True,
     observer: Observer | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     on_ambiguous: OnAmbiguous = "resend",
@@ -830,8 +838,9 @@ async def run_rows(
     """The one engine under every send: prepare each chunk, send, account for each row.
 
     ``prepare(chunk, offset)`` validates a chunk; ``send(request, observer)`` sends
-    one request (a batch body, or one call). Used by :func:`abackfill` and by the
-    accessor's per-row routes (track, identify, forget).
+    one request (default: :func:`route_sender` over ``client``). ``observer``
+    receives every progress event; the engine never knows what displays them.
+    Used by :func:`send_events` and by the accessor's identify and forget.
     """
     if concurrency < 1:
         raise ConfigurationError("concurrency must be at least 1", code="invalid_concurrency")
@@ -839,7 +848,9 @@ async def run_rows(
         raise ConfigurationError(
             "on_ambiguous must be 'resend' or 'skip'", code="invalid_on_ambiguous"
         )
-    emit = make_emitter(progress, observer, f"/v1/{route}")
+    if send is None and not dry_run:
+        send = route_sender(client, route)
+    emit = Emitter([observer])
     jr, owned = open_journal(journal)
     run = _Run(
         route=route,
@@ -872,227 +883,82 @@ async def run_rows(
 
 
 def _batch_preparer(
-    mapping_kwargs: dict[str, Any], pii: str, now: dt.datetime | None, encode: bool
-) -> tuple[Preparer, list[str]]:
+    mapping_kwargs: dict[str, Any], pii: str, now: dt.datetime | None
+) -> Preparer:
     from .frame import EventIdState, prepare_chunk, resolve_mapping
 
     state: dict[str, Any] = {"mapping": None, "ids": EventIdState()}
-    mapping_warnings: list[str] = []
 
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
+        warns: list[str] = []
         if state["mapping"] is None:
-            mapping, warns = resolve_mapping(list(frame.columns), **mapping_kwargs)
-            state["mapping"] = mapping
-            mapping_warnings.extend(warns)
+            state["mapping"], warns = resolve_mapping(list(frame.columns), **mapping_kwargs)
         p = prepare_chunk(
             frame, state["mapping"], offset=offset, pii=pii, now=now, ids=state["ids"],
-            encode=encode,
         )
-        errors = p.errors
-        warns = list(mapping_warnings) + list(p.warnings)
-        mapping_warnings.clear()
         return PreparedRows(
             valid=np.asarray(p.valid, dtype=bool),
             keys=np.asarray(p.event_ids, dtype=object),
-            errors=errors,
-            warnings=warns,
-            payloads=list(p.payloads) if encode else [b"{}"] * int(np.sum(p.valid)),
+            errors=p.errors,
+            warnings=[*warns, *p.warnings],
+            payloads=list(p.payloads),
         )
 
-    return prepare, mapping_warnings
+    return prepare
 
 
-async def abackfill(
-    source: Source,
+async def send_events(
+    chunks: Iterator[pd.DataFrame],
     *,
+    route: Literal["batch", "track"] = "batch",
     client: Any = None,
     journal: Journal | str | os.PathLike[str] | None = None,
     dry_run: bool = False,
-    progress: bool | Observer = True,
     observer: Observer | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
-    chunksize: int = DEFAULT_CHUNKSIZE,
     pii: str = "warn",
     on_ambiguous: OnAmbiguous = "resend",
     now: dt.datetime | None = None,
-    route: Literal["batch", "track"] = "batch",
-    warn_stacklevel: int = 2,
+    total_rows: int | None = None,
+    warnings: Sequence[str] = (),
     **mapping: Any,
 ) -> SendResult:
-    """Send every valid row of ``source`` as events; the ``await``-able backfill.
+    """Send every valid row of ``chunks`` as an event through ``/v1/batch`` or ``/v1/track``.
 
-    Args:
-        source: a DataFrame, an iterable of DataFrames (e.g.
-            ``pd.read_csv(path, chunksize=...)``), or a path to a ``.csv``,
-            ``.jsonl`` (JSON Lines) or ``.parquet`` file (streamed chunk by chunk).
-        client: a Client or AsyncClient; default: the one ``connect()`` set.
-        journal: a path (or :class:`~millimetric_nb.journal.Journal`): acknowledged
-            ids are recorded there and skipped on the next run.
-        dry_run: validate and plan only; no request is made (no client needed).
-        progress: draw a tqdm bar (or pass an observer callable).
-        observer: a callable receiving every progress event.
-        concurrency: requests in flight at once (the client's bucket sets the pace).
-        chunksize: rows validated and encoded at a time.
-        pii: ``"warn"``, ``"error"`` or ``"ignore"`` for personal-data-looking columns.
-        on_ambiguous: for ids whose outcome was unknown in an earlier run of the same
-            journal: ``"resend"`` (default, flagged as possible duplicates, since a
-            lost event cannot be recovered but a duplicate can be found by its
-            ``event_id``) or ``"skip"``.
-        now: the reference time for the future-timestamp check (default: now).
-        route: ``"batch"`` (default) or ``"track"`` (one request per row).
-        warn_stacklevel: where the data warnings (also in ``result.warnings``) point;
-            ``0`` issues none (the synchronous faces issue them themselves).
-        **mapping: ``event``, ``event_col``, ``event_id_col``, ``timestamp_col``,
-            ``anonymous_id_col``, ``user_id_col``, ``session_id_col``, ``url_col``,
-            ``path_col``, ``referrer_col``, ``properties``.
-
-    Returns:
-        :class:`~millimetric_nb.results.SendResult` accounting for every row.
+    The engine under :func:`millimetric_nb.abackfill` (see it for the arguments;
+    ``chunks`` come from :func:`iter_source`). It takes observers only: the
+    display for ``progress=True`` is chosen by the faces.
     """
     if pii not in ("warn", "error", "ignore"):
         raise ConfigurationError(
             f"pii must be 'warn', 'error' or 'ignore', not {pii!r}", code="invalid_pii"
         )
-    chunks, total = iter_source(source, chunksize)
     aclient = None if dry_run and client is None else resolve_async_client(client)
-    prepare, _ = _batch_preparer(mapping, pii, now, encode=True)
-
-    async def send(req: _Request, obs: Observer) -> Any:
-        if route == "batch":
-            assert req.body is not None
-            return await aclient.send_batch_body(req.body, req.count, observer=obs)
-        assert req.call is not None
-        return await aclient.track(**req.call)
-
-    warns: list[str] = []
-    slow = track_warning(total) if route == "track" else None
-    if slow:
-        warns.append(slow)
-        if warn_stacklevel:
-            _warnings.warn(slow, UserWarning, stacklevel=warn_stacklevel)
-    result = await run_rows(
+    return await run_rows(
         chunks,
         route=route,
-        prepare=prepare,
-        send=None if dry_run else send,
+        prepare=_batch_preparer(mapping, pii, now),
         client=aclient,
         journal=journal,
         dry_run=dry_run,
-        progress=progress,
         observer=observer,
         concurrency=concurrency,
         on_ambiguous=on_ambiguous,
-        total_rows=total,
-        warnings=warns,
+        total_rows=total_rows,
+        warnings=warnings,
     )
-    if warn_stacklevel:
-        issue_warnings(result, warn_stacklevel)
-    return result
-
-
-_TRACK_NOTE = "track sends one request per row"
-
-
-def track_warning(total: int | None) -> str | None:
-    """For a large frame sent through ``/v1/track``: how long it takes against a batch."""
-    if total is None or total <= 1000:
-        return None
-    limit = contract.RATE_LIMITS["track"]
-    blimit = contract.RATE_LIMITS["batch"]
-    t_track = max(0, total - limit.burst) / limit.refill
-    n_batch = -(-total // contract.BATCH_MAX_EVENTS)
-    t_batch = max(0, n_batch - blimit.burst) / blimit.refill
-    return (
-        f"{_TRACK_NOTE}: {total:,} rows take about {t_track:,.0f} s at {limit.refill:g}/s; "
-        f"send_batch would take about {t_batch:,.0f} s (1000 events per request)"
-    )
-
-
-def issue_warnings(result: SendResult, stacklevel: int) -> None:
-    """Issue a result's data warnings with :func:`warnings.warn` (DataWarning), once each.
-
-    (The track-throughput warning is issued before sending, not here.)
-    """
-    from .frame import emit_warnings
-
-    messages = [w for w in result.warnings if not w.startswith(_TRACK_NOTE)]
-    emit_warnings(messages, stacklevel=stacklevel + 1)
-
-
-def sync_client(client: Any, dry_run: bool) -> Any:
-    """The client a synchronous face will use (the default one when ``None``)."""
-    if client is None and not dry_run:
-        from .sync import default_client
-
-        return default_client()
-    return client
-
-
-def run_sync_call(client: Any, coro: Coroutine[Any, Any, SendResult]) -> SendResult:
-    """Run a send coroutine through the package's one event-loop bridge.
-
-    A synchronous ``Client`` runs it on its own loop (where its connections live);
-    otherwise :func:`millimetric_nb.sync.run_sync` does.
-    """
-    runner = getattr(client, "run", None)
-    if callable(runner):
-        return runner(coro)  # type: ignore[no-any-return]
-    from .sync import run_sync
-
-    return run_sync(coro)
-
-
-def backfill(
-    source: Source,
-    *,
-    client: Any = None,
-    journal: Journal | str | os.PathLike[str] | None = None,
-    dry_run: bool = False,
-    progress: bool | Observer = True,
-    observer: Observer | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    chunksize: int = DEFAULT_CHUNKSIZE,
-    pii: str = "warn",
-    on_ambiguous: OnAmbiguous = "resend",
-    now: dt.datetime | None = None,
-    **mapping: Any,
-) -> SendResult:
-    """Send every valid row of ``source`` through ``/v1/batch``; see :func:`abackfill`.
-
-    The synchronous face (works in a script and inside Jupyter's running loop).
-    """
-    client = sync_client(client, dry_run)
-    result = run_sync_call(
-        client,
-        abackfill(
-            source,
-            warn_stacklevel=0,
-            client=client,
-            journal=journal,
-            dry_run=dry_run,
-            progress=progress,
-            observer=observer,
-            concurrency=concurrency,
-            chunksize=chunksize,
-            pii=pii,
-            on_ambiguous=on_ambiguous,
-            now=now,
-            **mapping,
-        ),
-    )
-    issue_warnings(result, 2)
-    return result
 
 
 __all__ = [
     "DEFAULT_CHUNKSIZE",
     "DEFAULT_CONCURRENCY",
     "PreparedRows",
-    "abackfill",
-    "backfill",
     "body_of",
     "iter_source",
     "pack",
+    "resolve_async_client",
     "route_limit",
+    "route_sender",
     "run_rows",
+    "send_events",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from millimetric_nb.backfill import abackfill
+from millimetric_nb import abackfill
 from millimetric_nb.client import AsyncClient, no_backoff
 from millimetric_nb.errors import MillimetricError
 from millimetric_nb.progress import Acknowledged, Planned, RequestSent
@@ -271,7 +271,7 @@ def test_unknown_source_type_is_typed():
 KILL_SCRIPT = r'''
 import asyncio, os, signal, sys
 import pandas as pd
-from millimetric_nb.backfill import abackfill
+from millimetric_nb import abackfill
 from millimetric_nb.client import AsyncClient
 from millimetric_nb.progress import Acknowledged
 

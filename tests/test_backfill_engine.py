@@ -158,7 +158,7 @@ def run(df, sender, chunksize=1000, **kw):
     chunks, total = iter_source(df, chunksize)
     return asyncio.run(
         run_rows(chunks, route="batch", prepare=simple_prepare, send=sender,
-                 progress=False, total_rows=total, **kw)
+                 total_rows=total, **kw)
     )
 
 
@@ -314,8 +314,7 @@ def test_chunk_level_error_marks_rows_invalid():
         raise MillimetricError("no event column", code="missing_event")
 
     chunks, _ = iter_source(frame(7), 3)
-    res = asyncio.run(run_rows(chunks, route="batch", prepare=prepare, send=FakeSender(),
-                               progress=False))
+    res = asyncio.run(run_rows(chunks, route="batch", prepare=prepare, send=FakeSender()))
     assert (res.rows["status"] == "invalid").all() and len(res.rows) == 7
     assert (res.rows["error"] == "missing_event").all()
 
@@ -344,7 +343,7 @@ def test_task_cancellation_ends_promptly_and_keeps_journal(tmp_path):
     async def main():
         chunks, _ = iter_source(frame(20_000), 500)
         task = asyncio.create_task(run_rows(
-            chunks, route="batch", prepare=simple_prepare, send=slow, progress=False,
+            chunks, route="batch", prepare=simple_prepare, send=slow,
             journal=path, concurrency=1, observer=lambda e: acks.append(e)
             if isinstance(e, Acknowledged) else None))
         while len(acks) < 3:
