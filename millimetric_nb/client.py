@@ -13,10 +13,16 @@ What it guarantees:
 * **Rate limits**: every request first takes a token from its route's bucket
   (``ratelimit``), shared by every concurrent call of this client; a 429 pauses the
   whole route for ``Retry-After``.
-* **Retries** (``stamina``): 429 after ``Retry-After``; 500/502/503/504, timeouts and
+* **Retries** (``tenacity``): 429 after ``Retry-After``; 500/502/503/504, timeouts and
   connection errors with exponential backoff and *full jitter* (a uniform draw in
   ``[0, min(backoff_max, 0.1 * 2**(n-1))]``), at most ``max_attempts`` attempts; other
   4xx are never retried. Use :func:`no_backoff` in tests to zero the waits.
+  Each retry is announced as a ``progress.Retrying`` event and logged at INFO on the
+  ``millimetric_nb.client`` logger (never WARNING, so a notebook without logging set
+  up shows nothing but its progress display). tenacity is used rather than stamina
+  because stamina's only switch for its WARNING line per retry is global
+  (``stamina.instrumentation.set_on_retry_hooks``), and flipping it here would
+  silence a user's own stamina retries too.
 * **Ambiguity**: an attempt that failed after the request may have reached the server
   (read timeout, connection dropped after sending, any 5xx) marks the request
   *ambiguous*; the server does not deduplicate, so a later success still reports
@@ -39,7 +45,7 @@ from typing import Any, Literal
 
 import httpx
 import orjson
-import stamina
+import tenacity
 
 from . import contract
 from .errors import (
@@ -94,14 +100,27 @@ _USE_BY_ROUTE: dict[str, Use] = {
 }
 
 
+_no_backoff_depth = 0
+
+
 @contextlib.contextmanager
 def no_backoff() -> Iterator[None]:
-    """Within this block, retries happen at once (stamina's testing mode, attempts kept).
+    """Within this block, retries happen at once (the backoff waits are skipped; the
+    attempt limit is kept). For tests; restores itself on exit.
 
     Waits for a 429's ``Retry-After`` still happen: they hold the route's bucket.
     """
-    with stamina.set_testing(True, attempts=10_000, cap=True):
+    global _no_backoff_depth
+    _no_backoff_depth += 1
+    try:
         yield
+    finally:
+        _no_backoff_depth -= 1
+
+
+async def _backoff_sleep(seconds: float) -> None:
+    if seconds > 0 and not _no_backoff_depth:
+        await asyncio.sleep(seconds)
 
 
 # --------------------------------------------------------------------------- results
@@ -288,18 +307,28 @@ class _CallState:
         self.attempts = 0
         self.ambiguous = False
 
-    def hook(self, exc: Exception) -> bool | float:
-        """stamina backoff hook: whether (and after how long) to retry."""
-        if not isinstance(exc, _Attempt) or not exc.retryable:
-            return False
-        if self.attempts >= self.client.max_attempts:
-            return False
+    def retry(self, exc: BaseException) -> bool:
+        """tenacity predicate: whether this failed attempt may be tried again."""
+        return (
+            isinstance(exc, _Attempt) and exc.retryable
+            and self.attempts < self.client.max_attempts
+        )
+
+    def wait(self, retry_state: tenacity.RetryCallState) -> float:
+        """tenacity wait: the 429's own delay (0: the bucket holds the route), else the
+        exponential backoff with full jitter. Announced as a ``Retrying`` event."""
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        assert isinstance(exc, _Attempt)
         delay = exc.delay
         if delay is None:
             delay = _full_jitter(
                 self.attempts, self.client.backoff_initial, self.client.backoff_max
             )
         self.emit(Retrying(self.route, self.attempts, delay, exc.error.code, self.ambiguous))
+        log.info(
+            "retrying %s (attempt %d failed: %s%s) in %.3f s", self.route, self.attempts,
+            exc.error.code, ", ambiguous" if self.ambiguous else "", delay,
+        )
         return delay
 
 
@@ -577,15 +606,14 @@ class AsyncClient:
         route = self._check(route_name)
         state = _CallState(self, route.name, count, self._emitter(observer))
         final: MillimetricError | None = None
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(state.retry),
+            wait=state.wait,
+            sleep=_backoff_sleep,
+            reraise=True,
+        )
         try:
-            async for attempt in stamina.retry_context(
-                on=state.hook,
-                attempts=self.max_attempts,
-                timeout=None,
-                wait_initial=self.backoff_initial,
-                wait_max=self.backoff_max,
-                wait_jitter=0.0,
-            ):
+            async for attempt in retrying:
                 with attempt:
                     return await self._attempt(state, route, content=content, params=params)
         except _Attempt as exc:
