@@ -63,7 +63,18 @@ from .errors import (
     ValidationError,
 )
 from .journal import ACKED, AMBIGUOUS, PENDING, Journal, open_journal
-from .progress import Acknowledged, Done, Emitter, Failed, Observer, Planned
+from .progress import (
+    Acknowledged,
+    Done,
+    Emitter,
+    Failed,
+    Observer,
+    Planned,
+    ProgressEvent,
+    RequestSent,
+    Retrying,
+    Waiting,
+)
 from .results import STATUS_CODES, STATUSES, Plan, SendResult, empty_rows
 
 log = logging.getLogger("millimetric_nb")
@@ -596,12 +607,22 @@ class _Run:
                 continue
             await self.send_one(req)
 
+    def attempt_event(self, event: ProgressEvent) -> None:
+        """The observer handed to the client for one request.
+
+        The client's RequestSent / Retrying / Waiting pass through; its own
+        Acknowledged / Failed (a single call emits them) do not, since the run
+        emits those itself, knowing the rows (else a display would count twice).
+        """
+        if isinstance(event, (RequestSent, Retrying, Waiting)):
+            self.emit(event)
+
     async def send_one(self, req: _Request) -> None:
         assert self.send is not None
         if self.journal is not None and req.keys:
             await asyncio.to_thread(self.journal.begin, req.keys)
         try:
-            outcome = await self.send(req, self.emit)
+            outcome = await self.send(req, self.attempt_event)
         except MillimetricError as exc:
             await self.record_failure(req, exc)
             return

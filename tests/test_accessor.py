@@ -11,7 +11,9 @@ import pytest
 
 import millimetric_nb
 from millimetric_nb import sync
+from millimetric_nb.contract import RateLimit
 from millimetric_nb.errors import ConfigurationError, KeyRefusedError
+from millimetric_nb.progress import Acknowledged, Failed, RequestSent, Retrying, Waiting
 from millimetric_nb.results import SendResult
 from millimetric_nb.sync import Client
 from millimetric_nb.ui import TqdmProgress
@@ -194,3 +196,36 @@ def test_identify_personal_traits_warn_or_refuse(mm_server, client):
     assert res.sent == 1 and any("email" in w for w in res.warnings)
     res = df.millimetric.identify(traits=["plan"], client=client, progress=False)
     assert res.sent == 1 and not res.warnings
+
+
+def test_per_row_sends_report_waiting_and_retries_once_each(mm_server, mm_server_factory):
+    # /v1/track's limit scaled down (a bucket of 4, 100/s): rows past the burst wait;
+    # the engine passes the client's attempt events on, and counts each row once
+    n = 30
+    seen = []
+    bar = TqdmProgress("track", file=io.StringIO())
+    limits = {"track": RateLimit(refill=100.0, burst=4)}
+    with Client(mm_server.keys["sk"], mm_server.url, rate_limits=limits) as c:
+        res = events(n).millimetric.track(client=c, progress=bar, observer=seen.append)
+    assert res.sent == n and mm_server.status_counts() == {"track": {202: n}}
+    waits = [e for e in seen if isinstance(e, Waiting)]
+    assert waits and {w.route for w in waits} == {"track"}
+    assert {w.reason for w in waits} == {"rate_limit"}
+    assert sum(e.events for e in seen if isinstance(e, RequestSent)) == n
+    assert sum(e.events for e in seen if isinstance(e, Acknowledged)) == n  # not twice
+    assert bar.counts["sent"] == n and bar.done == n
+
+    # identify against a server that fails some writes: the retries reach the observer
+    srv = mm_server_factory(limits="off", fail_rate=0.4, seed=5)
+    df = pd.DataFrame({"anonymous_id": [f"a{i}" for i in range(12)],
+                       "user_id": [f"u{i}" for i in range(12)]})
+    seen.clear()
+    with Client(srv.keys["sk"], srv.url, rate_limits="off", max_attempts=8,
+                backoff_initial=0.001, backoff_max=0.005) as c:
+        res = df.millimetric.identify(client=c, progress=False, observer=seen.append)
+    assert res.sent == 12 and len(srv.stored_events()) == 12
+    retries = [e for e in seen if isinstance(e, Retrying)]
+    assert retries and {r.route for r in retries} == {"identify"}
+    assert res.rows["attempts"].sum() == 12 + len(retries)
+    assert sum(e.events for e in seen if isinstance(e, Acknowledged)) == 12
+    assert not any(isinstance(e, Failed) for e in seen)
