@@ -30,6 +30,7 @@ from .backfill import (
     OnAmbiguous,
     PreparedRows,
     Preparer,
+    check_pii,
     iter_source,
     resolve_async_client,
     run_rows,
@@ -284,6 +285,7 @@ class MillimetricAccessor:
         Refuses to run without ``confirm=True``; needs an ``sk_`` key. One request
         per distinct user id; every row of that user gets its outcome.
         """
+        check_pii(pii)  # only user ids are sent: nothing else to check
         if confirm is not True and not dry_run:
             raise ConfigurationError(
                 "forget permanently deletes every event of these users: "
@@ -324,7 +326,7 @@ class MillimetricAccessor:
                 chunks,
                 route=route,
                 prepare=prepare,
-                client=None if dry_run and client is None else resolve_async_client(client),
+                client=client,
                 journal=journal,
                 dry_run=dry_run,
                 observer=observer_for(progress, observer, route),
@@ -342,10 +344,7 @@ def _pii_warnings(df: pd.DataFrame, traits: Any, pii: str) -> list[str]:
     Same rules as for event properties (the frame layer's: names such as ``email`` or
     ``phone``, or values shaped like them).
     """
-    if pii not in ("warn", "error", "ignore"):
-        raise ConfigurationError(
-            f"pii must be 'warn', 'error' or 'ignore', not {pii!r}", code="invalid_pii"
-        )
+    check_pii(pii)
     if pii == "ignore" or traits is None or isinstance(traits, str):
         return []
     from .frame import pii_columns

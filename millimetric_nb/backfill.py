@@ -817,6 +817,14 @@ def resolve_async_client(client: Any) -> Any:
     return getattr(client, "async_client", client)
 
 
+def check_pii(pii: str) -> None:
+    """Refuse a ``pii`` option other than ``"warn"``, ``"error"`` or ``"ignore"``."""
+    if pii not in ("warn", "error", "ignore"):
+        raise ConfigurationError(
+            f"pii must be 'warn', 'error' or 'ignore', not {pii!r}", code="invalid_pii"
+        )
+
+
 def route_sender(aclient: Any, route: str) -> SendFn:
     """How a run sends one request through ``aclient``: a ``/v1/batch`` body, or one call.
 
@@ -859,7 +867,8 @@ async def run_rows(
     """The one engine under every send: prepare each chunk, send, account for each row.
 
     ``prepare(chunk, offset)`` validates a chunk; ``send(request, observer)`` sends
-    one request (default: :func:`route_sender` over ``client``). ``observer``
+    one request (default: :func:`route_sender` over ``client``, a Client or
+    AsyncClient; ``None``: the default client, unless a dry run). ``observer``
     receives every progress event; the engine never knows what displays them.
     Used by :func:`send_events` and by the accessor's identify and forget.
     """
@@ -869,6 +878,8 @@ async def run_rows(
         raise ConfigurationError(
             "on_ambiguous must be 'resend' or 'skip'", code="invalid_on_ambiguous"
         )
+    if client is not None or (send is None and not dry_run):
+        client = resolve_async_client(client)
     if send is None and not dry_run:
         send = route_sender(client, route)
     emit = Emitter([observer])
@@ -950,16 +961,12 @@ async def send_events(
     ``chunks`` come from :func:`iter_source`). It takes observers only: the
     display for ``progress=True`` is chosen by the faces.
     """
-    if pii not in ("warn", "error", "ignore"):
-        raise ConfigurationError(
-            f"pii must be 'warn', 'error' or 'ignore', not {pii!r}", code="invalid_pii"
-        )
-    aclient = None if dry_run and client is None else resolve_async_client(client)
+    check_pii(pii)
     return await run_rows(
         chunks,
         route=route,
         prepare=_batch_preparer(mapping, pii, now),
-        client=aclient,
+        client=client,
         journal=journal,
         dry_run=dry_run,
         observer=observer,
@@ -975,6 +982,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "PreparedRows",
     "body_of",
+    "check_pii",
     "iter_source",
     "pack",
     "resolve_async_client",

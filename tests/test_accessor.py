@@ -136,6 +136,13 @@ def test_forget_refuses_without_confirm_and_non_sk(mm_server, client):
     with pytest.raises(ConfigurationError) as ei:
         df.millimetric.forget(client=client)
     assert ei.value.code == "confirmation_required"
+    for send in (lambda: df.millimetric.forget(client=client, confirm=True, pii="maybe"),
+                 lambda: df.assign(anonymous_id="a").millimetric.identify(client=client,
+                                                                          pii="maybe"),
+                 lambda: events(2).millimetric.send_batch(client=client, pii="maybe")):
+        with pytest.raises(ConfigurationError) as ei:
+            send()
+        assert ei.value.code == "invalid_pii" and "maybe" in str(ei.value)
     with Client(mm_server.keys["rk"], mm_server.url) as rk:
         with pytest.raises(KeyRefusedError):
             df.millimetric.forget(client=rk, confirm=True, progress=False)
