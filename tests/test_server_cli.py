@@ -99,7 +99,7 @@ def test_serve_with_given_key_prints_no_keys():
 
 
 def test_serve_refuses_bad_options():
-    cases = [(["--limits", "fast"], "production, off or xN"),
+    cases = [(["--limits", "fast"], "production, off, or xN"),
              (["--fail-rate", "2"], "between 0 and 1"),
              (["--key", "sk_dev_abcdefgh"], "not of the shape")]
     procs = [start_serve("--db", ":memory:", *bad) for bad, _ in cases]  # run side by side

@@ -18,40 +18,81 @@ from .config import ServerConfig, parse_limits
 DEFAULT_DB = str(Path(".millimetric") / "server.sqlite3")
 
 
+DESCRIPTION = """\
+Run the local Millimetric server (the Worker stand-in) until Ctrl-C or SIGTERM.
+Once ready it prints 'listening on http://HOST:PORT'. Without --key it mints one
+key of each kind (pk, sk, rk, ak) for project 'dev' and prints them once."""
+
+EPILOG = """\
+examples:
+  millimetric-nb serve                          # http://127.0.0.1:8787, production limits
+  millimetric-nb serve --key "$MILLIMETRIC_KEY" --db :memory:
+  millimetric-nb serve --port 0 --limits off --fail-rate 0.1 --reset-rate 0.05 --seed 1
+"""
+
+
 def _rate(value: str) -> float:
-    rate = float(value)
-    if not 0.0 <= rate <= 1.0:
-        raise argparse.ArgumentTypeError(f"a rate is between 0 and 1, not {value}")
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = float("nan")
+    if not 0.0 <= rate <= 1.0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"a rate is a number between 0 and 1, not {value!r}")
     return rate
+
+
+def _non_negative(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {value!r}")
+    return number
 
 
 def _limits(value: str) -> str:
     try:
         parse_limits(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected production, off, or xN with a number N > 0 (e.g. x10, x0.5), "
+            f"not {value!r}"
+        ) from None
     return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``serve`` options to ``parser``."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8787, help="port (0 picks a free one)")
-    parser.add_argument("--db", default=DEFAULT_DB,
+    """Add the ``serve`` options (and its description and examples) to ``parser``."""
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=_non_negative, default=8787, metavar="N",
+                        help="port (default 8787; 0 picks a free one and prints it)")
+    parser.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
                         help=f"SQLite file (default {DEFAULT_DB}; ':memory:' allowed)")
     parser.add_argument("--key", action="append", default=None, metavar="KEY[=PROJECT]",
-                        help="an accepted key (repeatable); project 'dev' unless KEY=project. "
-                             "Without --key, one key of each kind is minted and printed")
+                        help="an accepted key, any kind (repeatable); project 'dev' unless "
+                             "KEY=project. Without --key, one key of each kind is minted "
+                             "and printed")
     parser.add_argument("--limits", type=_limits, default="production",
-                        help="production (the contract's token buckets), off, or xN")
-    parser.add_argument("--fail-rate", type=_rate, default=0.0,
+                        metavar="production|off|xN",
+                        help="rate limits: the contract's token buckets (default), none, or "
+                             "every refill rate and burst multiplied by N")
+    parser.add_argument("--fail-rate", type=_rate, default=0.0, metavar="F",
                         help="fraction of write requests answered 500/502 before writing")
-    parser.add_argument("--ambiguous-rate", type=_rate, default=0.0,
-                        help="fraction of write requests written, then failed (500 or dropped)")
-    parser.add_argument("--reset-rate", type=_rate, default=0.0,
-                        help="fraction of write requests dropped without writing or answering")
-    parser.add_argument("--latency-ms", type=int, default=0, help="delay added to every answer")
-    parser.add_argument("--seed", type=int, default=None, help="seed of fault injection")
+    parser.add_argument("--ambiguous-rate", type=_rate, default=0.0, metavar="F",
+                        help="fraction of write requests written, then failed (500, or the "
+                             "connection dropped)")
+    parser.add_argument("--reset-rate", type=_rate, default=0.0, metavar="F",
+                        help="fraction of write requests whose connection is dropped "
+                             "without writing or answering")
+    parser.add_argument("--latency-ms", type=_non_negative, default=0, metavar="N",
+                        help="milliseconds added before every answer")
+    parser.add_argument("--seed", type=int, default=None, metavar="N",
+                        help="seed of fault injection (the same seed, the same faults)")
     parser.add_argument("--allow-origin", action="append", default=None, metavar="ORIGIN",
                         help="an origin pk_ keys may be used from (repeatable; default "
                              "http://localhost:3000)")

@@ -83,7 +83,9 @@ def parse_limits(limits: str) -> float | None:
     m = _LIMITS_RE.match(value)
     if m and float(m.group(1)) > 0:
         return float(m.group(1))
-    raise ValueError(f"--limits must be production, off or xN (e.g. x10), not {limits!r}")
+    raise ValueError(
+        f"limits must be production, off, or xN with a number N > 0 (e.g. x10), not {limits!r}"
+    )
 
 
 @dataclass(slots=True)

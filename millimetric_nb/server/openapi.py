@@ -106,8 +106,31 @@ def openapi_document() -> dict[str, Any]:
 
     event = {"$ref": "#/components/schemas/Event"}
     string = {"type": "string"}
-    rows = {"type": "object", "properties": {"rows": {"type": "array", "items": {
-        "type": "object"}}}}
+    nullable = {"type": ["string", "null"]}
+
+    def rows(item: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"type": "object", "properties": {
+            **extra, "rows": {"type": "array", "items": {"type": "object",
+                                                          "properties": item}}}}
+
+    query_rows = rows({
+        **{column: nullable for column in contract.QUERY_COLUMNS},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "event_name": string, "event_id": string, "session_id": string,
+        "anonymous_id": string,
+        "source_confidence": {"enum": list(contract.SOURCE_CONFIDENCE)},
+        "properties": {"type": "string", "description": "a JSON object, encoded"},
+    })
+    stats_rows = rows({
+        **{column: nullable for column in contract.STATS_GROUP_BY},
+        "bucket": {"type": "string", "format": "date-time",
+                   "description": "with interval: the start of the hour, day or week"},
+        "value": {"type": "integer"},
+    }, metric={"enum": list(contract.STATS_METRICS)})
+    sources_rows = rows({
+        "source": string, "medium": nullable, "events": {"type": "integer"},
+        "uniques": {"type": "integer"}, "paid_share": {"type": "number"},
+    }, breakdown={"enum": list(contract.SOURCES_BREAKDOWNS)})
     paths: dict[str, Any] = {
         routes["track"].path: write("track", event, {
             "type": "object", "properties": {"ok": {"type": "boolean"}, "event_id": string}}),
@@ -128,7 +151,7 @@ def openapi_document() -> dict[str, Any]:
             _param("limit", False, {"type": "integer", "minimum": 1,
                                     "maximum": contract.QUERY_LIMIT_MAX,
                                     "default": contract.QUERY_LIMIT_DEFAULT}),
-        ], rows),
+        ], query_rows),
         routes["stats"].path: read("stats", [
             *_window(),
             _param("metric", False, {"enum": list(contract.STATS_METRICS), "default": "count"}),
@@ -138,14 +161,14 @@ def openapi_document() -> dict[str, Any]:
             _param("interval", False, {"enum": list(contract.STATS_INTERVALS)}),
             _param("limit", False, {"type": "integer", "minimum": 1,
                                     "maximum": contract.QUERY_LIMIT_MAX}),
-        ], rows),
+        ], stats_rows),
         routes["sources"].path: read("sources", [
             *_window(),
             _param("breakdown", False, {"enum": list(contract.SOURCES_BREAKDOWNS),
                                         "default": "source_medium"}),
             _param("limit", False, {"type": "integer", "minimum": 1,
                                     "maximum": contract.SOURCES_LIMIT_MAX, "default": 100}),
-        ], rows),
+        ], sources_rows),
         "/openapi.json": {"get": {"operationId": "openapi", "responses": {
             "200": _json({"type": "object"}, "this document")}}},
     }

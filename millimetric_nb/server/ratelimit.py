@@ -11,6 +11,10 @@ from collections.abc import Callable
 
 from millimetric_nb import contract
 
+#: Float slack: a client that waits exactly the advertised ``retry_after_s`` may find
+#: 0.9999999 tokens; that is a whole token, not another 429 (with ``Retry-After: 1``).
+_EPS = 1e-9
+
 
 class ManualClock:
     """A clock that moves only when told: ``clock.advance(1.0)``. For tests."""
@@ -42,8 +46,8 @@ class TokenBucket:
         if now > self.stamp:
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.refill)
             self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= 1.0 - _EPS:
+            self.tokens = max(0.0, self.tokens - 1.0)
             return 0.0
         return (1.0 - self.tokens) / self.refill
 
