@@ -45,6 +45,7 @@ import datetime as dt
 import logging
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -419,9 +420,7 @@ class _Run:
                     f"{type(exc).__name__}: {exc}",
                     code="source_read_failed",
                 )
-                if self.stop_error is None:
-                    self.stop_error = err
-                self.warn(str(err))
+                self.stop(err)
                 break
             if frame is None:
                 break
@@ -500,35 +499,9 @@ class _Run:
             units = [
                 (np.array([p], dtype=np.int64), payloads[i]) for i, p in enumerate(valid_pos)
             ]
-        skipped = 0
-        uncertain: set[int] = set()
+        skipped, uncertain = 0, set()
         if self.journal is not None and units:
-            unit_keys = [prep.keys[p[0]] for p, _ in units]
-            known = await asyncio.to_thread(self.journal.lookup, [k for k in unit_keys if k])
-            kept = []
-            for (pos, what), key in zip(units, unit_keys, strict=True):
-                state = known.get(key) if key else None
-                if state is None:
-                    kept.append((pos, what))
-                    continue
-                st, dup = state
-                if st == ACKED:
-                    chunk.mark(pos, _SKIPPED, ambiguous=dup,
-                               message="acknowledged in an earlier run (journal)")
-                    skipped += len(pos)
-                elif st in (PENDING, AMBIGUOUS):
-                    if self.on_ambiguous == "skip":
-                        chunk.mark(pos, _SKIPPED, ambiguous=True, error="ambiguous_earlier",
-                                   message="outcome unknown in an earlier run; not resent")
-                        skipped += len(pos)
-                        self.skipped_uncertain += len(pos)
-                    else:
-                        uncertain.add(id(pos))
-                        self.resent_uncertain += len(pos)
-                        kept.append((pos, what))
-                else:
-                    kept.append((pos, what))
-            units = kept
+            units, skipped, uncertain = await self.apply_journal(chunk, units, prep.keys)
 
         requests = self.build_requests(chunk, units, uncertain)
         self.emit(
@@ -555,6 +528,40 @@ class _Run:
             await queue.put(req)
         chunk.sealed = True
         self.settle(chunk)
+
+    async def apply_journal(
+        self, chunk: _Chunk, units: list[tuple[np.ndarray, Any]], keys: np.ndarray
+    ) -> tuple[list[tuple[np.ndarray, Any]], int, set[int]]:
+        """What the journal says of each unit: ``(units to send, rows skipped, resends)``.
+
+        Acknowledged ids are skipped; uncertain ones (pending or ambiguous in an
+        earlier run) are resent and flagged, or skipped with ``on_ambiguous="skip"``.
+        If the journal cannot be read the run stops, and the units fail as not sent.
+        """
+        unit_keys = [keys[pos[0]] for pos, _ in units]
+        ok, known = await self.journal_call("lookup", [k for k in unit_keys if k])
+        if not ok:
+            return units, 0, set()
+        kept: list[tuple[np.ndarray, Any]] = []
+        skipped = 0
+        resends: set[int] = set()
+        for (pos, what), key in zip(units, unit_keys, strict=True):
+            state, dup = known.get(key, (None, False)) if key else (None, False)
+            if state == ACKED:
+                chunk.mark(pos, _SKIPPED, ambiguous=dup,
+                           message="acknowledged in an earlier run (journal)")
+                skipped += len(pos)
+            elif state in (PENDING, AMBIGUOUS) and self.on_ambiguous == "skip":
+                chunk.mark(pos, _SKIPPED, ambiguous=True, error="ambiguous_earlier",
+                           message="outcome unknown in an earlier run; not resent")
+                skipped += len(pos)
+                self.skipped_uncertain += len(pos)
+            else:
+                if state in (PENDING, AMBIGUOUS):
+                    resends.add(id(pos))
+                    self.resent_uncertain += len(pos)
+                kept.append((pos, what))
+        return kept, skipped, resends
 
     def build_requests(
         self, chunk: _Chunk, units: list[tuple[np.ndarray, Any]], uncertain: set[int]
@@ -617,10 +624,41 @@ class _Run:
         if isinstance(event, (RequestSent, Retrying, Waiting)):
             self.emit(event)
 
+    def stop(self, err: MillimetricError) -> None:
+        """Stop the run (the first reason wins): rows not yet sent end ``failed``."""
+        if self.stop_error is None:
+            self.stop_error = err
+            self.warn(f"the run stopped: {err}")
+
+    async def journal_call(
+        self, method: str, keys: list[str], **kwargs: Any
+    ) -> tuple[bool, Any]:
+        """Call a journal method in a thread: ``(True, its value)``, or ``(False, None)``
+        when it failed, which stops the run.
+
+        A resume is only as good as the journal, so a run that cannot write it
+        (disk full, file removed) sends nothing more, and says so in its account.
+        """
+        assert self.journal is not None
+        try:
+            return True, await asyncio.to_thread(getattr(self.journal, method), keys, **kwargs)
+        except (sqlite3.Error, OSError) as exc:
+            log.exception("journal %s failed", method)
+            self.stop(MillimetricError(
+                f"the journal {self.journal.path} failed ({type(exc).__name__}: {exc}); "
+                "nothing more was sent, so that a resume can trust it",
+                code="journal_failed",
+            ))
+            return False, None
+
     async def send_one(self, req: _Request) -> None:
         assert self.send is not None
         if self.journal is not None and req.keys:
-            await asyncio.to_thread(self.journal.begin, req.keys)
+            ok, _ = await self.journal_call("begin", req.keys)
+            if not ok:
+                assert self.stop_error is not None
+                self.fail_request(req, self.stop_error, stopped=True)
+                return
         try:
             outcome = await self.send(req, self.attempt_event)
         except MillimetricError as exc:
@@ -637,14 +675,18 @@ class _Run:
             return
         attempts = int(getattr(outcome, "attempts", 1) or 1)
         ambiguous = bool(getattr(outcome, "ambiguous", False))
+        journaled = True
         if self.journal is not None and req.keys:
-            await asyncio.to_thread(self.journal.acknowledge, req.keys, ambiguous=ambiguous)
+            journaled, _ = await self.journal_call("acknowledge", req.keys, ambiguous=ambiguous)
         flag = ambiguous or req.resend
         msg = None
         if ambiguous:
             msg = "stored; an earlier attempt may also have been written (possible duplicate)"
         elif req.resend:
             msg = "resent after an uncertain earlier outcome (possible duplicate)"
+        if not journaled:
+            msg = f"{msg}; " if msg else ""
+            msg += "stored, but the journal could not record it: a resume resends it"
         req.chunk.mark(req.positions, _SENT, attempts=attempts, ambiguous=flag, message=msg)
         self.emit(Acknowledged(self.route, req.count, attempts=attempts, ambiguous=flag))
         req.chunk.pending -= 1
@@ -652,10 +694,9 @@ class _Run:
 
     async def record_failure(self, req: _Request, exc: MillimetricError) -> None:
         if self.journal is not None and req.keys:
-            await asyncio.to_thread(self.journal.fail, req.keys, ambiguous=exc.ambiguous)
-        if _is_fatal(exc) and self.stop_error is None:
-            self.stop_error = exc
-            self.warn(f"the run stopped: {exc}")
+            await self.journal_call("fail", req.keys, ambiguous=exc.ambiguous)
+        if _is_fatal(exc):
+            self.stop(exc)
         self.fail_request(req, exc)
 
     def fail_request(self, req: _Request, exc: MillimetricError, *, stopped: bool = False) -> None:
@@ -848,6 +889,25 @@ def route_sender(aclient: Any, route: str) -> SendFn:
     return send_call
 
 
+def _open_for_run(
+    journal: Journal | str | os.PathLike[str] | None, dry_run: bool
+) -> tuple[Journal | None, bool]:
+    """``open_journal`` and record the run's start; nothing is sent without a working journal."""
+    jr, owned = None, False
+    try:
+        jr, owned = open_journal(journal)
+        if jr is not None and not dry_run:
+            jr.start_run()
+    except (sqlite3.Error, OSError) as exc:
+        if owned and jr is not None:
+            jr.close()
+        raise ConfigurationError(
+            f"cannot use the journal {journal}: {type(exc).__name__}: {exc}",
+            code="journal_failed",
+        ) from exc
+    return jr, owned
+
+
 async def run_rows(
     chunks: Iterator[pd.DataFrame],
     *,
@@ -883,7 +943,7 @@ async def run_rows(
     if send is None and not dry_run:
         send = route_sender(client, route)
     emit = Emitter([observer])
-    jr, owned = open_journal(journal)
+    jr, owned = await asyncio.to_thread(_open_for_run, journal, dry_run)
     run = _Run(
         route=route,
         send=send,
@@ -901,12 +961,11 @@ async def run_rows(
         run.warn(w)
     started = time.perf_counter()
     try:
-        if jr is not None and not dry_run:
-            await asyncio.to_thread(jr.start_run)
         await run.run(chunks)
         result = run.result(time.perf_counter() - started)
         if jr is not None and not dry_run:
-            await asyncio.to_thread(jr.finish_run, result.counts)
+            with contextlib.suppress(sqlite3.Error, OSError):  # the ids are what matters
+                await asyncio.to_thread(jr.finish_run, result.counts)
         return result
     finally:
         emit(Done(run.current_counts(), time.perf_counter() - started))

@@ -11,9 +11,10 @@ import pytest
 
 import millimetric_nb
 from millimetric_nb import sync
+from millimetric_nb.api import observer_for
 from millimetric_nb.contract import RateLimit
 from millimetric_nb.errors import ConfigurationError, KeyRefusedError
-from millimetric_nb.progress import Acknowledged, Failed, RequestSent, Retrying, Waiting
+from millimetric_nb.progress import Acknowledged, Done, Failed, RequestSent, Retrying, Waiting
 from millimetric_nb.results import SendResult
 from millimetric_nb.sync import Client
 from millimetric_nb.ui import TqdmProgress
@@ -236,3 +237,19 @@ def test_per_row_sends_report_waiting_and_retries_once_each(mm_server, mm_server
     assert res.rows["attempts"].sum() == 12 + len(retries)
     assert sum(e.events for e in seen if isinstance(e, Acknowledged)) == 12
     assert not any(isinstance(e, Failed) for e in seen)
+
+
+def test_progress_true_draws_the_bar_and_false_draws_nothing(mm_server, client, capsys):
+    # the faces choose the display: progress=True is the tqdm bar (text, on stderr here)
+    events(7).millimetric.send_batch(client=client, now=NOW)
+    err = capsys.readouterr().err
+    assert "/v1/batch" in err and "7/7" in err and "sent=7" in err
+    events(3).millimetric.track(client=client)
+    assert "/v1/track" in capsys.readouterr().err
+    events(2).millimetric.send_batch(client=client, progress=False, now=NOW)
+    assert "/v1/batch" not in capsys.readouterr().err
+    assert observer_for(False, None, "batch") is None
+    seen = []
+    obs = observer_for(seen.append, None, "batch")
+    obs(Done())
+    assert seen == [Done()]

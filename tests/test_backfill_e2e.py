@@ -15,7 +15,7 @@ import pytest
 from millimetric_nb import abackfill
 from millimetric_nb.client import AsyncClient, no_backoff
 from millimetric_nb.errors import MillimetricError
-from millimetric_nb.progress import Acknowledged, Planned, RequestSent
+from millimetric_nb.progress import Acknowledged, Done, Planned, RequestSent
 
 NOW = pd.Timestamp("2026-06-01T00:00:00Z")
 
@@ -258,9 +258,13 @@ def test_progress_events_over_http(mm_server):
     seen = []
     res = send(mm_server, df, observer=seen.append)
     assert res.counts["sent"] == 2100
-    assert sum(e.events for e in seen if isinstance(e, RequestSent)) >= 2100
+    # limits off and no faults: one attempt per request, so exactly one RequestSent each
+    sent = [e for e in seen if isinstance(e, RequestSent)]
+    assert sum(e.events for e in sent) == 2100 and {e.attempt for e in sent} == {1}
     assert sum(e.events for e in seen if isinstance(e, Acknowledged)) == 2100
     assert sum(e.rows for e in seen if isinstance(e, Planned)) == 2100
+    assert isinstance(seen[-1], Done) and seen[-1].counts["sent"] == 2100
+    assert sum(isinstance(e, Done) for e in seen) == 1
 
 
 def test_unknown_source_type_is_typed():

@@ -5,6 +5,7 @@ test_backfill_e2e.py; these pin the bookkeeping rules exactly."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from dataclasses import dataclass
 
 import numpy as np
@@ -357,3 +358,67 @@ def test_task_cancellation_ends_promptly_and_keeps_journal(tmp_path):
         counts = j.counts()
     assert counts.get("acked", 0) >= 3 * 500
     assert counts.get("acked", 0) + counts.get("pending", 0) < 20_000
+
+
+class BrokenJournal(Journal):
+    """A journal whose ``method`` fails (like a full disk) from its ``after``-th call on."""
+
+    def __init__(self, path, method, after):
+        super().__init__(path)
+        self.method, self.after, self.seen = method, after, 0
+
+    def _maybe_fail(self, method):
+        if method == self.method:
+            self.seen += 1
+            if self.seen >= self.after:
+                raise sqlite3.OperationalError("database or disk is full")
+
+    def begin(self, ids):
+        self._maybe_fail("begin")
+        super().begin(ids)
+
+    def acknowledge(self, ids, *, ambiguous=False):
+        self._maybe_fail("acknowledge")
+        super().acknowledge(ids, ambiguous=ambiguous)
+
+
+def test_journal_write_failure_stops_the_run_and_keeps_every_row(tmp_path):
+    path = tmp_path / "j.sqlite"
+    sender = FakeSender()
+    with BrokenJournal(path, "acknowledge", after=2) as jr:
+        res = run(frame(3000), sender, journal=jr, concurrency=1)
+    assert res.error is not None and res.error.code == "journal_failed"
+    assert "disk is full" in str(res.error) and any("journal" in w for w in res.warnings)
+    c = res.counts
+    assert c["total"] == 3000 and c["sent"] + c["failed"] == 3000
+    # what the sender stored is exactly what is reported sent, and nothing after the stop
+    sent_ids = set(res.rows.loc[res.rows.status == "sent", "event_id"])
+    assert sent_ids == {e["event_id"] for e in sender.stored}
+    assert sender.calls == 2 and c["sent"] == 2000
+    unjournaled = res.rows.iloc[1000:2000]
+    assert unjournaled["message"].str.contains("journal could not record").all()
+    assert (res.rows.loc[res.rows.status == "failed", "error"] == "journal_failed").all()
+
+    # a resume with a working journal: the acknowledged batch is skipped, the one the
+    # journal missed is resent and flagged, the rest is sent; every row got in once
+    again = FakeSender()
+    res2 = run(frame(3000), again, journal=path)
+    assert res2.ok and res2.counts["skipped"] == 1000 and res2.counts["sent"] == 2000
+    assert res2.rows.iloc[1000:2000]["ambiguous"].all()
+    stored = [e["event_id"] for e in sender.stored + again.stored]
+    assert sorted(set(stored)) == sorted(f"id-{i}" for i in range(3000))
+    assert len(stored) == 4000  # the unjournaled 1000 twice, and flagged so
+
+
+def test_journal_that_cannot_begin_sends_nothing(tmp_path):
+    sender = FakeSender()
+    with BrokenJournal(tmp_path / "j.sqlite", "begin", after=1) as jr:
+        res = run(frame(50), sender, journal=jr)
+    assert sender.calls == 0 and res.error.code == "journal_failed"
+    assert (res.rows.status == "failed").all() and len(res.rows) == 50
+
+
+def test_unusable_journal_path_is_a_typed_error(tmp_path):
+    with pytest.raises(MillimetricError) as ei:
+        run(frame(5), FakeSender(), journal=tmp_path / "missing-dir" / "j.sqlite")
+    assert ei.value.code == "journal_failed"
