@@ -336,16 +336,22 @@ async def _write(
     return JSONResponse(success, contract.ROUTES[route].success_status)
 
 
+async def _admit(request: Request, route: str) -> tuple[ServerState, StoredKey, Any]:
+    """The checks every write makes first, in order: body size, key and scope, rate
+    limit, JSON. Returns the server state, the request's key and the decoded body."""
+    state = _state(request)
+    raw = await read_body(request, state.config.max_body_bytes)
+    key = state.authorize(request, route)
+    state.check_rate(key.project, route)
+    return state, key, parse_json(raw)
+
+
 # ---------------------------------------------------------------- endpoints
 
 
 async def track(request: Request) -> Response:
     """``POST /v1/track``: store one event; ``202 {"ok": true, "event_id": ...}``."""
-    state = _state(request)
-    raw = await read_body(request, state.config.max_body_bytes)
-    key = state.authorize(request, "track")
-    state.check_rate(key.project, "track")
-    body = parse_json(raw)
+    state, key, body = await _admit(request, "track")
     problems: checks.Problems = {}
     row = checks.check_event(body, "", problems, state.context(request, key.project))
     if row is None:
@@ -356,11 +362,7 @@ async def track(request: Request) -> Response:
 
 async def batch(request: Request) -> Response:
     """``POST /v1/batch``: 1 to 1000 events, all or nothing; ``202 {"ok": true, "count": N}``."""
-    state = _state(request)
-    raw = await read_body(request, state.config.max_body_bytes)
-    key = state.authorize(request, "batch")
-    state.check_rate(key.project, "batch")
-    body = parse_json(raw)
+    state, key, body = await _admit(request, "batch")
     problems: checks.Problems = {}
     rows = checks.check_batch(body, problems, state.context(request, key.project))
     if problems:
@@ -369,25 +371,26 @@ async def batch(request: Request) -> Response:
                         {"ok": True, "count": len(rows)})
 
 
-def _check_object(body: object) -> dict[str, Any]:
+def _check_body(
+    body: object, specs: dict[str, contract.FieldSpec]
+) -> tuple[dict[str, Any], str | None]:
+    """An identify/forget body checked against ``specs``: the body and the compact JSON
+    of its object field (``traits``), or ``invalid_payload``."""
     if type(body) is not dict:
         raise Refusal("invalid_payload", field_errors({"body": [
             f"{contract.RULE_TYPE}: the body must be a JSON object, got {checks.json_type(body)}"
         ]}))
-    return body
+    problems: checks.Problems = {}
+    ok, encoded, _ = checks.check_fields(body, specs, "", problems)
+    if not ok:
+        raise Refusal("invalid_payload", field_errors(problems))
+    return body, encoded
 
 
 async def identify(request: Request) -> Response:
     """``POST /v1/identify``: store a ``$identify`` event; ``200 {"ok": true}``."""
-    state = _state(request)
-    raw = await read_body(request, state.config.max_body_bytes)
-    key = state.authorize(request, "identify")
-    state.check_rate(key.project, "identify")
-    body = _check_object(parse_json(raw))
-    problems: checks.Problems = {}
-    ok, traits, _ = checks.check_fields(body, contract.IDENTIFY_FIELDS, "", problems)
-    if not ok:
-        raise Refusal("invalid_payload", field_errors(problems))
+    state, key, raw = await _admit(request, "identify")
+    body, traits = _check_body(raw, contract.IDENTIFY_FIELDS)
     event = {"event": contract.IDENTIFY_EVENT, "anonymous_id": body["anonymous_id"],
              "user_id": body["user_id"]}
     row = checks.build_row(event, traits, state.context(request, key.project))
@@ -396,15 +399,8 @@ async def identify(request: Request) -> Response:
 
 async def forget(request: Request) -> Response:
     """``POST /v1/forget``: delete every event of the user; ``200 {"ok": true, "queued": true}``."""
-    state = _state(request)
-    raw = await read_body(request, state.config.max_body_bytes)
-    key = state.authorize(request, "forget")
-    state.check_rate(key.project, "forget")
-    body = _check_object(parse_json(raw))
-    problems: checks.Problems = {}
-    ok, _, _ = checks.check_fields(body, contract.FORGET_FIELDS, "", problems)
-    if not ok:
-        raise Refusal("invalid_payload", field_errors(problems))
+    state, key, raw = await _admit(request, "forget")
+    body, _ = _check_body(raw, contract.FORGET_FIELDS)
     user_id = body["user_id"]
     return await _write(request, "forget",
                         lambda: state.storage.delete_user(key.project, user_id),
