@@ -28,7 +28,11 @@ rows ``failed`` with the code and the run goes on. A 401/403 or a refused key
 stops the run: rows not yet sent are marked ``failed`` with that code, the
 result is *returned* (so the account of what was already sent is not lost) with
 ``result.error`` set, shown at the top of its repr; call
-``result.raise_for_error()`` to turn it into an exception. An interruption
+``result.raise_for_error()`` to turn it into an exception. A journal that
+cannot be written stops the run the same way (``journal_failed``). A source that
+cannot be read further (a corrupt line, an item that is not a DataFrame) ends the
+reading: the rows read so far are sent and accounted, and ``result.error`` says
+where it stopped. An interruption
 (KeyboardInterrupt, task cancellation) propagates; the journal holds what was
 acknowledged, and running again with it resumes.
 
@@ -332,7 +336,8 @@ class _Run:
     errors: list[pd.DataFrame] = field(default_factory=list)
     rows: list[tuple[int, _Piece]] = field(default_factory=list)  # (offset, piece)
     failed: list[tuple[int, pd.DataFrame]] = field(default_factory=list)
-    stop_error: MillimetricError | None = None
+    stop_error: MillimetricError | None = None  # nothing more is sent
+    read_error: MillimetricError | None = None  # nothing more is read; what was read is sent
     requests: int = 0
     events: int = 0
     bytes: int = 0
@@ -411,16 +416,15 @@ class _Run:
         while True:
             try:
                 frame = await asyncio.to_thread(next, chunks, None)
-            except MillimetricError:
-                raise
             except Exception as exc:
-                # the rest of the source cannot be read: stop, keep the account
-                err = MillimetricError(
+                # the rest of the source cannot be read (a bad line, an item that is
+                # not a DataFrame): the rows read so far are still sent and accounted
+                self.read_error = MillimetricError(
                     f"reading the source failed after {offset:,} rows: "
                     f"{type(exc).__name__}: {exc}",
-                    code="source_read_failed",
+                    code=exc.code if isinstance(exc, MillimetricError) else "source_read_failed",
                 )
-                self.stop(err)
+                self.warn(str(self.read_error))
                 break
             if frame is None:
                 break
@@ -788,7 +792,7 @@ class _Run:
             elapsed_s=elapsed,
             dry_run=self.dry_run,
             route=self.route,
-            error=self.stop_error,
+            error=self.stop_error or self.read_error,
         )
 
 

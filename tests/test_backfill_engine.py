@@ -422,3 +422,21 @@ def test_unusable_journal_path_is_a_typed_error(tmp_path):
     with pytest.raises(MillimetricError) as ei:
         run(frame(5), FakeSender(), journal=tmp_path / "missing-dir" / "j.sqlite")
     assert ei.value.code == "journal_failed"
+
+
+def test_unreadable_source_midway_keeps_the_account_of_what_was_read():
+    def source():
+        yield frame(30)
+        yield "not a frame"
+
+    sender = FakeSender()
+
+    async def slow(req, obs):  # the bad item is read while the rows before it are in flight
+        await asyncio.sleep(0.05)
+        return await sender(req, obs)
+
+    chunks, _ = iter_source(source(), 10)
+    res = asyncio.run(run_rows(chunks, route="batch", prepare=simple_prepare, send=slow))
+    assert res.error is not None and res.error.code == "invalid_source"
+    assert "after 30 rows" in str(res.error) and not res.ok
+    assert res.counts["sent"] == 30 and len(sender.stored) == 30
