@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from millimetric_nb.progress import Acknowledged, Done, Failed, Planned, Waiting
+from millimetric_nb.progress import Acknowledged, Done, Failed, Planned, Retrying, Waiting
 from millimetric_nb.ui import TqdmProgress, progress_observer
 
 
@@ -34,3 +34,17 @@ def test_streaming_total_grows_with_chunks():
 def test_progress_false_attaches_nothing():
     assert progress_observer(False) is None
     assert isinstance(progress_observer(True), TqdmProgress)
+
+
+def test_retries_shown_and_waiting_note_cleared_when_rows_move():
+    out = io.StringIO()
+    bar = TqdmProgress("track", file=out)
+    bar(Planned(rows=3, valid=3, invalid=0, requests=3))
+    bar(Retrying("track", 1, 0.5, "http_503"))
+    bar(Waiting("track", 3.0, "retry_after"))
+    assert "waiting 3s: retry_after" in bar._bar.desc
+    bar(Acknowledged("track", 3))
+    assert bar._bar.desc == "track"
+    bar(Done({"sent": 3}, 1.0))
+    assert bar.retries == 1 and bar.counts["sent"] == 3
+    assert "retries=1" in out.getvalue() and "sent=3" in out.getvalue()

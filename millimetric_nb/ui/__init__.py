@@ -2,14 +2,15 @@
 
 :class:`TqdmProgress` renders the engine's progress events with ``tqdm.auto``
 (a widget bar in a notebook, a text bar in a terminal): rows done, the sent /
-failed / invalid / skipped counts and the rate. ``tqdm`` is imported lazily.
+failed / invalid / skipped counts, retries, the rate, and a note while waiting
+on the rate limit or a Retry-After. ``tqdm`` is imported lazily.
 """
 
 from __future__ import annotations
 
 from typing import IO, Any
 
-from ..progress import Acknowledged, Done, Failed, Planned, ProgressEvent, Waiting
+from ..progress import Acknowledged, Done, Failed, Planned, ProgressEvent, Retrying, Waiting
 
 
 class TqdmProgress:
@@ -37,7 +38,9 @@ class TqdmProgress:
         self.counts: dict[str, int] = {"sent": 0, "failed": 0, "invalid": 0, "skipped": 0}
         self.total: int | None = None
         self.done = 0
+        self.retries = 0
         self._planned = 0
+        self._waiting = False
 
     def _ensure_bar(self) -> Any:
         if self._bar is None:
@@ -55,13 +58,22 @@ class TqdmProgress:
             )
         return self._bar
 
+    def _postfix(self) -> dict[str, int]:
+        shown = {k: v for k, v in self.counts.items() if v}
+        if self.retries:
+            shown["retries"] = self.retries
+        return shown
+
     def _advance(self, n: int) -> None:
         self.done += n
         bar = self._ensure_bar()
         if self.total is not None and bar.total != self.total:
             bar.total = self.total
+        if self._waiting:  # rows moved again: the wait is over
+            self._waiting = False
+            bar.set_description_str(self.desc, refresh=False)
         bar.update(n)
-        bar.set_postfix({k: v for k, v in self.counts.items() if v}, refresh=False)
+        bar.set_postfix(self._postfix(), refresh=False)
 
     def __call__(self, event: ProgressEvent) -> None:
         """Update the bar from one progress event."""
@@ -77,15 +89,20 @@ class TqdmProgress:
         elif isinstance(event, Failed):
             self.counts["failed"] += event.events
             self._advance(event.events)
+        elif isinstance(event, Retrying):
+            self.retries += 1
+            if self._bar is not None:
+                self._bar.set_postfix(self._postfix(), refresh=False)
         elif isinstance(event, Waiting):
             if event.seconds >= 1.0 and self._bar is not None:
+                self._waiting = True
                 self._bar.set_description_str(
                     f"{self.desc} (waiting {event.seconds:.0f}s: {event.reason})", refresh=False
                 )
         elif isinstance(event, Done):
             bar = self._ensure_bar()
             bar.set_description_str(self.desc, refresh=False)
-            bar.set_postfix({k: v for k, v in self.counts.items() if v}, refresh=False)
+            bar.set_postfix(self._postfix(), refresh=False)
             bar.close()
 
 
