@@ -42,7 +42,7 @@ from .journal import Journal
 from .keys import ApiKey
 from .progress import Observer
 from .results import SendResult
-from .validate import validate_frame
+from .validate import ValidationReport, validate_frame
 
 JournalArg = Journal | str | os.PathLike[str] | None
 _SEP = "\x1f"
@@ -168,13 +168,14 @@ class MillimetricAccessor:
 
     # ------------------------------------------------------------------ validate
 
-    def validate(self, *, pii: str = "warn", now: Any = None, **mapping: Any) -> Any:
+    def validate(self, *, pii: str = "warn", now: Any = None, **mapping: Any) -> ValidationReport:
         """Check every row against the contract, column-wise; nothing is sent.
 
         Returns a validation report: ``.ok``, ``.errors`` (one row per problem:
         row label, field, rule code, message), ``.summary`` and an HTML repr.
         """
-        return validate_frame(self._df, pii=pii, now=now, **mapping)
+        check_pii(pii)
+        return validate_frame(self._df, pii=pii, now=now, **mapping)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ sends
 

@@ -140,7 +140,8 @@ def test_forget_refuses_without_confirm_and_non_sk(mm_server, client):
     for send in (lambda: df.millimetric.forget(client=client, confirm=True, pii="maybe"),
                  lambda: df.assign(anonymous_id="a").millimetric.identify(client=client,
                                                                           pii="maybe"),
-                 lambda: events(2).millimetric.send_batch(client=client, pii="maybe")):
+                 lambda: events(2).millimetric.send_batch(client=client, pii="maybe"),
+                 lambda: events(2).millimetric.validate(pii="maybe")):
         with pytest.raises(ConfigurationError) as ei:
             send()
         assert ei.value.code == "invalid_pii" and "maybe" in str(ei.value)
