@@ -396,9 +396,12 @@ class AsyncClient:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.max_concurrency = max_concurrency
-        self.limiter = (
-            rate_limits if isinstance(rate_limits, RateLimiter) else RateLimiter(rate_limits)
-        )
+        try:
+            self.limiter = (
+                rate_limits if isinstance(rate_limits, RateLimiter) else RateLimiter(rate_limits)
+            )
+        except ValueError as exc:
+            raise ConfigurationError(str(exc), code="invalid_rate_limits") from None
         self._observer = observer
         self._http = httpx.AsyncClient(
             base_url=self._host,
@@ -737,6 +740,15 @@ class AsyncClient:
                 request may have been written anyway.
         """
         self._check("batch")
+        if isinstance(events, Mapping | str | bytes) or not isinstance(events, Iterable):
+            what = "one event (a mapping)" if isinstance(events, Mapping) else type(
+                events).__name__
+            raise ValidationError(
+                f"batch() takes an iterable of events (e.g. a list of dicts), got {what}; "
+                "nothing was sent",
+                problems=[("events", contract.RULE_TYPE,
+                           f"must be an iterable of event mappings, got {what}")],
+            )
         encoded: list[bytes] = []
         problems: list[tuple[str, str, str]] = []
         dropped: set[str] = set()

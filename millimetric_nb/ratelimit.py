@@ -225,6 +225,12 @@ class RateLimiter:
                 f"rate_limits must be None, 'production', 'off' or a mapping of route to "
                 f"RateLimit, got {limits!r}"
             )
+        for route, lim in table.items():
+            if not isinstance(lim, RateLimit) or lim.refill <= 0 or lim.burst < 1:
+                raise ValueError(
+                    f"the limit of {route!r} must be a RateLimit(refill > 0, burst >= 1), "
+                    f"got {lim!r}"
+                )
         self.limits: dict[str, RateLimit] = {
             route: (lim.scaled(scale) if scale != 1.0 else lim) for route, lim in table.items()
         }

@@ -332,6 +332,9 @@ BAD_CALLS: list[tuple[str, Callable[[AsyncClient], Any], str, str]] = [
     ("batch None", lambda c: c.batch([{"event": "ok"}, {"event": None}]), "events[1].event",
      contract.RULE_REQUIRED),
     ("batch str", lambda c: c.batch([{"event": "ok"}, "nope"]), "events[1]", contract.RULE_TYPE),
+    ("batch None", lambda c: c.batch(None), "events", contract.RULE_TYPE),
+    ("batch one event", lambda c: c.batch({"event": "e"}), "events", contract.RULE_TYPE),
+    ("batch text", lambda c: c.batch("events"), "events", contract.RULE_TYPE),
     ("batch nested",
      lambda c: c.batch([{"event": "ok", "properties": {"s": [1, {"o": object()}]}}]),
      "events[0].properties.s[1].o", contract.RULE_NOT_JSON),
@@ -359,6 +362,31 @@ def test_bad_input_is_a_validation_error_naming_field_and_rule_and_nothing_is_se
 
 
 # --------------------------------------------------------------------------- rate limits
+
+
+@pytest.mark.parametrize("limits", [{"batch": RateLimit(0.0, 5)}, {"track": (50, 200)}, "fast"])
+def test_bad_rate_limits_are_a_configuration_error(limits):
+    from millimetric_nb.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        AsyncClient("sk_live_1a2b3c4d_secretsecret", "http://127.0.0.1:1", rate_limits=limits)
+    assert info.value.code == "invalid_rate_limits"
+
+
+def test_a_burst_past_200_tracks_meets_no_429(mm_server_factory):
+    """The client's track bucket mirrors the server's: 230 concurrent tracks wait for
+    the refill instead of being refused."""
+    srv = mm_server_factory(limits="production")
+    seen: list[Any] = []
+
+    async def go() -> None:
+        async with AsyncClient(srv.keys["sk"], srv.url, observer=seen.append) as c:
+            await asyncio.gather(*(c.track("t", event_id=str(i)) for i in range(230)))
+
+    run(go())
+    assert srv.status_counts() == {"track": {202: 230}}
+    assert sorted(int(r["event_id"]) for r in srv.stored_events()) == list(range(230))
+    assert any(isinstance(e, Waiting) and e.reason == "rate_limit" for e in seen)
 
 
 def test_a_429_pauses_the_whole_route_for_every_caller(mm_server_factory):
