@@ -26,9 +26,11 @@ from .backfill import (
     DEFAULT_CONCURRENCY,
     OnAmbiguous,
     Source,
+    event_preparer,
     iter_source,
-    send_events,
+    run_rows,
 )
+from .errors import ConfigurationError
 from .journal import Journal
 from .progress import Emitter, Observer
 from .results import SendResult
@@ -147,24 +149,27 @@ async def abackfill(
     Returns:
         :class:`~millimetric_nb.results.SendResult` accounting for every row.
     """
+    if route not in ("batch", "track"):
+        raise ConfigurationError(
+            f"route must be 'batch' or 'track', not {route!r}", code="invalid_route"
+        )
+    prepare = event_preparer(mapping, pii, now)
     chunks, total = iter_source(source, chunksize)
     slow = track_warning(total) if route == "track" else None
     if slow and warn_stacklevel:
         _warnings.warn(slow, UserWarning, stacklevel=warn_stacklevel)
-    result = await send_events(
+    result = await run_rows(
         chunks,
         route=route,
+        prepare=prepare,
         client=client,
         journal=journal,
         dry_run=dry_run,
         observer=observer_for(progress, observer, route),
         concurrency=concurrency,
-        pii=pii,
         on_ambiguous=on_ambiguous,
-        now=now,
         total_rows=total,
         warnings=[slow] if slow else (),
-        **mapping,
     )
     if warn_stacklevel:
         issue_warnings(result, warn_stacklevel)

@@ -1,8 +1,8 @@
 """The backfill engine: chunks -> validate + encode -> requests -> send -> account.
 
-One async code path, :func:`run_rows`, does everything: :func:`send_events`
-(events through ``/v1/batch`` or ``/v1/track``) and the accessor's identify and
-forget are built on it. The engine takes observers only; the public faces
+One async code path, :func:`run_rows`, does everything: events through
+``/v1/batch`` or ``/v1/track`` (with :func:`event_preparer`) and the accessor's
+identify and forget are built on it. The engine takes observers only; the public faces
 (:func:`millimetric_nb.backfill`, :func:`millimetric_nb.abackfill`, ``df.millimetric``,
 in :mod:`millimetric_nb.api` and :mod:`millimetric_nb.accessor`) choose the display
 for ``progress=True`` and bridge to synchronous code.
@@ -934,7 +934,8 @@ async def run_rows(
     one request (default: :func:`route_sender` over ``client``, a Client or
     AsyncClient; ``None``: the default client, unless a dry run). ``observer``
     receives every progress event; the engine never knows what displays them.
-    Used by :func:`send_events` and by the accessor's identify and forget.
+    Used by :func:`millimetric_nb.abackfill` (with :func:`event_preparer`) and by
+    the accessor's identify and forget.
     """
     if concurrency < 1:
         raise ConfigurationError("concurrency must be at least 1", code="invalid_concurrency")
@@ -977,9 +978,17 @@ async def run_rows(
             jr.close()
 
 
-def _batch_preparer(
-    mapping_kwargs: dict[str, Any], pii: str, now: dt.datetime | None
+def event_preparer(
+    mapping: dict[str, Any], pii: str = "warn", now: dt.datetime | None = None
 ) -> Preparer:
+    """The preparer of event sends (``/v1/batch``, ``/v1/track``) for :func:`run_rows`.
+
+    ``mapping``: the column mapping keywords (``event_col``, ``timestamp_col``...,
+    see :func:`millimetric_nb.abackfill`), resolved against the first chunk's columns.
+    Each chunk is validated and encoded column-wise by the frame layer; ids stay
+    stable across chunks.
+    """
+    check_pii(pii)
     from .frame import EventIdState, prepare_chunk, resolve_mapping
 
     state: dict[str, Any] = {"mapping": None, "ids": EventIdState()}
@@ -987,7 +996,7 @@ def _batch_preparer(
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
         warns: list[str] = []
         if state["mapping"] is None:
-            state["mapping"], warns = resolve_mapping(list(frame.columns), **mapping_kwargs)
+            state["mapping"], warns = resolve_mapping(list(frame.columns), **mapping)
         p = prepare_chunk(
             frame, state["mapping"], offset=offset, pii=pii, now=now, ids=state["ids"],
         )
@@ -1002,55 +1011,17 @@ def _batch_preparer(
     return prepare
 
 
-async def send_events(
-    chunks: Iterator[pd.DataFrame],
-    *,
-    route: Literal["batch", "track"] = "batch",
-    client: Any = None,
-    journal: Journal | str | os.PathLike[str] | None = None,
-    dry_run: bool = False,
-    observer: Observer | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    pii: str = "warn",
-    on_ambiguous: OnAmbiguous = "resend",
-    now: dt.datetime | None = None,
-    total_rows: int | None = None,
-    warnings: Sequence[str] = (),
-    **mapping: Any,
-) -> SendResult:
-    """Send every valid row of ``chunks`` as an event through ``/v1/batch`` or ``/v1/track``.
-
-    The engine under :func:`millimetric_nb.abackfill` (see it for the arguments;
-    ``chunks`` come from :func:`iter_source`). It takes observers only: the
-    display for ``progress=True`` is chosen by the faces.
-    """
-    check_pii(pii)
-    return await run_rows(
-        chunks,
-        route=route,
-        prepare=_batch_preparer(mapping, pii, now),
-        client=client,
-        journal=journal,
-        dry_run=dry_run,
-        observer=observer,
-        concurrency=concurrency,
-        on_ambiguous=on_ambiguous,
-        total_rows=total_rows,
-        warnings=warnings,
-    )
-
-
 __all__ = [
     "DEFAULT_CHUNKSIZE",
     "DEFAULT_CONCURRENCY",
     "PreparedRows",
     "body_of",
     "check_pii",
+    "event_preparer",
     "iter_source",
     "pack",
     "resolve_async_client",
     "route_limit",
     "route_sender",
     "run_rows",
-    "send_events",
 ]
