@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import random
 from collections.abc import Iterable, Iterator, Mapping
@@ -383,10 +384,21 @@ class AsyncClient:
         self._key = ApiKey.parse(raw)  # malformed -> KeyRefusedError, secret never quoted
         if self._key.kind == "pk":
             self._key.check_use("ingest")  # raises browser_key_refused with the reason
-        if not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-        if max_concurrency < 1:
-            raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
+        for name, value, least in (("max_attempts", max_attempts, 1),
+                                   ("max_concurrency", max_concurrency, 1)):
+            if type(value) is not int or value < least:
+                raise ConfigurationError(f"{name} must be an int >= {least}, got {value!r}")
+        for name, number, zero_ok in (("timeout", timeout, False),
+                                      ("backoff_initial", backoff_initial, True),
+                                      ("backoff_max", backoff_max, True)):
+            is_number = isinstance(number, int | float) and not isinstance(number, bool)
+            in_range = is_number and math.isfinite(number) and (
+                number > 0 or (zero_ok and number == 0))
+            if not in_range:
+                raise ConfigurationError(
+                    f"{name} must be a finite number of seconds {'>=' if zero_ok else '>'} 0, "
+                    f"got {number!r}"
+                )
         self._host = _normalise_host(
             host if host is not None
             else os.environ.get(contract.ENV_HOST) or contract.DEFAULT_HOST,

@@ -373,6 +373,17 @@ def test_bad_rate_limits_are_a_configuration_error(limits):
     assert info.value.code == "invalid_rate_limits"
 
 
+@pytest.mark.parametrize("option", [{"max_concurrency": "3"}, {"max_attempts": True},
+                                    {"timeout": "30"}, {"timeout": 0},
+                                    {"backoff_initial": -1}, {"backoff_max": float("nan")}])
+def test_bad_client_options_are_a_configuration_error(option):
+    from millimetric_nb.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        AsyncClient("sk_live_1a2b3c4d_secretsecret", "http://127.0.0.1:1", **option)
+    assert next(iter(option)) in str(info.value)
+
+
 def test_a_burst_past_200_tracks_meets_no_429(mm_server_factory):
     """The client's track bucket mirrors the server's: 230 concurrent tracks wait for
     the refill instead of being refused."""
