@@ -286,7 +286,7 @@ def _retry_after(response: httpx.Response, body: Mapping[str, Any]) -> float:
 
 
 class _Attempt(Exception):
-    """One failed attempt, with what the retry hook needs; never escapes this module."""
+    """One failed attempt, with what the retry decision needs; never escapes this module."""
 
     def __init__(self, error: MillimetricError, retryable: bool, delay: float | None) -> None:
         super().__init__(error.code)
@@ -296,7 +296,7 @@ class _Attempt(Exception):
 
 
 class _CallState:
-    """Per-request bookkeeping shared by the attempts and the retry hook."""
+    """Per-request bookkeeping shared by the attempts and tenacity's retry and wait."""
 
     __slots__ = ("ambiguous", "attempts", "client", "count", "emit", "route")
 
