@@ -48,3 +48,14 @@ def test_retries_shown_and_waiting_note_cleared_when_rows_move():
     bar(Done({"sent": 3}, 1.0))
     assert bar.retries == 1 and bar.counts["sent"] == 3
     assert "retries=1" in out.getvalue() and "sent=3" in out.getvalue()
+
+
+def test_large_counts_read_as_whole_numbers():
+    out = io.StringIO()
+    bar = TqdmProgress("backfill", file=out)
+    bar(Planned(rows=50_000, valid=50_000, invalid=0, requests=50, total_rows=50_000))
+    bar(Acknowledged("batch", 20_000))
+    bar(Acknowledged("batch", 30_000))
+    bar(Done({"sent": 50_000}, 1.0))
+    text = out.getvalue()
+    assert "sent=50,000" in text and "e+" not in text

@@ -58,10 +58,11 @@ class TqdmProgress:
             )
         return self._bar
 
-    def _postfix(self) -> dict[str, int]:
-        shown = {k: v for k, v in self.counts.items() if v}
+    def _postfix(self) -> dict[str, str]:
+        # Strings, formatted here: tqdm shows large numbers as "1e+4" otherwise.
+        shown = {k: f"{v:,}" for k, v in self.counts.items() if v}
         if self.retries:
-            shown["retries"] = self.retries
+            shown["retries"] = f"{self.retries:,}"
         return shown
 
     def _advance(self, n: int) -> None:
