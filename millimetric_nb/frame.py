@@ -57,7 +57,7 @@ import polars as pl
 
 from . import contract
 from .encode import EncodeError, dumps, is_missing, to_utc_iso
-from .errors import ValidationError
+from .errors import ConfigurationError, ValidationError
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -1012,7 +1012,9 @@ def prepare_chunk(
             are duplicated; ``pii="error"`` and a property column looks personal.
     """
     if pii not in ("warn", "error", "ignore"):
-        raise ValueError(f"pii must be 'warn', 'error' or 'ignore', not {pii!r}")
+        raise ConfigurationError(
+            f"pii must be 'warn', 'error' or 'ignore', not {pii!r}", code="invalid_pii"
+        )
     if not df.columns.is_unique:
         dupes = df.columns[df.columns.duplicated()].unique().tolist()
         raise _mapping_error(f"duplicate column label(s) {dupes!r}: each column must have a "

@@ -570,3 +570,13 @@ def test_pii_columns_for_traits():
         "contact": "1 value(s) look like email addresses",
         "firstName": "its name looks like personal data",
     }
+
+
+def test_unknown_pii_mode_is_a_typed_refusal():
+    from millimetric_nb.errors import ConfigurationError
+
+    df = pd.DataFrame({"event": ["a"]})
+    mapping, _ = resolve_mapping(df.columns)
+    with pytest.raises(ConfigurationError) as exc:
+        prepare_chunk(df, mapping, pii="maybe")
+    assert exc.value.code == "invalid_pii" and "pii" in str(exc.value)
