@@ -130,7 +130,6 @@ class SendResult:
         dry_run: nothing was sent.
         error: the error that stopped the run early (401/403, refused key), if any;
             rows not sent because of it are ``failed`` with its code.
-        cancelled: the run was interrupted before it finished.
     """
 
     rows: pd.DataFrame
@@ -142,7 +141,6 @@ class SendResult:
     dry_run: bool = False
     route: str = "batch"
     error: MillimetricError | None = None
-    cancelled: bool = False
 
     # ------------------------------------------------------------------ counts
 
@@ -195,7 +193,7 @@ class SendResult:
     def ok(self) -> bool:
         """True when every row is sent, skipped or planned, without a stop."""
         c = self.counts
-        return self.error is None and not self.cancelled and (
+        return self.error is None and (
             c["failed"] + c["ambiguous"] + c["invalid"] == 0
         )
 
@@ -223,8 +221,6 @@ class SendResult:
         notes: list[str] = []
         if self.error is not None:
             notes.append(f"STOPPED: {self.error}")
-        if self.cancelled:
-            notes.append("INTERRUPTED: the run did not finish")
         if self.plan is not None and self.dry_run:
             notes.append(f"Plan: {self.plan}")
         notes.extend(f"warning: {w}" for w in self.warnings)
