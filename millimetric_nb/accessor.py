@@ -39,7 +39,6 @@ from .encode import is_missing
 from .errors import ConfigurationError, ValidationError
 from .events import prepare_forget, prepare_identify
 from .journal import Journal
-from .keys import ApiKey
 from .progress import Observer
 from .results import SendResult
 from .validate import ValidationReport, validate_frame
@@ -151,12 +150,6 @@ def _forget_preparer(user_id_col: str) -> Preparer:
     return prepare
 
 
-def _check_forget_key(aclient: Any) -> None:
-    for holder in (aclient, getattr(aclient, "_client", None)):
-        key = getattr(holder, "key", None) or getattr(holder, "_key", None)
-        if isinstance(key, ApiKey):
-            key.check_use("forget")
-            return
 
 
 @pd.api.extensions.register_dataframe_accessor("millimetric")
@@ -296,7 +289,7 @@ class MillimetricAccessor:
         _column(self._df, user_id_col, "user_id")
         client = sync_client(client, dry_run)
         if not dry_run:
-            _check_forget_key(resolve_async_client(client))
+            resolve_async_client(client).check_key("forget")  # sk_ only, before any row
         return self._per_row(
             "forget",
             _forget_preparer(user_id_col),

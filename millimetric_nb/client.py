@@ -436,6 +436,12 @@ class AsyncClient:
         """``"sk"``, ``"rk"`` or ``"ak"``."""
         return self._key.kind
 
+    def check_key(self, use: Use) -> None:
+        """Raise :class:`~millimetric_nb.errors.KeyRefusedError` unless this client's key
+        may be used to ``use`` (``"ingest"``, ``"read"`` or ``"forget"``), before any request.
+        """
+        self._key.check_use(use)
+
     @property
     def host(self) -> str:
         """The base URL requests go to."""
