@@ -241,6 +241,10 @@ class PreparedRows:
     warnings: list[str]
     payloads: list[bytes] | None = None  # batch / track: one per valid row, in order
     calls: list[tuple[np.ndarray, dict[str, Any]]] | None = None  # per-call routes
+    # the column of ``result.failed`` that carries each row's id, so that resending
+    # ``.failed`` reuses the ids (a derived id numbers repeats of identical content,
+    # which a subset alone would number differently); None: ids are not carried
+    id_column: Any = None
 
 
 class _Chunk:
@@ -344,6 +348,7 @@ class _Run:
     seen_warnings: set[str] = field(default_factory=set)
     counted_warnings: dict[str, int] = field(default_factory=dict)
     template: pd.DataFrame | None = None  # the input's columns, no rows
+    id_column: Any = None  # see PreparedRows.id_column
     resent_uncertain: int = 0
     skipped_uncertain: int = 0
 
@@ -377,6 +382,7 @@ class _Run:
         if unset.any():  # defensive: nothing may vanish
             chunk.mark(unset, _FAILED, error="not_sent", message="not sent")
         # compact pieces: codes and categoricals, no per-row Python objects kept
+        keys = chunk.keys
         piece = _Piece(
             index=chunk.frame.index,
             status=chunk.status,
@@ -393,7 +399,11 @@ class _Run:
         self.rows.append((chunk.offset, piece))
         bad = np.isin(chunk.status, (_FAILED, _AMBIGUOUS, _INVALID))
         if bad.any():
-            self.failed.append((chunk.offset, chunk.frame.iloc[np.flatnonzero(bad)]))
+            pos = np.flatnonzero(bad)
+            rows = chunk.frame.iloc[pos]
+            if self.id_column is not None and self.show_keys:
+                rows = _with_ids(rows, self.id_column, keys[pos])
+            self.failed.append((chunk.offset, rows))
         chunk.frame = chunk.frame.iloc[:0]  # let the chunk's data go
 
     def settle(self, chunk: _Chunk) -> None:
@@ -476,6 +486,8 @@ class _Run:
         for w in prep.warnings:
             self.warn(w)
         chunk.keys = prep.keys
+        if prep.id_column is not None:
+            self.id_column = prep.id_column
         invalid_pos = np.flatnonzero(~prep.valid)
         if len(prep.errors):
             self.errors.append(prep.errors)
@@ -796,6 +808,28 @@ class _Run:
         )
 
 
+def _with_ids(rows: pd.DataFrame, column: Any, keys: np.ndarray) -> pd.DataFrame:
+    """``rows`` (a copy) with each row's id in ``column``, where the row has one.
+
+    A new column is added at the end; an existing one (the mapped ``event_id``
+    column) only gets the ids derived for its missing cells. Invalid rows have no id
+    and keep what they had (a resend derives one from the fixed content).
+    """
+    ids = pd.array(keys, dtype="string")
+    if column not in rows.columns:
+        return rows.assign(**{str(column): pd.Series(ids, index=rows.index)})
+    current = rows[column]
+    fill = np.asarray(current.isna()) & ~np.asarray(pd.isna(ids))
+    if not fill.any() or isinstance(current, pd.DataFrame):
+        return rows
+    out = rows.copy()
+    values = current.astype(object).to_numpy(copy=True)
+    values[fill] = np.asarray(keys, dtype=object)[fill]
+    out[column] = pd.Series(values, index=rows.index, dtype=current.dtype
+                            if pd.api.types.is_string_dtype(current.dtype) else object)
+    return out
+
+
 @dataclass(slots=True)
 class _Piece:
     """The finished account of one chunk's rows."""
@@ -1006,6 +1040,7 @@ def event_preparer(
             errors=p.errors,
             warnings=[*warns, *p.warnings],
             payloads=list(p.payloads),
+            id_column=state["mapping"].columns.get("event_id", "event_id"),
         )
 
     return prepare

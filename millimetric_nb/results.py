@@ -121,7 +121,13 @@ class SendResult:
             ``attempts`` (HTTP attempts of the row's request), ``ambiguous`` (flag),
             ``message``.
         failed: the input rows that did not get in (invalid, failed, ambiguous),
-            with the input's columns, ready to fix and resend.
+            with the input's columns, ready to fix and resend. For event sends the
+            rows also carry their ids (an ``event_id`` column added at the end, or
+            the missing cells of the mapped ``event_id`` column filled), so resending
+            ``.failed`` reuses them: a derived id numbers repeats of identical
+            content, which the subset alone would number differently (and a
+            journal would then take a repeat for its acknowledged twin). Invalid
+            rows have no id; a resend derives it from the fixed content.
         errors: validation problems, one row per problem (row, position, field,
             rule, message).
         warnings: messages an analyst needs (no timestamp, PII-looking columns...).
