@@ -245,6 +245,9 @@ class PreparedRows:
     # ``.failed`` reuses the ids (a derived id numbers repeats of identical content,
     # which a subset alone would number differently); None: ids are not carried
     id_column: Any = None
+    # the shape of the content derived ids hash (frame.id_recipe); checked against
+    # the journal's, so a journal is not reused for ids that cannot match
+    id_recipe: str | None = None
 
 
 class _Chunk:
@@ -349,6 +352,7 @@ class _Run:
     counted_warnings: dict[str, int] = field(default_factory=dict)
     template: pd.DataFrame | None = None  # the input's columns, no rows
     id_column: Any = None  # see PreparedRows.id_column
+    recipe_checked: bool = False
     resent_uncertain: int = 0
     skipped_uncertain: int = 0
 
@@ -505,6 +509,14 @@ class _Run:
                 chunk.message[pos] = [
                     f"{f}: {r}: {m}" for f, r, m in zip(fields, rules, msgs, strict=True)
                 ]
+        if (
+            self.journal is not None
+            and prep.id_recipe is not None
+            and not self.recipe_checked
+            and not await self.check_recipe(prep.id_recipe)
+        ):
+            self.stop_chunk(chunk)  # the invalid rows stay invalid, the rest fail unsent
+            return
         valid_pos = np.flatnonzero(prep.valid)
 
         # what is to be sent, as (positions, keys, payload or call) units
@@ -544,6 +556,32 @@ class _Run:
             await queue.put(req)
         chunk.sealed = True
         self.settle(chunk)
+
+    async def check_recipe(self, recipe: str) -> bool:
+        """Whether the journal's derived ids can match this input's; else stop the run.
+
+        Derived ids hash the content, so another set of fields or property columns
+        (an added column, a dropped one) gives every row a new id: the journal would
+        recognise nothing and the whole input would be stored again.
+        """
+        self.recipe_checked = True
+        ok, previous = await self.journal_call("check_recipe", recipe, record=not self.dry_run)
+        if not ok:
+            return False
+        if previous is None:
+            return True
+        from .frame import describe_recipe_change
+
+        assert self.journal is not None
+        self.stop(ConfigurationError(
+            f"the journal {self.journal.path} holds event ids derived from other columns "
+            f"({describe_recipe_change(previous, recipe)}): no row's id could match, so "
+            "every row would be sent again and stored twice. Send the same columns as "
+            "before (drop the new ones or pass properties=[...]), give the rows an "
+            "event_id column, or use a new journal if these are different events",
+            code="journal_mismatch",
+        ))
+        return False
 
     async def apply_journal(
         self, chunk: _Chunk, units: list[tuple[np.ndarray, Any]], keys: np.ndarray
@@ -1023,7 +1061,7 @@ def event_preparer(
     stable across chunks.
     """
     check_pii(pii)
-    from .frame import EventIdState, prepare_chunk, resolve_mapping
+    from .frame import EventIdState, id_recipe, prepare_chunk, resolve_mapping
 
     state: dict[str, Any] = {"mapping": None, "ids": EventIdState()}
 
@@ -1041,6 +1079,7 @@ def event_preparer(
             warnings=[*warns, *p.warnings],
             payloads=list(p.payloads),
             id_column=state["mapping"].columns.get("event_id", "event_id"),
+            id_recipe=id_recipe(state["mapping"]),
         )
 
     return prepare

@@ -66,7 +66,9 @@ __all__ = [
     "EventIdState",
     "FieldMapping",
     "PreparedChunk",
+    "describe_recipe_change",
     "detect_pii",
+    "id_recipe",
     "pii_columns",
     "prepare_chunk",
     "resolve_mapping",
@@ -282,6 +284,46 @@ def resolve_mapping(
 
 
 # --------------------------------------------------------------------------- stable ids
+
+
+def id_recipe(mapping: FieldMapping) -> str | None:
+    """The shape of the content a derived id hashes: its fields and property keys.
+
+    Two inputs with different recipes cannot share a derived id (a journal written
+    for one recognises nothing of the other). ``None`` when ``event_id`` comes from
+    a column (given ids do not depend on the content). Canonical JSON:
+    ``{"fields": [...sorted], "properties": [...sorted keys] | "<dict column>"}``.
+    """
+    if "event_id" in mapping.columns:
+        return None
+    fields = sorted({"event", *mapping.columns})
+    props: list[str] | str = (
+        "<dict column>"
+        if mapping.properties_is_dict_column
+        else sorted(_property_key(c) for c in mapping.property_columns)
+    )
+    return orjson.dumps({"fields": fields, "properties": props}).decode()
+
+
+def describe_recipe_change(old: str, new: str) -> str:
+    """What differs between two :func:`id_recipe` values, for an error message."""
+    a, b = orjson.loads(old), orjson.loads(new)
+    parts: list[str] = []
+    for what in ("fields", "properties"):
+        before, after = a.get(what), b.get(what)
+        if before == after:
+            continue
+        if isinstance(before, list) and isinstance(after, list):
+            added = [k for k in after if k not in before]
+            removed = [k for k in before if k not in after]
+            if added:
+                parts.append(f"{what} added: {', '.join(repr(k) for k in added)}")
+            if removed:
+                parts.append(f"{what} removed: {', '.join(repr(k) for k in removed)}")
+        else:
+            parts.append(f"{what} were {before!r}, now {after!r}")
+    return "; ".join(parts) or "the content's shape differs"
+
 
 
 class EventIdState:

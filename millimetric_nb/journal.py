@@ -15,6 +15,11 @@ per event id, the state of the last request that carried it:
 ``failed``
     the request finally failed and certainly was not written (e.g. 400).
 
+The journal also records the *recipe* of derived ids (which fields and property
+keys were hashed, :func:`millimetric_nb.frame.id_recipe`); a later run whose rows
+have another recipe is refused (``journal_mismatch``) instead of resending
+everything under new ids.
+
 ``possible_duplicate`` is set on an id once a send of it may have been written
 twice (a retry after an ambiguous attempt, or a resend after a ``pending`` /
 ``ambiguous`` outcome); it stays set.
@@ -49,6 +54,10 @@ CREATE TABLE IF NOT EXISTS events (
     state TEXT NOT NULL,
     possible_duplicate INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
     run INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -149,6 +158,27 @@ class Journal:
         with self._lock:
             rows = self._db.execute("SELECT event_id FROM events WHERE state = ?", (state,))
             return [r[0] for r in rows]
+
+    def check_recipe(self, recipe: str, *, record: bool = True) -> str | None:
+        """Compare how this run derives event ids with how the journal's were derived.
+
+        ``recipe`` describes the shape of the hashed content (which fields, which
+        property keys). Returns the journal's recipe when it differs (the derived
+        ids cannot match: every row would be sent again), else ``None``. The first
+        recipe seen is recorded when ``record`` is true (not in a dry run).
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'id_recipe'"
+            ).fetchone()
+            if row is None:
+                if record:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO meta(key, value) VALUES ('id_recipe', ?)",
+                        (recipe,),
+                    )
+                return None
+            return None if row[0] == recipe else str(row[0])
 
     # ------------------------------------------------------------------ writes
 

@@ -4,8 +4,10 @@ local server: resending ``result.failed``, reusing a journal with another mappin
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 import millimetric_nb as mm
+from millimetric_nb.errors import ConfigurationError
 from millimetric_nb.progress import Acknowledged
 
 
@@ -72,3 +74,48 @@ def test_failed_keeps_no_id_for_invalid_rows_and_the_input_columns_first(mm_serv
     assert res.failed.index.tolist() == [1]
     assert pd.isna(res.failed.loc[1, "event_id"])
     assert len(mm_server.stored_events()) == 2
+
+
+def _client(srv) -> mm.Client:
+    return mm.Client(key=srv.keys["sk"], host=srv.url, rate_limits="off")
+
+
+def test_journal_reused_with_other_columns_refuses_instead_of_resending_everything(
+    mm_server, tmp_path
+):
+    # derived ids hash the event's content: another property column changes every id,
+    # so the journal would recognise nothing and the whole frame would be stored twice
+    df = _frame(50).assign(plan="pro")
+    journal = tmp_path / "j.sqlite"
+    with _client(mm_server) as client:
+        first = df.millimetric.send_batch(client=client, journal=journal, progress=False)
+        assert first.counts["sent"] == 50
+        changed = df.assign(extra="x")
+        dry = changed.millimetric.send_batch(client=client, journal=journal, progress=False,
+                                             dry_run=True)
+        assert dry.error is not None and dry.error.code == "journal_mismatch"
+        assert dry.counts["planned"] == 0
+        again = changed.millimetric.send_batch(client=client, journal=journal, progress=False)
+        assert again.error is not None and again.error.code == "journal_mismatch"
+        assert "'extra'" in str(again.error)
+        assert again.counts["failed"] == 50 and again.counts["sent"] == 0
+        assert set(again.rows["error"]) == {"journal_mismatch"}
+        with pytest.raises(ConfigurationError, match="properties added: 'extra'"):
+            again.raise_for_error()
+        # the same columns in another order: recognised, nothing resent
+        same = df[["plan", "timestamp", "user_id", "event"]]
+        resumed = same.millimetric.send_batch(client=client, journal=journal, progress=False)
+    assert resumed.error is None
+    assert resumed.counts["skipped"] == 50
+    assert len(mm_server.stored_events()) == 50
+
+
+def test_journal_with_given_event_ids_accepts_new_columns(mm_server, tmp_path):
+    df = _frame(20).assign(event_id=[f"e{i}" for i in range(20)])
+    journal = tmp_path / "j.sqlite"
+    with _client(mm_server) as client:
+        df.millimetric.send_batch(client=client, journal=journal, progress=False)
+        again = df.assign(extra="x").millimetric.send_batch(
+            client=client, journal=journal, progress=False)
+    assert again.error is None and again.counts["skipped"] == 20
+    assert len(mm_server.stored_events()) == 20
