@@ -353,6 +353,9 @@ class _Run:
     template: pd.DataFrame | None = None  # the input's columns, no rows
     id_column: Any = None  # see PreparedRows.id_column
     recipe_checked: bool = False
+    # the sender is the client's (route_sender), which emits RequestSent as each
+    # request leaves: ids are journaled pending then (see begin_on_send)
+    announces_sends: bool = False
     resent_uncertain: int = 0
     skipped_uncertain: int = 0
 
@@ -705,16 +708,55 @@ class _Run:
             ))
             return False, None
 
+    def begin_on_send(self, req: _Request) -> Observer:
+        """The observer of a request whose ids are journaled ``pending`` when it leaves.
+
+        The client announces each attempt with ``RequestSent`` once the rate limiter
+        has given it a token, just before the HTTP request: the ids are committed
+        ``pending`` there (synchronously), not while the request still waits for a
+        token, so a crash or Ctrl-C flags only rows that may have reached the server.
+        If the journal cannot be written, the request does not leave.
+        """
+        begun = False
+        journal = self.journal
+        assert journal is not None
+
+        def observe(event: ProgressEvent) -> None:
+            nonlocal begun
+            if isinstance(event, RequestSent) and not begun:
+                begun = True
+                try:
+                    journal.begin(req.keys)
+                except (sqlite3.Error, OSError) as exc:
+                    log.exception("journal begin failed")
+                    self.stop(MillimetricError(
+                        f"the journal {journal.path} failed ({type(exc).__name__}: {exc}); "
+                        "nothing more was sent, so that a resume can trust it",
+                        code="journal_failed",
+                    ))
+                    raise _NotBegun from exc
+            self.attempt_event(event)
+
+        return observe
+
     async def send_one(self, req: _Request) -> None:
         assert self.send is not None
+        observer: Observer = self.attempt_event
         if self.journal is not None and req.keys:
-            ok, _ = await self.journal_call("begin", req.keys)
-            if not ok:
-                assert self.stop_error is not None
-                self.fail_request(req, self.stop_error, stopped=True)
-                return
+            if self.announces_sends:
+                observer = self.begin_on_send(req)
+            else:  # a sender that does not announce RequestSent: journal before sending
+                ok, _ = await self.journal_call("begin", req.keys)
+                if not ok:
+                    assert self.stop_error is not None
+                    self.fail_request(req, self.stop_error, stopped=True)
+                    return
         try:
-            outcome = await self.send(req, self.attempt_event)
+            outcome = await self.send(req, observer)
+        except _NotBegun:
+            assert self.stop_error is not None
+            self.fail_request(req, self.stop_error, stopped=True)
+            return
         except MillimetricError as exc:
             await self.record_failure(req, exc)
             return
@@ -868,6 +910,14 @@ def _with_ids(rows: pd.DataFrame, column: Any, keys: np.ndarray) -> pd.DataFrame
     return out
 
 
+class _NotBegun(BaseException):
+    """Raised by a request's observer when the journal could not mark it pending.
+
+    A BaseException so that it passes the client's progress emitter (which keeps a
+    display's errors away from a send) and stops the request before it leaves.
+    """
+
+
 @dataclass(slots=True)
 class _Piece:
     """The finished account of one chunk's rows."""
@@ -1017,6 +1067,7 @@ async def run_rows(
         )
     if client is not None or (send is None and not dry_run):
         client = resolve_async_client(client)
+    announces = send is None
     if send is None and not dry_run:
         send = route_sender(client, route)
     emit = Emitter([observer])
@@ -1033,6 +1084,7 @@ async def run_rows(
         limit=route_limit(client, route),
         total_rows=total_rows,
         show_keys=show_keys,
+        announces_sends=announces,
     )
     for w in warnings:
         run.warn(w)

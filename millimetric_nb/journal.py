@@ -4,9 +4,12 @@ A journal makes a backfill safe to run twice and safe to interrupt. It records,
 per event id, the state of the last request that carried it:
 
 ``pending``
-    written (and committed) *before* the request leaves. If a run dies with the
-    request in flight, the id stays ``pending``: on resume its outcome is unknown
-    (the server may or may not have stored it), so it is treated as ambiguous.
+    written (and committed) *before* the request leaves: with the client's own
+    sender, once the rate limiter has given the request its token (the client's
+    ``RequestSent``), so requests still waiting for a token when a run is killed
+    or interrupted are not pending and their rows are plain resends. If a run dies
+    with the request in flight, the id stays ``pending``: on resume its outcome is
+    unknown (the server may or may not have stored it), so it is treated as ambiguous.
 ``acked``
     the server answered 2xx. Committed before the row is counted as sent, so a
     crash can never lose an acknowledgement (WAL, ``synchronous=FULL``).

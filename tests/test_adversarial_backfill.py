@@ -3,6 +3,8 @@ local server: resending ``result.failed``, reusing a journal with another mappin
 
 from __future__ import annotations
 
+import collections
+
 import pandas as pd
 import pytest
 
@@ -119,3 +121,89 @@ def test_journal_with_given_event_ids_accepts_new_columns(mm_server, tmp_path):
             client=client, journal=journal, progress=False)
     assert again.error is None and again.counts["skipped"] == 20
     assert len(mm_server.stored_events()) == 20
+
+
+_CHILD = """
+import sys
+import pandas as pd
+import millimetric_nb as mm
+from millimetric_nb.contract import RateLimit
+
+url, key, journal = sys.argv[1:4]
+n = 10_000
+df = pd.DataFrame({"event": ["page_view"] * n, "user_id": [f"u{i}" for i in range(n)],
+                   "timestamp": ["2026-01-01T00:00:00Z"] * n})
+client = mm.Client(key=key, host=url, rate_limits={"batch": RateLimit(refill=0.1, burst=2)})
+print("sending", flush=True)
+df.millimetric.send_batch(client=client, journal=journal, progress=False)
+"""
+
+
+def test_ctrl_c_flags_only_requests_that_left_not_those_waiting_for_a_token(
+    mm_server, tmp_path
+):
+    # Ctrl-C while most requests wait on the rate limiter: on resume, only rows whose
+    # request actually left may be duplicates; rows that never left are plain resends.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    journal = tmp_path / "j.sqlite"
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    key = mm_server.keys["sk"]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), mm_server.url, key, str(journal)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while mm_server.count() < 2000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the 8 other requests are now waiting for a token
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "KeyboardInterrupt" in out and key not in out
+    assert mm_server.count() == 2000  # the burst; nothing left after the interrupt
+    df = _frame(10_000)
+    with _client(mm_server) as client:
+        res = df.millimetric.send_batch(client=client, journal=journal, progress=False)
+    assert res.error is None
+    assert res.counts["skipped"] == 2000 and res.counts["sent"] == 8000
+    # the 8,000 rows that never left are not "possible duplicates"
+    assert res.counts["possible_duplicates"] == 0
+    assert not res.rows["ambiguous"].any()
+    stored = collections.Counter(e["event_id"] for e in mm_server.stored_events())
+    assert set(stored) == set(res.rows["event_id"]) and max(stored.values()) == 1
+
+
+def test_journal_that_cannot_mark_pending_keeps_the_request_from_leaving(mm_server, tmp_path):
+    # with the real client the pending mark is written as the request leaves; if it
+    # cannot be written, that request (and every later one) is not sent
+    import sqlite3
+
+    from millimetric_nb.journal import Journal
+
+    class FullDisk(Journal):
+        calls = 0
+
+        def begin(self, ids):
+            FullDisk.calls += 1
+            if FullDisk.calls >= 2:
+                raise sqlite3.OperationalError("database or disk is full")
+            super().begin(ids)
+
+    df = _frame(5000)
+    with FullDisk(tmp_path / "j.sqlite") as jr, _client(mm_server) as client:
+        res = df.millimetric.send_batch(client=client, journal=jr, progress=False,
+                                        concurrency=1)
+        acked = set(jr.ids("acked"))
+    assert res.error is not None and res.error.code == "journal_failed"
+    assert res.counts["sent"] == 1000 and res.counts["failed"] == 4000
+    stored = {e["event_id"] for e in mm_server.stored_events()}
+    assert stored == acked == set(res.rows.loc[res.rows.status == "sent", "event_id"])
