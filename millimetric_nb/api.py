@@ -12,6 +12,7 @@ engine to synchronous code, and issues the data warnings with
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import warnings as _warnings
@@ -93,13 +94,39 @@ def run_sync_call(client: Any, coro: Coroutine[Any, Any, SendResult]) -> SendRes
 
     A synchronous ``Client`` runs it on its own loop (where its connections live);
     otherwise :func:`millimetric_nb.sync.run_sync` does.
+
+    If the call is interrupted (Ctrl-C, a notebook's "interrupt kernel"), the send
+    is cancelled and its cancellation run to the end before the interrupt goes on:
+    otherwise the abandoned run would stay suspended on the loop and wake up with
+    the loop's next use (the next send through the same client), sending its rows
+    alongside the new run's, unjournaled and unaccounted.
     """
     runner = getattr(client, "run", None)
-    if callable(runner):
-        return runner(coro)  # type: ignore[no-any-return]
-    from .sync import run_sync
+    if not callable(runner):
+        from .sync import run_sync as runner
+    tasks: list[asyncio.Task[Any]] = []
 
-    return run_sync(coro)
+    async def tracked() -> SendResult:
+        task = asyncio.current_task()
+        if task is not None:
+            tasks.append(task)
+        return await coro
+
+    try:
+        return runner(tracked())  # type: ignore[no-any-return]
+    except BaseException:
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            for t in pending:
+                t.cancel()
+
+            async def settle() -> None:
+                await asyncio.wait(pending)
+
+            runner(settle())
+        else:
+            coro.close()  # never started: no "never awaited" warning
+        raise
 
 
 async def abackfill(

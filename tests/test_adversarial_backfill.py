@@ -207,3 +207,37 @@ def test_journal_that_cannot_mark_pending_keeps_the_request_from_leaving(mm_serv
     assert res.counts["sent"] == 1000 and res.counts["failed"] == 4000
     stored = {e["event_id"] for e in mm_server.stored_events()}
     assert stored == acked == set(res.rows.loc[res.rows.status == "sent", "event_id"])
+
+
+def test_rerun_after_ctrl_c_on_the_same_client_does_not_revive_the_interrupted_run(
+    mm_server, tmp_path
+):
+    # A notebook user interrupts a send and runs the cell again with the same client:
+    # the interrupted run must not wake up on the client's loop and send its rows
+    # alongside the new run (unflagged duplicates, a wrong account).
+    import _thread
+    import threading
+
+    from millimetric_nb.contract import RateLimit
+
+    df = _frame(10_000)
+    journal = tmp_path / "j.sqlite"
+    client = mm.Client(key=mm_server.keys["sk"], host=mm_server.url,
+                       rate_limits={"batch": RateLimit(refill=2, burst=2)})
+    with client:
+        timer = threading.Timer(1.0, _thread.interrupt_main)
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                df.millimetric.send_batch(client=client, journal=journal, progress=False)
+        finally:
+            timer.cancel()
+        before = mm_server.count()
+        assert 2000 <= before < 10_000
+        res = df.millimetric.send_batch(client=client, journal=journal, progress=False)
+    assert res.error is None and res.counts["sent"] + res.counts["skipped"] == 10_000
+    stored = collections.Counter(e["event_id"] for e in mm_server.stored_events())
+    assert set(stored) == set(res.rows["event_id"])
+    twice = {i for i, n in stored.items() if n > 1}
+    assert twice <= set(res.rows.loc[res.rows["ambiguous"], "event_id"])
+    assert sum(stored.values()) <= 10_000 + 1000  # at most the one request in flight
