@@ -895,8 +895,14 @@ def _dict_properties(
                 out.append(None)
             else:
                 out.append(None)
+                hint = ""
+                if isinstance(v, str) and v.lstrip().startswith("{"):
+                    # JSON text, as read_csv leaves a column of objects
+                    hint = (f"; it looks like JSON text: parse the column first, "
+                            f"e.g. df[{_col_name(label)}] = df[{_col_name(label)}]"
+                            ".map(json.loads, na_action='ignore')")
                 probs.add(np.asarray([i]), "properties", contract.RULE_TYPE,
-                          f"must be an object (dict), got {type(v).__name__} ({where})")
+                          f"must be an object (dict), got {type(v).__name__} ({where}){hint}")
             continue
         try:
             raw = dumps(v, nan_as_null=True, path="properties")

@@ -241,3 +241,25 @@ def test_rerun_after_ctrl_c_on_the_same_client_does_not_revive_the_interrupted_r
     twice = {i for i, n in stored.items() if n > 1}
     assert twice <= set(res.rows.loc[res.rows["ambiguous"], "event_id"])
     assert sum(stored.values()) <= 10_000 + 1000  # at most the one request in flight
+
+
+def test_properties_read_from_csv_as_json_text_say_how_to_parse_them(mm_server, tmp_path):
+    import io
+    import json
+
+    text = (
+        'event,user_id,timestamp,properties\n'
+        'signup,u1,2026-01-01T00:00:00Z,"{""plan"": ""pro""}"\n'
+        'signup,u2,2026-01-01T00:00:00Z,\n'
+    )
+    df = pd.read_csv(io.StringIO(text))
+    report = df.millimetric.validate()
+    assert not report.ok
+    [msg] = report.errors.loc[report.errors["field"] == "properties", "message"]
+    assert "JSON text" in msg and "json.loads" in msg
+    df["properties"] = df["properties"].map(json.loads, na_action="ignore")
+    with _client(mm_server) as client:
+        res = df.millimetric.send_batch(client=client, progress=False)
+    assert res.counts["sent"] == 2
+    props = {e["user_id"]: e["properties"] for e in mm_server.stored_events()}
+    assert props == {"u1": {"plan": "pro"}, "u2": {}}  # no properties: stored as {}
