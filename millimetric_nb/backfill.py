@@ -67,7 +67,7 @@ from .errors import (
     MillimetricError,
     ValidationError,
 )
-from .journal import ACKED, AMBIGUOUS, PENDING, Journal, open_journal
+from .journal import ACKED, AMBIGUOUS, PENDING, Journal, JournalBusy, open_journal
 from .progress import (
     Acknowledged,
     Done,
@@ -1024,6 +1024,10 @@ def _open_for_run(
         jr, owned = open_journal(journal)
         if jr is not None and not dry_run:
             jr.start_run()
+    except JournalBusy as exc:
+        if owned and jr is not None:
+            jr.close()
+        raise ConfigurationError(str(exc), code="journal_busy") from None
     except (sqlite3.Error, OSError) as exc:
         if owned and jr is not None:
             jr.close()

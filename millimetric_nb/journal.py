@@ -23,6 +23,10 @@ keys were hashed, :func:`millimetric_nb.frame.id_recipe`); a later run whose row
 have another recipe is refused (``journal_mismatch``) instead of resending
 everything under new ids.
 
+One run at a time: a sending run holds an exclusive lock on ``<path>.lock``
+(a small file left beside the journal) until the journal is closed; another run
+on the same journal meanwhile is refused (``journal_busy``) before sending.
+
 ``possible_duplicate`` is set on an id once a send of it may have been written
 twice (a retry after an ambiguous attempt, or a resend after a ``pending`` /
 ``ambiguous`` outcome); it stays set.
@@ -43,6 +47,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import orjson
 
@@ -74,6 +79,10 @@ CREATE TABLE IF NOT EXISTS runs (
 _LOOKUP_SLICE = 50_000
 
 
+class JournalBusy(Exception):
+    """The journal is held by another run (see :meth:`Journal.start_run`)."""
+
+
 class Journal:
     """A crash-safe record of acknowledged (and uncertain) event ids.
 
@@ -91,6 +100,7 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._run: int | None = None
+        self._lock_file: IO[str] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -100,6 +110,9 @@ class Journal:
             if self._db is not None:
                 self._db.close()
                 self._db = None  # type: ignore[assignment]
+            if self._lock_file is not None:
+                self._lock_file.close()  # releases the run lock
+                self._lock_file = None
 
     def __enter__(self) -> Journal:
         return self
@@ -115,8 +128,41 @@ class Journal:
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
 
+    def _take_run_lock(self) -> None:
+        """Hold the journal for this object's runs (until :meth:`close`).
+
+        Two runs sending through one journal at once would both look up, find
+        nothing, and both send everything: duplicates that neither account flags.
+        An exclusive ``flock`` on ``<path>.lock`` (released by the OS even when the
+        process is killed) lets one run in at a time; where ``fcntl`` does not exist
+        (Windows) there is no such guard.
+        """
+        if self._lock_file is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fh = open(lock_path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise JournalBusy(
+                f"the journal {self.path} is in use by another run (a notebook, another "
+                "process): two runs at once would both send the same rows. Wait for it "
+                "to end (or stop it), then run again"
+            ) from None
+        self._lock_file = fh
+
     def start_run(self) -> int:
-        """Record the start of a run; returns its number."""
+        """Record the start of a run; returns its number.
+
+        Raises:
+            JournalBusy: another run (another Journal object or process) holds it.
+        """
+        self._take_run_lock()
         with self._lock:
             cur = self._db.execute("INSERT INTO runs(started) VALUES (?)", (time.time(),))
             self._run = int(cur.lastrowid or 0)
@@ -238,4 +284,4 @@ def open_journal(journal: Journal | str | os.PathLike[str] | None) -> tuple[Jour
     return Journal(journal), True
 
 
-__all__ = ["ACKED", "AMBIGUOUS", "FAILED", "PENDING", "Journal", "open_journal"]
+__all__ = ["ACKED", "AMBIGUOUS", "FAILED", "PENDING", "Journal", "JournalBusy", "open_journal"]

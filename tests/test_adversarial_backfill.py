@@ -263,3 +263,27 @@ def test_properties_read_from_csv_as_json_text_say_how_to_parse_them(mm_server, 
     assert res.counts["sent"] == 2
     props = {e["user_id"]: e["properties"] for e in mm_server.stored_events()}
     assert props == {"u1": {"plan": "pro"}, "u2": {}}  # no properties: stored as {}
+
+
+def test_a_journal_in_use_by_another_run_is_refused_before_sending(mm_server, tmp_path):
+    # two runs on one journal would both look up, both send everything: duplicates
+    # that neither account flags. The second run is refused until the first ends.
+    from millimetric_nb.journal import Journal
+
+    path = tmp_path / "j.sqlite"
+    df = _frame(30)
+    with _client(mm_server) as client:
+        with Journal(path) as other:
+            other.start_run()  # another run (notebook, process) is using it
+            with pytest.raises(ConfigurationError) as ei:
+                df.millimetric.send_batch(client=client, journal=path, progress=False)
+            assert ei.value.code == "journal_busy" and str(path) in str(ei.value)
+            assert mm_server.count() == 0
+            # a dry run only reads: allowed
+            dry = df.millimetric.send_batch(client=client, journal=path, progress=False,
+                                            dry_run=True)
+            assert dry.counts["planned"] == 30
+        res = df.millimetric.send_batch(client=client, journal=path, progress=False)
+        again = df.millimetric.send_batch(client=client, journal=path, progress=False)
+    assert res.counts["sent"] == 30 and again.counts["skipped"] == 30
+    assert mm_server.count() == 30
