@@ -28,6 +28,7 @@ from .backfill import (
     OnAmbiguous,
     Source,
     event_preparer,
+    field_columns,
     iter_source,
     run_rows,
 )
@@ -152,6 +153,13 @@ async def abackfill(
         source: a DataFrame, an iterable of DataFrames (e.g.
             ``pd.read_csv(path, chunksize=...)``), or a path to a ``.csv``,
             ``.jsonl`` (JSON Lines) or ``.parquet`` file (streamed chunk by chunk).
+            From a file, the columns of the event's string fields (``user_id``...,
+            and any ``*_col`` named) are read as written: a CSV's as text
+            (``00123`` stays ``"00123"``; a blank does not turn a chunk's ids into
+            floats), JSON Lines with JSON's own types (no date or number guessing).
+            Other CSV columns are inferred by pandas chunk by chunk. The index of
+            ``result.rows`` / ``.failed`` is the data row number from 0 (the header
+            line not counted). For your own reading, pass chunks instead.
         client: a Client or AsyncClient; default: the one ``connect()`` set.
         journal: a path (or :class:`~millimetric_nb.journal.Journal`): acknowledged
             ids are recorded there and skipped on the next run.
@@ -181,7 +189,7 @@ async def abackfill(
             f"route must be 'batch' or 'track', not {route!r}", code="invalid_route"
         )
     prepare = event_preparer(mapping, pii, now)
-    chunks, total = iter_source(source, chunksize)
+    chunks, total = iter_source(source, chunksize, field_columns(mapping))
     slow = track_warning(total) if route == "track" else None
     if slow and warn_stacklevel:
         _warnings.warn(slow, UserWarning, stacklevel=warn_stacklevel)

@@ -51,7 +51,15 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Hashable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -106,7 +114,27 @@ OnAmbiguous = Literal["resend", "skip"]
 # --------------------------------------------------------------------------- sources
 
 
-def _read_path(path: Path, chunksize: int) -> tuple[Iterator[pd.DataFrame], int | None]:
+def _whole_floats_to_int(frame: pd.DataFrame, columns: Collection[Hashable]) -> pd.DataFrame:
+    """JSON integers in a column with nulls come back from pandas as floats: the
+    listed (id) columns get them back as integers, when every value is whole."""
+    for col in columns:
+        if col in frame.columns and frame.columns.is_unique:
+            s = frame[col]
+            if pd.api.types.is_float_dtype(s.dtype):
+                v = s.dropna()
+                if len(v) and bool((v == np.floor(v)).all()) and bool((v.abs() < 2**53).all()):
+                    frame[col] = s.astype("Int64")
+    return frame
+
+
+def _read_path(
+    path: Path, chunksize: int, text_columns: Collection[Hashable] = ()
+) -> tuple[Iterator[pd.DataFrame], int | None]:
+    """Chunks of a file. ``text_columns`` (the event's string fields) are read as
+    written: a CSV's as text (pandas would turn ``00123`` into 123, and an id column
+    with a blank into floats, chunk by chunk); JSON Lines keep JSON's own types
+    (pandas would turn ``"00123"`` into 123.0 and numbers in ``*_at`` columns into
+    dates), with whole numbers in id columns that have nulls kept whole."""
     suffixes = [s.lower() for s in path.suffixes]
     if not path.exists():
         raise ConfigurationError(f"no such file: {path}", code="source_not_found")
@@ -130,19 +158,26 @@ def _read_path(path: Path, chunksize: int) -> tuple[Iterator[pd.DataFrame], int 
 
         return parquet_chunks(), int(pf.metadata.num_rows)
     if suffixes and suffixes[-1] in (".jsonl", ".ndjson", ".json"):
-        reader = pd.read_json(path, lines=True, chunksize=chunksize)
-        return iter(reader), None
+        reader = pd.read_json(path, lines=True, chunksize=chunksize, dtype=False)
+        return (_whole_floats_to_int(c, text_columns) for c in reader), None
     if any(s in (".csv", ".tsv", ".txt") for s in suffixes):
         sep = "\t" if ".tsv" in suffixes else ","
-        return iter(pd.read_csv(path, chunksize=chunksize, sep=sep)), None
+        dtype = {c: str for c in text_columns}
+        return iter(pd.read_csv(path, chunksize=chunksize, sep=sep, dtype=dtype)), None
     raise ConfigurationError(
         f"cannot tell the format of {path.name!r}: use .csv, .jsonl (JSON Lines) or .parquet",
         code="unknown_source_format",
     )
 
 
-def iter_source(source: Source, chunksize: int) -> tuple[Iterator[pd.DataFrame], int | None]:
-    """``(chunks, total rows if known)`` for a DataFrame, a path, or DataFrames."""
+def iter_source(
+    source: Source, chunksize: int, text_columns: Collection[Hashable] = ()
+) -> tuple[Iterator[pd.DataFrame], int | None]:
+    """``(chunks, total rows if known)`` for a DataFrame, a path, or DataFrames.
+
+    ``text_columns``: for a file, the columns read as written rather than as pandas
+    infers them (see :func:`field_columns`).
+    """
     if chunksize < 1:
         raise ConfigurationError("chunksize must be at least 1", code="invalid_chunksize")
     if isinstance(source, pd.DataFrame):
@@ -161,7 +196,7 @@ def iter_source(source: Source, chunksize: int) -> tuple[Iterator[pd.DataFrame],
 
         return frame_chunks(), len(frame)
     if isinstance(source, (str, os.PathLike)):
-        return _read_path(Path(source), chunksize)
+        return _read_path(Path(source), chunksize, text_columns)
     if isinstance(source, Iterable):
         it = iter(source)
 
@@ -180,6 +215,19 @@ def iter_source(source: Source, chunksize: int) -> tuple[Iterator[pd.DataFrame],
         "DataFrames, or a path to a CSV, JSON Lines or Parquet file",
         code="invalid_source",
     )
+
+
+def field_columns(mapping: dict[str, Any]) -> set[Hashable]:
+    """The columns that feed the event's string fields under ``mapping`` (the
+    contract's field names, and the columns named by ``*_col`` keywords)."""
+    cols: set[Hashable] = {
+        "event", "event_id", "timestamp", "anonymous_id", "user_id", "session_id",
+        "url", "path", "referrer",
+    }
+    for key, value in mapping.items():
+        if key.endswith("_col") and value is not None:
+            cols.add(value)
+    return cols
 
 
 # --------------------------------------------------------------------------- planning
@@ -1148,6 +1196,7 @@ __all__ = [
     "body_of",
     "check_pii",
     "event_preparer",
+    "field_columns",
     "iter_source",
     "pack",
     "resolve_async_client",

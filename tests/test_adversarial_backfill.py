@@ -287,3 +287,54 @@ def test_a_journal_in_use_by_another_run_is_refused_before_sending(mm_server, tm
         again = df.millimetric.send_batch(client=client, journal=path, progress=False)
     assert res.counts["sent"] == 30 and again.counts["skipped"] == 30
     assert mm_server.count() == 30
+
+
+def _export_rows() -> list[dict]:
+    rows = [{"event": "signup", "user_id": "00123", "anonymous_id": "7",
+             "timestamp": "2026-01-01T10:00:00+02:00", "amount": 5,
+             "created_at": 1767261600}] * 3
+    rows += [{"event": "signup", "user_id": None, "anonymous_id": "a1",
+              "timestamp": "2026-01-01T10:00:00Z", "amount": 7, "created_at": 1767261600}]
+    rows += [{"event": "signup", "user_id": "456", "anonymous_id": "a2",
+              "timestamp": "2026-01-01", "amount": 7, "created_at": 1767261600}] * 2
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_file_sources_keep_ids_as_written_and_json_types(mm_server, tmp_path, fmt):
+    # pandas' inference, chunk by chunk, turned "00123" into 123, a chunk with one blank
+    # user_id into floats (every id in it invalid), and a JSON number in a column
+    # named *_at into a date
+    import json
+
+    rows = _export_rows()
+    path = tmp_path / f"export.{fmt}"
+    if fmt == "csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with _client(mm_server) as client:
+        res = mm.backfill(path, client=client, chunksize=3, progress=False)
+    assert res.counts["sent"] == 6 and res.counts["invalid"] == 0, res.errors
+    stored = sorted(
+        (e["user_id"] or "", e["anonymous_id"], e["properties"]["created_at"],
+         e["properties"]["amount"])
+        for e in mm_server.stored_events()
+    )
+    assert stored == sorted(
+        (r["user_id"] or "", r["anonymous_id"], 1767261600, r["amount"]) for r in rows
+    )
+
+
+def test_jsonl_numeric_ids_with_nulls_are_sent_as_their_digits(mm_server, tmp_path):
+    import json
+
+    rows = [{"event": "e", "user_id": 123, "timestamp": "2026-01-01T00:00:00Z"},
+            {"event": "e", "user_id": None, "anonymous_id": "a",
+             "timestamp": "2026-01-01T00:00:00Z"}]
+    path = tmp_path / "ids.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with _client(mm_server) as client:
+        res = mm.backfill(path, client=client, progress=False)
+    assert res.counts["sent"] == 2
+    assert sorted(str(e["user_id"]) for e in mm_server.stored_events()) == ["123", "None"]
