@@ -14,6 +14,7 @@ Every sending method takes ``client=None`` (the default client set by
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings as _warnings
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ from .backfill import (
     resolve_async_client,
     run_rows,
 )
-from .encode import is_missing
+from .encode import EncodeError, dumps, is_missing
 from .errors import ConfigurationError, ValidationError
 from .events import prepare_forget, prepare_identify
 from .journal import Journal
@@ -100,6 +101,20 @@ def _traits_of(
     return out
 
 
+def _identify_key(body: dict[str, Any]) -> str:
+    """The journal key of an identify: the pair, and a digest of its traits if any,
+    so that changed traits are sent again rather than skipped as already sent."""
+    key = f"$identify{_SEP}{body['anonymous_id']}{_SEP}{body['user_id']}"
+    traits = body.get("traits")
+    if traits:
+        try:
+            raw = dumps(traits, nan_as_null=True, path="traits")
+        except EncodeError:  # validated already; never lose the row over a digest
+            raw = repr(traits).encode("utf-8", "surrogatepass")
+        key += _SEP + hashlib.sha256(raw).hexdigest()[:32]
+    return key
+
+
 def _identify_preparer(anonymous_id_col: str, user_id_col: str, traits: Any) -> Preparer:
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
         anon = _column(frame, anonymous_id_col, "anonymous_id")
@@ -117,7 +132,7 @@ def _identify_preparer(anonymous_id_col: str, user_id_col: str, traits: Any) -> 
                 problems.extend((i, p) for p in exc.problems)
                 continue
             valid[i] = True
-            keys[i] = f"$identify{_SEP}{body['anonymous_id']}{_SEP}{body['user_id']}"
+            keys[i] = _identify_key(body)
             calls.append((np.array([i]), body))
         return PreparedRows(valid, keys, _per_row_errors(frame, problems, offset), [], calls=calls)
 
@@ -278,6 +293,12 @@ class MillimetricAccessor:
 
         Refuses to run without ``confirm=True``; needs an ``sk_`` key. One request
         per distinct user id; every row of that user gets its outcome.
+
+        With ``journal=``, a user id whose delete that journal already recorded as
+        acknowledged is ``skipped`` (so an interrupted run resumes where it
+        stopped). A delete only removes what was stored *before* it: for a later,
+        new request to delete the same users, use a new journal (or none), or
+        their newer events stay.
         """
         check_pii(pii)  # only user ids are sent: nothing else to check
         if confirm is not True and not dry_run:

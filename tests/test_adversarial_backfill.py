@@ -338,3 +338,28 @@ def test_jsonl_numeric_ids_with_nulls_are_sent_as_their_digits(mm_server, tmp_pa
         res = mm.backfill(path, client=client, progress=False)
     assert res.counts["sent"] == 2
     assert sorted(str(e["user_id"]) for e in mm_server.stored_events()) == ["123", "None"]
+
+
+def test_identify_with_changed_traits_is_sent_again_through_the_same_journal(
+    mm_server, tmp_path
+):
+    journal = tmp_path / "j.sqlite"
+    df = pd.DataFrame({"anonymous_id": ["a1", "a2"], "user_id": ["u1", "u2"],
+                       "plan": ["free", "free"]})
+
+    def identifies() -> int:
+        return sum(n for s, n in mm_server.status_counts().get("identify", {}).items()
+                   if 200 <= s < 300)
+
+    with _client(mm_server) as client:
+        first = df.millimetric.identify(traits=["plan"], client=client, journal=journal,
+                                        progress=False)
+        same = df.millimetric.identify(traits=["plan"], client=client, journal=journal,
+                                       progress=False)
+        assert first.counts["sent"] == 2 and same.counts["skipped"] == 2
+        assert identifies() == 2
+        upgraded = df.assign(plan=["pro", "free"]).millimetric.identify(
+            traits=["plan"], client=client, journal=journal, progress=False)
+    # the changed traits are sent, the unchanged row is still recognised
+    assert upgraded.rows["status"].tolist() == ["sent", "skipped"]
+    assert identifies() == 3
