@@ -170,6 +170,20 @@ def _read_path(
     )
 
 
+def _not_frames(source: Any) -> str | None:
+    """Why a source that iterates but not over DataFrames is refused (with the fix),
+    before anything is read: iterating would yield its labels, columns or records."""
+    if isinstance(source, pd.Series):
+        return "pass a DataFrame (series.to_frame(), or the whole frame)"
+    if hasattr(source, "to_pandas") and not isinstance(source, Iterator):
+        return "pass a pandas DataFrame: source.to_pandas()"
+    if isinstance(source, dict):
+        return "pass one DataFrame, or its frames: pd.concat(d.values()) or d.values()"
+    if isinstance(source, (list, tuple)) and source and isinstance(source[0], dict):
+        return "records are not a DataFrame: pass pd.DataFrame(records)"
+    return None
+
+
 def iter_source(
     source: Source, chunksize: int, text_columns: Collection[Hashable] = ()
 ) -> tuple[Iterator[pd.DataFrame], int | None]:
@@ -197,6 +211,12 @@ def iter_source(
         return frame_chunks(), len(frame)
     if isinstance(source, (str, os.PathLike)):
         return _read_path(Path(source), chunksize, text_columns)
+    refused = _not_frames(source)
+    if refused:
+        raise ConfigurationError(
+            f"cannot backfill from a {type(source).__name__}: {refused}",
+            code="invalid_source",
+        )
     if isinstance(source, Iterable):
         it = iter(source)
 
@@ -1165,7 +1185,15 @@ def event_preparer(
     stable across chunks.
     """
     check_pii(pii)
-    from .frame import EventIdState, id_recipe, prepare_chunk, resolve_mapping
+    from .frame import (
+        EventIdState,
+        check_mapping_keywords,
+        id_recipe,
+        prepare_chunk,
+        resolve_mapping,
+    )
+
+    check_mapping_keywords(mapping)
 
     state: dict[str, Any] = {"mapping": None, "ids": EventIdState()}
 

@@ -66,6 +66,7 @@ __all__ = [
     "EventIdState",
     "FieldMapping",
     "PreparedChunk",
+    "check_mapping_keywords",
     "describe_recipe_change",
     "detect_pii",
     "id_recipe",
@@ -136,6 +137,30 @@ def _mapping_error(message: str, column: Any, what: str = "mapping") -> Validati
 def _property_key(label: Hashable) -> str:
     """The JSON key of a property column: the label, or ``str(label)``."""
     return label if isinstance(label, str) else str(label)
+
+
+def check_mapping_keywords(mapping: Mapping[str, Any]) -> None:
+    """Refuse a mapping keyword :func:`resolve_mapping` does not know (a typo such as
+    ``user_col=``), naming it, the closest known one and the whole list."""
+    import difflib
+    import inspect
+
+    known = [
+        name for name, p in inspect.signature(resolve_mapping).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = [k for k in mapping if k not in known]
+    if not unknown:
+        return
+    parts = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, known, n=1)
+        parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigurationError(
+        f"unknown mapping keyword(s) {', '.join(parts)}; the mapping keywords are "
+        f"{', '.join(known)}",
+        code="invalid_mapping",
+    )
 
 
 def resolve_mapping(

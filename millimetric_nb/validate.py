@@ -19,6 +19,7 @@ import pandas as pd
 from .frame import (
     ERROR_COLUMNS,
     EventIdState,
+    check_mapping_keywords,
     emit_warnings,
     prepare_chunk,
     resolve_mapping,
@@ -162,9 +163,11 @@ def validate_frame(
     Raises:
         ValidationError: ``invalid_mapping`` for a named column that does not exist or
             duplicate column labels; ``pii="error"`` with personal-looking columns.
+        ConfigurationError: ``invalid_mapping`` for an unknown mapping keyword.
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"validate_frame needs a pandas DataFrame, not {type(df).__name__}")
+    check_mapping_keywords(mapping_kwargs)
     mapping, mwarns = resolve_mapping(list(df.columns), **mapping_kwargs)
     chunk = prepare_chunk(df, mapping, pii=pii, now=now, ids=EventIdState(), encode=False)
     warns = [*mwarns, *chunk.warnings]

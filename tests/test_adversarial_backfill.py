@@ -363,3 +363,40 @@ def test_identify_with_changed_traits_is_sent_again_through_the_same_journal(
     # the changed traits are sent, the unchanged row is still recognised
     assert upgraded.rows["status"].tolist() == ["sent", "skipped"]
     assert identifies() == 3
+
+
+def test_a_mistyped_mapping_keyword_is_refused_up_front_by_name(mm_server):
+    df = _frame(5)
+    with _client(mm_server) as client:
+        with pytest.raises(ConfigurationError) as ei:
+            df.millimetric.send_batch(client=client, user_col="user_id", progress=False)
+        assert ei.value.code == "invalid_mapping"
+        assert "user_col" in str(ei.value) and "user_id_col" in str(ei.value)
+        with pytest.raises(ConfigurationError, match="user_col"):
+            mm.backfill(df, client=client, user_col="user_id", dry_run=True, progress=False)
+    assert mm_server.count() == 0
+
+
+@pytest.mark.parametrize("kind", ["series", "polars", "records", "dict"])
+def test_a_source_that_is_not_frames_is_refused_up_front_with_a_hint(mm_server, kind):
+    import polars as pl
+
+    df = _frame(5)
+    source = {
+        "series": df["event"],
+        "polars": pl.from_pandas(df),
+        "records": df.to_dict("records"),
+        "dict": {"a": df},
+    }[kind]
+    with _client(mm_server) as client, pytest.raises(ConfigurationError) as ei:
+        mm.backfill(source, client=client, progress=False)
+    assert ei.value.code == "invalid_source"
+    hint = {"series": "to_frame", "polars": "to_pandas", "records": "pd.DataFrame",
+            "dict": "values"}[kind]
+    assert hint in str(ei.value)
+    assert mm_server.count() == 0
+
+
+def test_validate_names_a_mistyped_mapping_keyword():
+    with pytest.raises(ConfigurationError, match="did you mean 'user_id_col'"):
+        _frame(2).millimetric.validate(user_col="user_id")
