@@ -27,8 +27,8 @@ What it guarantees:
   (read timeout, connection dropped after sending, any 5xx) marks the request
   *ambiguous*; the server does not deduplicate, so a later success still reports
   ``ambiguous=True`` (a duplicate may exist) and a final failure raises with
-  ``.ambiguous=True``. A connect error (the request never left) and a 429 are not
-  ambiguous.
+  ``.ambiguous=True``. A connect error (the request never left), a 429 and any
+  failure of a read (``GET``, which writes nothing) are not ambiguous.
 """
 
 from __future__ import annotations
@@ -415,13 +415,15 @@ class AsyncClient:
         except ValueError as exc:
             raise ConfigurationError(str(exc), code="invalid_rate_limits") from None
         self._observer = observer
-        self._http = httpx.AsyncClient(
-            base_url=self._host,
-            timeout=httpx.Timeout(timeout),
-            transport=transport,
-            headers={"user-agent": f"millimetric-nb/{_VERSION}"},
-            follow_redirects=False,
-        )
+        # No pool timeout: waiting for a free connection is this client's own queue
+        # (more concurrent calls than connections), not a failure of the server; every
+        # request holding a connection is bounded by the connect/write/read timeouts.
+        self._timeout = httpx.Timeout(timeout, pool=None)
+        self._transport = transport
+        #: One connection pool per event loop (httpx's pool belongs to the loop it was
+        #: used on): a script may use the client under its sync face, then under
+        #: ``asyncio.run``, then again synchronously.
+        self._pools: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ identity
@@ -463,10 +465,35 @@ class AsyncClient:
     # ------------------------------------------------------------------ lifecycle
 
     async def aclose(self) -> None:
-        """Close the connection pool. Idempotent."""
-        if not self._closed:
-            self._closed = True
-            await self._http.aclose()
+        """Close the connection pool of the running loop and refuse further calls.
+
+        Idempotent; calling it again on another loop closes that loop's pool too (a
+        sync ``Client`` does so for its own loop). Pools of loops already closed are
+        dropped: their connections ended with their loop.
+        """
+        self._closed = True
+        for owner in [o for o in self._pools if o.is_closed()]:
+            del self._pools[owner]
+        http = self._pools.pop(asyncio.get_running_loop(), None)
+        if http is not None:
+            await http.aclose()
+
+    def _pool(self) -> httpx.AsyncClient:
+        """The connection pool of the running event loop (made on first use there)."""
+        loop = asyncio.get_running_loop()
+        http = self._pools.get(loop)
+        if http is None:
+            for owner in [o for o in self._pools if o.is_closed()]:
+                del self._pools[owner]  # its connections ended with that loop
+            http = httpx.AsyncClient(
+                base_url=self._host,
+                timeout=self._timeout,
+                transport=self._transport,
+                headers={"user-agent": f"millimetric-nb/{_VERSION}"},
+                follow_redirects=False,
+            )
+            self._pools[loop] = http
+        return http
 
     close = aclose  # ``await client.close()`` reads naturally too
 
@@ -556,8 +583,11 @@ class AsyncClient:
             headers["content-type"] = "application/json"
         failure: MillimetricError | None = None
         ambiguous = False
+        # A read (GET) writes nothing: its failures are never ambiguous.
+        writes = route.method != "GET"
+        maybe_written = "; the server may have written it" if writes else ""
         try:
-            response = await self._http.request(
+            response = await self._pool().request(
                 route.method, route.path, content=content, params=params, headers=headers
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -567,20 +597,20 @@ class AsyncClient:
                 code="connect_failed",
             )
         except httpx.TimeoutException as exc:
-            ambiguous = True
+            ambiguous = writes
             failure = TransportError(
                 self._scrub(
                     f"{route.method} {route.path} timed out ({type(exc).__name__}) after the "
-                    "request was sent: the server may have written it"
+                    f"request was sent{maybe_written}"
                 ),
                 code="timeout",
             )
         except httpx.HTTPError as exc:  # read/write errors, dropped connections, decoding
-            ambiguous = True
+            ambiguous = writes
             failure = TransportError(
                 self._scrub(
                     f"{route.method} {route.path}: the connection failed after sending "
-                    f"({type(exc).__name__}: {exc}); the server may have written it"
+                    f"({type(exc).__name__}: {exc}){maybe_written}"
                 ),
                 code="connection_lost",
             )
@@ -609,7 +639,7 @@ class AsyncClient:
             error.ambiguous = state.ambiguous
             # The bucket holds the route (for every caller) until Retry-After passes.
             raise _Attempt(error, retryable=True, delay=0.0)
-        if status >= 500:
+        if status >= 500 and writes:
             state.ambiguous = True
         error.ambiguous = state.ambiguous
         raise _Attempt(error, retryable=status in _RETRY_STATUSES, delay=None)

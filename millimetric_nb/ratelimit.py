@@ -25,6 +25,9 @@ so the client's count of tokens never exceeds the server's. If no answer comes
 within ``hold_max_s`` the refill starts anyway. On top of that a small reserve of
 ``refill * lag_s`` tokens absorbs clock and scheduling jitter; the sustained
 rate is unchanged.
+
+A bucket may be used from successive event loops (one at a time, e.g. a sync
+``Client``'s own loop, then ``asyncio.run``): its FIFO lock is per loop.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ class TokenBucket:
         self._last = self._clock()
         self._paused_until = float("-inf")
         self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self.hold = hold and limit is not None
         self.hold_max_s = hold_max_s
         self._held_since: float | None = None  # refill suspended since (awaiting confirm)
@@ -153,8 +157,12 @@ class TokenBucket:
 
     async def acquire(self, *, on_wait: WaitHook | None = None) -> float:
         """Take one token, waiting (FIFO) as long as needed; return the seconds waited."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            # An asyncio.Lock belongs to the loop it first waited on; a client moved to
+            # another loop (``asyncio.run`` after sync calls) gets a fresh lock there.
+            # The tokens and pauses are plain numbers and carry over.
+            self._lock, self._lock_loop = asyncio.Lock(), loop
         waited = 0.0
         reported = ""
         async with self._lock:

@@ -175,7 +175,9 @@ class Client:
 
     def close(self) -> None:
         """Close the connection pool and the private loop. Idempotent."""
-        if not self._async.closed:
+        if not self._async.closed or self._loop is not None or _running_loop() is not None:
+            # Closes the pool of the loop it runs on, even after an ``await aclose()``
+            # elsewhere (e.g. under ``asyncio.run``) closed only that loop's pool.
             self.run(self._async.aclose())
         loop, self._loop = self._loop, None
         if loop is not None and not loop.is_closed() and not loop.is_running():

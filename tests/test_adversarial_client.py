@@ -1,0 +1,127 @@
+"""The client used the way real scripts and notebooks use it, over loopback HTTP.
+
+Each test here reproduces a failure found by using the public API like a user:
+moving one client between event loops, queueing more requests than the
+connection pool holds, and reads that time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+import millimetric_nb as mm
+from millimetric_nb.client import no_backoff
+from millimetric_nb.contract import RateLimit
+from millimetric_nb.errors import TransportError
+from millimetric_nb.ratelimit import RateLimiter, TokenBucket
+
+WINDOW = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z", "limit": 1000}
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries() -> Iterator[None]:
+    with no_backoff():
+        yield
+
+
+def stored_names(srv) -> list[str]:
+    """Event names stored by ``srv`` (read back with a fresh client)."""
+    with mm.Client(srv.keys["sk"], srv.url) as reader:
+        rows = reader.read("query", WINDOW)["rows"]
+    return sorted(r["event_name"] for r in rows)
+
+
+def test_sync_calls_after_asyncio_run_of_the_same_client(mm_server):
+    """A script awaits the client under ``asyncio.run`` (whose loop then closes), then
+    calls it synchronously: the second call must not die on the dead loop's pool."""
+    client = mm.Client(mm_server.keys["sk"], mm_server.url)
+    asyncio.run(client.async_client.track("from_asyncio_run"))
+    outcome = client.track("from_sync_after")
+    assert outcome.status == 202
+    client.close()
+    assert stored_names(mm_server) == ["from_asyncio_run", "from_sync_after"]
+
+
+def test_asyncio_run_after_sync_calls_of_the_same_client(mm_server):
+    """Sync calls first (the Client's private loop), then ``asyncio.run`` of its
+    ``async_client``, then sync again: every call is stored exactly once."""
+    client = mm.Client(mm_server.keys["sk"], mm_server.url)
+    client.track("sync_1")
+
+    async def main() -> int:
+        result = await client.async_client.batch([{"event": "async_1"}, {"event": "async_2"}])
+        return result.stored
+
+    assert asyncio.run(main()) == 2
+    assert client.track("sync_2").status == 202
+    client.close()
+    assert client.closed
+    assert stored_names(mm_server) == ["async_1", "async_2", "sync_1", "sync_2"]
+
+
+def test_two_asyncio_runs_with_rate_limited_contention(mm_server):
+    """The same AsyncClient under two successive ``asyncio.run`` calls, each with enough
+    concurrent calls to queue on the route's bucket lock (bound to the first loop)."""
+    limiter = RateLimiter({"track": RateLimit(refill=1000.0, burst=2)})
+    client = mm.AsyncClient(mm_server.keys["sk"], mm_server.url, rate_limits=limiter)
+
+    async def burst(tag: str) -> int:
+        outcomes = await asyncio.gather(*(client.track(f"{tag}") for _ in range(6)))
+        return len(outcomes)
+
+    assert asyncio.run(burst("first")) == 6
+    assert asyncio.run(burst("second")) == 6
+    asyncio.run(client.aclose())
+    assert stored_names(mm_server) == ["first"] * 6 + ["second"] * 6
+
+
+def test_bucket_lock_follows_the_running_loop() -> None:
+    """A token bucket whose lock was bound to a closed loop still serves a new loop."""
+    bucket = TokenBucket(RateLimit(refill=1000.0, burst=1))
+
+    async def contend() -> None:
+        await asyncio.gather(*(bucket.acquire() for _ in range(3)))
+
+    asyncio.run(contend())
+    asyncio.run(contend())  # RuntimeError "bound to a different event loop" before the fix
+
+
+def test_more_concurrent_calls_than_pool_connections_all_get_in(mm_server_factory):
+    """Many concurrent tracks on one client queue for a connection instead of failing
+    with a pool timeout reported as 'could not connect' (the wait is the client's own
+    queue, not the server's fault)."""
+    # 300 calls, 100 connections, 0.8 s per answer: the third wave waits ~1.6 s for a
+    # connection, longer than the 1.5 s timeout that each request itself respects.
+    srv = mm_server_factory(limits="off", latency_ms=800)
+    client = mm.AsyncClient(srv.keys["sk"], srv.url, rate_limits="off", timeout=1.5,
+                            max_attempts=1)
+
+    async def main() -> list[object]:
+        calls = [client.track("many") for _ in range(300)]
+        try:
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(main())
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures == []
+    assert stored_names(srv).count("many") == 300
+
+
+def test_read_timeout_is_not_reported_as_a_possible_write(mm_server_factory):
+    """A read (GET /v1/query) that times out writes nothing: it is not ambiguous and its
+    message does not claim the server may have written something."""
+    srv = mm_server_factory(limits="off", latency_ms=800)
+    with mm.Client(srv.keys["sk"], srv.url, timeout=0.2, max_attempts=2) as client:
+        with pytest.raises(TransportError) as info:
+            client.read("query", WINDOW)
+    err = info.value
+    assert err.code == "timeout"
+    assert err.attempts == 2
+    assert err.ambiguous is False
+    assert "written" not in str(err)
+    assert "/v1/query" in str(err)
