@@ -1195,14 +1195,26 @@ def event_preparer(
 
     check_mapping_keywords(mapping)
 
-    state: dict[str, Any] = {"mapping": None, "ids": EventIdState()}
+    state: dict[str, Any] = {"mapping": None, "ids": EventIdState(), "columns": None}
+    widened: dict[tuple[Hashable, ...], tuple[Any, list[str]]] = {}
 
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
         warns: list[str] = []
         if state["mapping"] is None:
             state["mapping"], warns = resolve_mapping(list(frame.columns), **mapping)
+            state["columns"] = list(frame.columns)
+        chunk_mapping = state["mapping"]
+        known = state["columns"]
+        extra = tuple(c for c in frame.columns if c not in known)
+        if extra:
+            # a column that appears in a later chunk (e.g. a newer export) is mapped
+            # as it would be in the concatenated frame, where earlier rows lack it
+            if extra not in widened:
+                widened[extra] = resolve_mapping([*known, *extra], **mapping)
+            chunk_mapping, more = widened[extra]
+            warns = [*warns, *more]
         p = prepare_chunk(
-            frame, state["mapping"], offset=offset, pii=pii, now=now, ids=state["ids"],
+            frame, chunk_mapping, offset=offset, pii=pii, now=now, ids=state["ids"],
         )
         return PreparedRows(
             valid=np.asarray(p.valid, dtype=bool),

@@ -400,3 +400,20 @@ def test_a_source_that_is_not_frames_is_refused_up_front_with_a_hint(mm_server, 
 def test_validate_names_a_mistyped_mapping_keyword():
     with pytest.raises(ConfigurationError, match="did you mean 'user_id_col'"):
         _frame(2).millimetric.validate(user_col="user_id")
+
+
+def test_a_column_that_appears_in_a_later_chunk_is_sent_like_in_one_frame(mm_server):
+    # monthly exports gaining a column: its values were silently dropped, because the
+    # mapping was fixed by the first chunk's columns
+    first = _frame(3).assign(plan="free")
+    later = _frame(3).assign(plan="pro", coupon="X1", user_id=["v0", "v1", "v2"])
+    whole = pd.concat([first, later], ignore_index=True)
+    with _client(mm_server) as client:
+        res = mm.backfill(iter([first, later]), client=client, progress=False)
+        as_one = mm.backfill(whole, client=client, dry_run=True, progress=False)
+    assert res.counts["sent"] == 6
+    props = {e["user_id"]: e["properties"] for e in mm_server.stored_events()}
+    assert props["u0"] == {"plan": "free"}
+    assert props["v0"] == {"plan": "pro", "coupon": "X1"}
+    # the same ids as the concatenated frame would get
+    assert res.rows["event_id"].tolist() == as_one.rows["event_id"].tolist()
