@@ -417,3 +417,22 @@ def test_a_column_that_appears_in_a_later_chunk_is_sent_like_in_one_frame(mm_ser
     assert props["v0"] == {"plan": "pro", "coupon": "X1"}
     # the same ids as the concatenated frame would get
     assert res.rows["event_id"].tolist() == as_one.rows["event_id"].tolist()
+
+
+def test_failed_rows_with_a_partly_empty_event_id_column_get_the_derived_ids(mm_server):
+    df = _frame(4).assign(event_id=["e0", None, "e2", None])
+    mm_server.inject("batch", "upstream_failed", 1)
+    client = mm.Client(key=mm_server.keys["sk"], host=mm_server.url, rate_limits="off",
+                       max_attempts=1)
+    with client:
+        first = df.millimetric.send_batch(client=client, progress=False)
+        assert first.counts["ambiguous"] == 4
+        failed = first.failed
+        assert list(failed.columns) == list(df.columns)  # no column added
+        assert failed["event_id"].tolist() == first.rows["event_id"].tolist()
+        assert failed["event_id"].tolist()[0::2] == ["e0", "e2"]
+        again = failed.millimetric.send_batch(client=client, progress=False)
+    assert again.counts["sent"] == 4
+    assert again.rows["event_id"].tolist() == first.rows["event_id"].tolist()
+    assert sorted(e["event_id"] for e in mm_server.stored_events()) == sorted(
+        first.rows["event_id"])
