@@ -774,6 +774,13 @@ class AsyncClient:
     ) -> BatchResult:
         """Send any number of events through ``/v1/batch``.
 
+        If the call is cancelled (a notebook interrupt, Ctrl-C through the sync
+        ``Client``), every request stops: requests cut off in flight are ``failed``
+        with code ``interrupted`` and ``ambiguous=True`` (they may have been written),
+        requests not yet sent are ``not_sent``. The cancellation propagates with the
+        account as its ``.result`` attribute (the sync ``Client`` moves it onto the
+        ``KeyboardInterrupt``).
+
         Every event is validated first: if any is invalid, a :class:`ValidationError`
         names each (``events[i].field``) and nothing is sent. The events are then
         split into requests of at most 1000 events and 5 MB, sent concurrently as far
@@ -824,22 +831,60 @@ class AsyncClient:
 
         async def send(index: int, start: int, stop: int) -> BatchRequest:
             body = _BATCH_OPEN + b",".join(encoded[start:stop]) + _BATCH_CLOSE
-            async with sem:
-                if abandon.is_set():
+            sent = 0  # attempts that left (RequestSent), for the account of a cancellation
+
+            def watch(event: Any) -> None:
+                nonlocal sent
+                if isinstance(event, RequestSent):
+                    sent += 1
+                if observer is not None:
+                    observer(event)
+
+            try:
+                async with sem:
+                    if abandon.is_set():
+                        return BatchRequest(index, start, stop, len(body), "not_sent")
+                    try:
+                        outcome = await self.send_batch_body(body, stop - start, observer=watch)
+                    except MillimetricError as exc:
+                        if exc.status in (401, 403) or exc.code in ("client_closed",):
+                            abandon.set()
+                        emit(Failed("batch", stop - start, exc.code, str(exc), exc.ambiguous))
+                        return BatchRequest(index, start, stop, len(body), "failed",
+                                            exc.attempts, exc.ambiguous, exc)
+            except asyncio.CancelledError:
+                # Interrupted (Ctrl-C, a kernel interrupt, a cancelled task): account for
+                # this request instead of vanishing; batch() re-raises the cancellation.
+                if not sent:
                     return BatchRequest(index, start, stop, len(body), "not_sent")
-                try:
-                    outcome = await self.send_batch_body(body, stop - start, observer=observer)
-                except MillimetricError as exc:
-                    if exc.status in (401, 403) or exc.code in ("client_closed",):
-                        abandon.set()
-                    emit(Failed("batch", stop - start, exc.code, str(exc), exc.ambiguous))
-                    return BatchRequest(index, start, stop, len(body), "failed",
-                                        exc.attempts, exc.ambiguous, exc)
+                cut = MillimetricError(
+                    f"interrupted while POST /v1/batch was in flight ({stop - start} events); "
+                    "the server may have written it",
+                    code="interrupted", attempts=sent, ambiguous=True,
+                )
+                emit(Failed("batch", stop - start, cut.code, str(cut), True))
+                return BatchRequest(index, start, stop, len(body), "failed", sent, True, cut)
             emit(Acknowledged("batch", stop - start, outcome.attempts, outcome.ambiguous))
             return BatchRequest(index, start, stop, len(body), "stored",
                                 outcome.attempts, outcome.ambiguous)
 
-        requests = list(await asyncio.gather(*(send(i, a, b) for i, (a, b) in enumerate(plan))))
+        tasks = [asyncio.ensure_future(send(i, a, b)) for i, (a, b) in enumerate(plan)]
+        try:
+            requests = list(await asyncio.gather(*tasks))
+        except asyncio.CancelledError as cancelled:
+            # gather cancelled every request and waited for each to give its account.
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            await asyncio.wait(tasks)  # pragma: no branch - normally all done already
+            result = BatchResult(n, [
+                task.result() if not task.cancelled() and task.exception() is None
+                else BatchRequest(i, a, b, 0, "not_sent")
+                for task, (i, (a, b)) in zip(tasks, enumerate(plan), strict=True)
+            ])
+            emit(Done(result.counts, loop.time() - started))
+            cancelled.result = result  # type: ignore[attr-defined]  # read by sync.run_sync
+            raise
         result = BatchResult(n, requests)
         emit(Done(result.counts, loop.time() - started))
         if raise_on_error and not result.ok:

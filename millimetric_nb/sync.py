@@ -47,7 +47,43 @@ def _run_nested(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -
     import nest_asyncio2
 
     nest_asyncio2.apply(loop)
-    return loop.run_until_complete(coro)
+    return _run_to_end(loop, coro)
+
+
+def _run_to_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """``loop.run_until_complete(coro)``, except that an interrupt stops the work too.
+
+    A ``KeyboardInterrupt`` (Ctrl-C, a Jupyter kernel interrupt) raised while the loop
+    waits would otherwise leave the call's task pending on the loop, to carry on
+    sending the next time the loop runs, behind the user's back. Here the task is
+    cancelled and allowed to settle, and the interrupt is re-raised carrying the
+    account a cancelled ``batch`` gives (``.result``, and a note in the traceback).
+    """
+    task = loop.create_task(coro)
+    try:
+        return loop.run_until_complete(task)
+    except KeyboardInterrupt as interrupt:
+        if not task.done():
+            task.cancel()
+            try:
+                loop.run_until_complete(task)
+            except (asyncio.CancelledError, Exception) as settled:
+                _annotate(interrupt, getattr(settled, "result", None))
+        raise
+
+
+def _annotate(interrupt: BaseException, account: Any) -> None:
+    """Put a cancelled batch's account on the interrupt (``.result`` and a note)."""
+    if not isinstance(account, BatchResult):
+        return
+    interrupt.result = account  # type: ignore[attr-defined]
+    cut = sum(r.events for r in account.requests if r.state == "failed" and r.ambiguous)
+    interrupt.add_note(
+        f"millimetric_nb: the batch was interrupted: {account.stored:,} of "
+        f"{account.events:,} events stored, {cut:,} in requests cut off in flight (the "
+        f"server may have written them), {account.not_sent:,} never sent; "
+        "the exception's .result has the account of every request"
+    )
 
 
 def _shared_loop() -> asyncio.AbstractEventLoop:
@@ -71,7 +107,7 @@ def run_sync(
         return _run_nested(running, coro)
     with _module_lock:
         target = loop if loop is not None else _shared_loop()
-        return target.run_until_complete(coro)
+        return _run_to_end(target, coro)
 
 
 class Client:

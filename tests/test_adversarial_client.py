@@ -8,6 +8,10 @@ connection pool holds, and reads that time out.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 
 import pytest
@@ -125,3 +129,60 @@ def test_read_timeout_is_not_reported_as_a_possible_write(mm_server_factory):
     assert err.ambiguous is False
     assert "written" not in str(err)
     assert "/v1/query" in str(err)
+
+
+INTERRUPT_SCRIPT = textwrap.dedent("""
+    import asyncio, os, signal, threading, time
+    from millimetric_nb.sync import Client
+
+    def interrupt_soon():
+        time.sleep(float(os.environ["T_AFTER"]))
+        os.kill(os.getpid(), signal.SIGINT)  # what a kernel interrupt delivers
+
+    def body():
+        c = Client(os.environ["T_KEY"], os.environ["T_URL"])
+        threading.Thread(target=interrupt_soon, daemon=True).start()
+        try:
+            c.batch([{"event": "big", "properties": {"i": i}} for i in range(30_000)])
+        except KeyboardInterrupt as exc:
+            r = exc.result
+            print("ACCOUNT", r.events, r.stored, r.failed, r.not_sent,
+                  sum(q.events for q in r.requests if q.ambiguous), flush=True)
+            print("NOTE", " ".join(getattr(exc, "__notes__", [])), flush=True)
+        time.sleep(1.0)  # nothing may keep sending in the background
+        print("AFTER", c.track("after").status, flush=True)
+        c.close()
+
+    if os.environ["T_MODE"] == "loop":
+        async def main():
+            # asyncio.run cancels its main task on SIGINT; a Jupyter kernel raises
+            # KeyboardInterrupt where the loop waits instead, as restored here.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            body()
+        asyncio.run(main())
+    else:
+        body()
+""")
+
+
+@pytest.mark.parametrize("mode", ["script", "loop"])
+def test_interrupted_sync_batch_stops_and_gives_its_account(mm_server_factory, mode):
+    """Ctrl-C / a kernel interrupt during a sync ``batch``: the batch stops (nothing is
+    sent afterwards behind the user's back), the KeyboardInterrupt carries the account
+    of every event (stored, in flight and possibly written, never sent), and the client
+    still works afterwards."""
+    srv = mm_server_factory(limits="production", latency_ms=200)
+    env = {**os.environ, "T_KEY": srv.keys["sk"], "T_URL": srv.url, "T_AFTER": "1.0",
+           "T_MODE": mode}
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
+    events, stored, failed, not_sent, in_flight = map(int, lines["ACCOUNT"].split())
+    assert events == 30_000 and stored + failed + not_sent == events
+    assert 0 < not_sent  # the batch did stop
+    assert failed == in_flight  # every failed request was cut off mid-flight: ambiguous
+    assert "interrupted" in lines["NOTE"] and f"{stored:,}" in lines["NOTE"]
+    assert lines["AFTER"] == "202"
+    big = [e for e in srv.stored_events() if e["event_name"] == "big"]
+    assert stored <= len(big) <= stored + in_flight
