@@ -413,6 +413,13 @@ def _read_endpoint(name: str) -> Any:
     async def endpoint(request: Request) -> Response:
         state = _state(request)
         key = state.authorize(request, name)
+        names = [k for k, _ in request.query_params.multi_items()]
+        repeated = sorted({k for k in names if names.count(k) > 1})
+        if repeated:  # which one would count? Refused rather than guessed.
+            raise Refusal("invalid_params", field_errors({
+                k: [f"repeated: given {names.count(k)} times; give it once "
+                    "(group_by takes a comma list)"] for k in repeated
+            }))
         try:
             answer = runner(state.storage, key.project, request.query_params)
         except reads.ParamError as exc:
