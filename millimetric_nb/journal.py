@@ -150,9 +150,9 @@ class Journal:
         except BlockingIOError:
             fh.close()
             raise JournalBusy(
-                f"the journal {self.path} is in use by another run (a notebook, another "
-                "process): two runs at once would both send the same rows. Wait for it "
-                "to end (or stop it), then run again"
+                f"the journal {self.path} is in use by another run (another process, or a "
+                "Journal object for it still open here: close it): two runs at once would "
+                "both send the same rows. Wait for the other run to end, then run again"
             ) from None
         self._lock_file = fh
 
