@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import ipaddress
 import logging
 import math
@@ -274,15 +276,28 @@ def _retry_after(response: httpx.Response, body: Mapping[str, Any]) -> float:
     header = response.headers.get("retry-after")
     if header is not None:
         try:
-            return max(0.0, float(header))
+            seconds = float(header)
         except ValueError:
-            pass
+            seconds = _retry_after_date(header)
+        if seconds is not None and math.isfinite(seconds):  # "inf" would hold the route forever
+            return max(0.0, seconds)
     details = body.get("details")
     if isinstance(details, Mapping):
         value = details.get("retry_after_s")
         if isinstance(value, int | float) and not isinstance(value, bool):
             return max(0.0, float(value))
     return _DEFAULT_RETRY_AFTER
+
+
+def _retry_after_date(header: str) -> float | None:
+    """Seconds until an HTTP-date ``Retry-After`` (RFC 9110's other form), else None."""
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return (when - datetime.datetime.now(datetime.UTC)).total_seconds()
 
 
 class _Attempt(Exception):

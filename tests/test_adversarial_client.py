@@ -186,3 +186,58 @@ def test_interrupted_sync_batch_stops_and_gives_its_account(mm_server_factory, m
     assert lines["AFTER"] == "202"
     big = [e for e in srv.stored_events() if e["event_name"] == "big"]
     assert stored <= len(big) <= stored + in_flight
+
+
+@pytest.mark.parametrize("header", ["inf", "nan", "Wed, 21 Oct 2015 07:28:00 GMT", "soon"])
+def test_odd_retry_after_headers_neither_hang_nor_crash(header):
+    """A proxy in front of the API may send ``Retry-After: inf`` or an HTTP date (both
+    legal to parse, the date is RFC 9110's other form): the client must not pause the
+    route forever, and uses the body's ``retry_after_s`` (here 0) when the header is
+    unusable. Faults shaped with MockTransport: the local server always sends seconds."""
+    import httpx
+
+    answers = iter([
+        httpx.Response(429, headers={"Retry-After": header},
+                       json={"error": "rate_limited", "details": {"retry_after_s": 0}}),
+        httpx.Response(202, json={"ok": True, "event_id": "e1"}),
+    ])
+    transport = httpx.MockTransport(lambda request: next(answers))
+    client = mm.AsyncClient("sk_live_1a2b3c4d_" + "s" * 24, "http://127.0.0.1:9",
+                            transport=transport)
+
+    async def main() -> object:
+        try:
+            return await asyncio.wait_for(client.track("x"), timeout=10)
+        finally:
+            await client.aclose()
+
+    outcome = asyncio.run(main())
+    assert outcome.attempts == 2 and outcome.status == 202
+    assert client.limiter.bucket("track").paused_for < 2.0
+
+
+def test_retry_after_as_an_http_date_is_honoured():
+    """``Retry-After: <HTTP-date>`` in the past means retry now (it used to be ignored,
+    and the default 1 s pause applied)."""
+    import httpx
+
+    from millimetric_nb.progress import Waiting
+
+    answers = iter([
+        httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"},
+                       json={"error": "rate_limited"}),
+        httpx.Response(202, json={"ok": True, "event_id": "e1"}),
+    ])
+    seen: list[object] = []
+    client = mm.AsyncClient("sk_live_1a2b3c4d_" + "s" * 24, "http://127.0.0.1:9",
+                            transport=httpx.MockTransport(lambda request: next(answers)),
+                            observer=seen.append)
+
+    async def main() -> object:
+        try:
+            return await client.track("x")
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()).attempts == 2
+    assert [e for e in seen if isinstance(e, Waiting) and e.reason == "retry_after"] == []
