@@ -157,7 +157,9 @@ async def abackfill(
             and any ``*_col`` named) are read as written: a CSV's as text
             (``00123`` stays ``"00123"``; a blank does not turn a chunk's ids into
             floats), JSON Lines with JSON's own types (no date or number guessing).
-            Other CSV columns are inferred by pandas chunk by chunk. The index of
+            Other CSV columns are inferred by pandas chunk by chunk. A CSV whose
+            header has semicolons and no comma is read with ``sep=";"``; files
+            must be UTF-8 (else read them yourself and pass the chunks). The index of
             ``result.rows`` / ``.failed`` is the data row number from 0 (the header
             line not counted). For your own reading, pass chunks instead.
         client: a Client or AsyncClient; default: the one ``connect()`` set.

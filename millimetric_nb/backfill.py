@@ -127,6 +127,17 @@ def _whole_floats_to_int(frame: pd.DataFrame, columns: Collection[Hashable]) -> 
     return frame
 
 
+def _csv_separator(path: Path) -> str:
+    """``,`` unless the header line has no comma and has semicolons (the CSV that
+    spreadsheet software writes where the comma is the decimal mark): then ``;``."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            header = fh.readline()
+    except OSError:
+        return ","
+    return ";" if "," not in header and ";" in header else ","
+
+
 def _read_path(
     path: Path, chunksize: int, text_columns: Collection[Hashable] = ()
 ) -> tuple[Iterator[pd.DataFrame], int | None]:
@@ -161,7 +172,7 @@ def _read_path(
         reader = pd.read_json(path, lines=True, chunksize=chunksize, dtype=False)
         return (_whole_floats_to_int(c, text_columns) for c in reader), None
     if any(s in (".csv", ".tsv", ".txt") for s in suffixes):
-        sep = "\t" if ".tsv" in suffixes else ","
+        sep = "\t" if ".tsv" in suffixes else _csv_separator(path)
         dtype = {c: str for c in text_columns}
         return iter(pd.read_csv(path, chunksize=chunksize, sep=sep, dtype=dtype)), None
     raise ConfigurationError(
@@ -504,9 +515,13 @@ class _Run:
             except Exception as exc:
                 # the rest of the source cannot be read (a bad line, an item that is
                 # not a DataFrame): the rows read so far are still sent and accounted
+                hint = ""
+                if isinstance(exc, UnicodeDecodeError):
+                    hint = (" (the file is not UTF-8: read it yourself and pass the chunks, "
+                            "e.g. pd.read_csv(path, encoding='cp1252', chunksize=100_000))")
                 self.read_error = MillimetricError(
                     f"reading the source failed after {offset:,} rows: "
-                    f"{type(exc).__name__}: {exc}",
+                    f"{type(exc).__name__}: {exc}{hint}",
                     code=exc.code if isinstance(exc, MillimetricError) else "source_read_failed",
                 )
                 self.warn(str(self.read_error))

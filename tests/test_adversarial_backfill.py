@@ -436,3 +436,21 @@ def test_failed_rows_with_a_partly_empty_event_id_column_get_the_derived_ids(mm_
     assert again.rows["event_id"].tolist() == first.rows["event_id"].tolist()
     assert sorted(e["event_id"] for e in mm_server.stored_events()) == sorted(
         first.rows["event_id"])
+
+
+def test_spreadsheet_csv_files_semicolons_and_a_non_utf8_encoding(mm_server, tmp_path):
+    semi = tmp_path / "semi.csv"
+    semi.write_text("event;user_id;timestamp\nsignup;00042;2026-01-01T00:00:00Z\n")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"event,user_id,timestamp,city\nsignup,u1,2026-01-01,M\xfcnchen\n")
+    with _client(mm_server) as client:
+        ok = mm.backfill(semi, client=client, progress=False)
+        bad = mm.backfill(latin, client=client, progress=False)
+        fixed = mm.backfill(pd.read_csv(latin, encoding="cp1252", chunksize=10),
+                            client=client, progress=False)
+    assert ok.counts["sent"] == 1
+    assert bad.error is not None and bad.error.code == "source_read_failed"
+    assert "encoding=" in str(bad.error)
+    assert fixed.counts["sent"] == 1
+    stored = {e["user_id"]: e["properties"] for e in mm_server.stored_events()}
+    assert stored == {"00042": {}, "u1": {"city": "München"}}
