@@ -23,11 +23,13 @@ How a run goes:
   and every row ends in :class:`~millimetric_nb.results.SendResult` with exactly
   one status.
 
-Errors: a request rejected for good (400: the batch is all-or-nothing) marks its
-rows ``failed`` with the code and the run goes on. A 401/403 or a refused key
-stops the run: rows not yet sent are marked ``failed`` with that code, the
-result is *returned* (so the account of what was already sent is not lost) with
-``result.error`` set, shown at the top of its repr; call
+Errors: a ``/v1/batch`` request is all-or-nothing. A 400 that names events
+(``events.N.field``, a rule the server applies and the client did not) marks those
+rows ``invalid`` with the server's rule and sends the others again; any other
+request rejected for good marks its rows ``failed`` with the code and the run goes
+on. A 401/403 or a refused key stops the run: rows not yet sent are marked
+``failed`` with that code, the result is *returned* (so the account of what was
+already sent is not lost) with ``result.error`` set, shown at the top of its repr; call
 ``result.raise_for_error()`` to turn it into an exception. A journal that
 cannot be written stops the run the same way (``journal_failed``). A source that
 cannot be read further (a corrupt line, an item that is not a DataFrame) ends the
@@ -871,7 +873,66 @@ class _Run:
         req.chunk.pending -= 1
         self.settle(req.chunk)
 
+    async def split_refused(self, req: _Request, exc: MillimetricError) -> bool:
+        """A ``/v1/batch`` 400 that names its events (``events.N.field``): report those
+        rows ``invalid`` with the server's rule and send the others again, so rows the
+        server refuses (a rule stricter than the client's) do not take their
+        neighbours down with them. ``False`` when the refusal names no single events.
+        """
+        if (self.route != "batch" or req.body is None or exc.status != 400
+                or exc.ambiguous or not exc.field_errors):
+            return False
+        refused: dict[int, tuple[str, str, str]] = {}
+        for path, msgs in exc.field_errors.items():
+            m = _EVENT_PATH.match(path)
+            if m is None or not 0 <= int(m.group(1)) < req.count:
+                return False  # about the body as a whole
+            text = msgs[0] if msgs else exc.code
+            rule, sep, message = text.partition(": ")
+            if not sep:
+                rule, message = exc.code, text
+            refused.setdefault(int(m.group(1)), (m.group(2) or "event", rule, message))
+        try:
+            events = orjson.loads(req.body)["events"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return False
+        if len(events) != req.count:
+            return False
+        if self.journal is not None and req.keys:  # certainly not written: no duplicate flag
+            ok, _ = await self.journal_call("fail", req.keys, ambiguous=False)
+            if not ok:
+                return False
+        chunk = req.chunk
+        bad = sorted(refused)
+        rows = []
+        for i in bad:
+            fld, rule, message = refused[i]
+            pos = int(req.positions[i])
+            chunk.mark(np.array([pos]), _INVALID, error=rule, attempts=exc.attempts,
+                       message=_short(f"{fld}: {rule}: {message} (refused by the server)"))
+            rows.append((chunk.frame.index[pos], chunk.offset + pos, fld, rule,
+                         f"{message} (refused by the server)"))
+        self.errors.append(pd.DataFrame(rows, columns=["row", "position", "field", "rule",
+                                                       "message"]))
+        self.emit(Failed(self.route, len(bad), exc.code, _short(exc.message)))
+        keep = [i for i in range(req.count) if i not in refused]
+        if not keep:
+            chunk.pending -= 1
+            self.settle(chunk)
+            return True
+        retry = _Request(
+            chunk,
+            req.positions[keep],
+            [req.keys[i] for i in keep] if len(req.keys) == req.count else [],
+            body=body_of([orjson.dumps(events[i]) for i in keep]),
+            resend=req.resend,
+        )
+        await self.send_one(retry)  # takes over the request's place in chunk.pending
+        return True
+
     async def record_failure(self, req: _Request, exc: MillimetricError) -> None:
+        if await self.split_refused(req, exc):
+            return
         if self.journal is not None and req.keys:
             await self.journal_call("fail", req.keys, ambiguous=exc.ambiguous)
         if _is_fatal(exc):
@@ -991,6 +1052,9 @@ def _with_ids(rows: pd.DataFrame, column: Any, keys: np.ndarray) -> pd.DataFrame
     out[column] = pd.Series(values, index=rows.index, dtype=current.dtype
                             if pd.api.types.is_string_dtype(current.dtype) else object)
     return out
+
+
+_EVENT_PATH = re.compile(r"events\.(\d+)(?:\.(.+))?$")
 
 
 class _NotBegun(BaseException):

@@ -454,3 +454,46 @@ def test_spreadsheet_csv_files_semicolons_and_a_non_utf8_encoding(mm_server, tmp
     assert fixed.counts["sent"] == 1
     stored = {e["user_id"]: e["properties"] for e in mm_server.stored_events()}
     assert stored == {"00042": {}, "u1": {"city": "München"}}
+
+
+def test_rows_the_server_refuses_in_a_batch_do_not_take_their_neighbours_down(
+    mm_server, monkeypatch, tmp_path
+):
+    # A batch is all-or-nothing: if the server refuses an event the client accepted
+    # (a stricter or newer server rule), the 400 names it (events.N.field); the other
+    # events of that request must still get in, and the refused rows be reported
+    # invalid with the server's rule.
+    import dataclasses
+    import types
+
+    from millimetric_nb import contract
+    from millimetric_nb.server import checks
+
+    stricter = dict(contract.EVENT_FIELDS)
+    stricter["user_id"] = dataclasses.replace(contract.EVENT_FIELDS["user_id"], max_length=8)
+    server_contract = types.SimpleNamespace(**{
+        k: getattr(contract, k) for k in dir(contract) if not k.startswith("__")
+    })
+    server_contract.EVENT_FIELDS = stricter
+    monkeypatch.setattr(checks, "contract", server_contract)
+
+    df = _frame(2500)
+    long_rows = [3, 1500, 1501, 2499]
+    df.loc[long_rows, "user_id"] = "a-much-longer-user-id"
+    df.loc[1500, "event"] = "other"  # not identical to 1501
+    journal = tmp_path / "j.sqlite"
+    with _client(mm_server) as client:
+        res = df.millimetric.send_batch(client=client, journal=journal, progress=False)
+        again = df.millimetric.send_batch(client=client, journal=journal, progress=False)
+    assert res.counts["sent"] == 2496 and res.counts["invalid"] == 4
+    assert res.counts["failed"] == 0 and res.counts["ambiguous"] == 0
+    bad = res.rows.loc[long_rows]
+    assert (bad["status"] == "invalid").all() and (bad["error"] == "too_long").all()
+    assert bad["message"].str.contains("user_id").all()
+    assert bad["message"].str.contains("server").all()
+    assert sorted(res.failed.index) == long_rows
+    stored = collections.Counter(e["event_id"] for e in mm_server.stored_events())
+    assert set(stored) == set(res.rows.loc[res.rows.status == "sent", "event_id"])
+    assert max(stored.values()) == 1
+    # the refused rows were journaled as failed, not acknowledged: a rerun tries them
+    assert again.counts["skipped"] == 2496 and again.counts["invalid"] == 4
