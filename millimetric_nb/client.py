@@ -899,6 +899,7 @@ class AsyncClient:
             ])
             emit(Done(result.counts, loop.time() - started))
             cancelled.result = result  # type: ignore[attr-defined]  # read by sync.run_sync
+            cancelled.add_note(interrupted_note(result))  # shown under a notebook's traceback
             raise
         result = BatchResult(n, requests)
         emit(Done(result.counts, loop.time() - started))
@@ -920,6 +921,17 @@ class AsyncClient:
 
 
 # --------------------------------------------------------------------------- module helpers
+
+
+def interrupted_note(result: BatchResult) -> str:
+    """The account of an interrupted :meth:`AsyncClient.batch`, as a traceback note."""
+    cut = sum(r.events for r in result.requests if r.state == "failed" and r.ambiguous)
+    return (
+        f"millimetric_nb: the batch was interrupted: {result.stored:,} of "
+        f"{result.events:,} events stored, {cut:,} in requests cut off in flight (the "
+        f"server may have written them), {result.not_sent:,} never sent; "
+        "the exception's .result has the account of every request"
+    )
 
 
 def _invalid(what: str, n: int) -> str:

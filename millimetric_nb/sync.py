@@ -24,7 +24,7 @@ import threading
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
-from .client import AsyncClient, BatchResult, ReadRoute, SendOutcome
+from .client import AsyncClient, BatchResult, ReadRoute, SendOutcome, interrupted_note
 from .errors import ConfigurationError
 from .progress import Observer
 
@@ -77,13 +77,7 @@ def _annotate(interrupt: BaseException, account: Any) -> None:
     if not isinstance(account, BatchResult):
         return
     interrupt.result = account  # type: ignore[attr-defined]
-    cut = sum(r.events for r in account.requests if r.state == "failed" and r.ambiguous)
-    interrupt.add_note(
-        f"millimetric_nb: the batch was interrupted: {account.stored:,} of "
-        f"{account.events:,} events stored, {cut:,} in requests cut off in flight (the "
-        f"server may have written them), {account.not_sent:,} never sent; "
-        "the exception's .result has the account of every request"
-    )
+    interrupt.add_note(interrupted_note(account))
 
 
 def _shared_loop() -> asyncio.AbstractEventLoop:

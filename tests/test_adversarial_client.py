@@ -241,3 +241,36 @@ def test_retry_after_as_an_http_date_is_honoured():
 
     assert asyncio.run(main()).attempts == 2
     assert [e for e in seen if isinstance(e, Waiting) and e.reason == "retry_after"] == []
+
+
+def test_cancelled_async_batch_stops_and_gives_its_account(mm_server_factory):
+    """A cancelled ``await client.batch(...)`` (what a notebook interrupt does to a
+    top-level await) stops every request and carries the account on the
+    CancelledError (``.result`` and a traceback note)."""
+    srv = mm_server_factory(limits="production", latency_ms=200)
+    client = mm.AsyncClient(srv.keys["sk"], srv.url)
+    events = [{"event": "big"} for _ in range(30_000)]
+
+    async def main() -> asyncio.CancelledError:
+        task = asyncio.ensure_future(client.batch(events))
+        await asyncio.sleep(0.8)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError as exc:
+            return exc
+        finally:
+            await client.aclose()
+        raise AssertionError("the batch was not cancelled")
+
+    cancelled = asyncio.run(main())
+    result = cancelled.result
+    assert result.events == 30_000
+    assert result.stored + result.failed + result.not_sent == 30_000 and result.not_sent > 0
+    assert all(r.error.code == "interrupted" and r.ambiguous
+               for r in result.requests if r.state == "failed")
+    assert any("interrupted" in note for note in cancelled.__notes__)
+    stored_now = srv.count()
+    assert result.stored <= stored_now <= result.stored + result.failed
+    asyncio.run(asyncio.sleep(0.5))
+    assert srv.count() == stored_now  # nothing kept sending
