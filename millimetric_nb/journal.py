@@ -214,20 +214,34 @@ class Journal:
         ``recipe`` describes the shape of the hashed content (which fields, which
         property keys). Returns the journal's recipe when it differs (the derived
         ids cannot match: every row would be sent again), else ``None``. The first
-        recipe seen is recorded when ``record`` is true (not in a dry run).
+        recipe seen is recorded when ``record`` is true (not in a dry run); it is
+        replaced while the journal holds no derived id that may be stored (a first
+        run that sent nothing does not pin the columns).
         """
         with self._lock:
             row = self._db.execute(
                 "SELECT value FROM meta WHERE key = 'id_recipe'"
             ).fetchone()
-            if row is None:
-                if record:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO meta(key, value) VALUES ('id_recipe', ?)",
-                        (recipe,),
-                    )
+            if row is not None and row[0] == recipe:
                 return None
-            return None if row[0] == recipe else str(row[0])
+            if row is not None and self._holds_derived_ids():
+                return str(row[0])
+            # nothing recorded yet, or no derived id that could be sent twice
+            if record:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('id_recipe', ?)",
+                    (recipe,),
+                )
+            return None
+
+    def _holds_derived_ids(self) -> bool:
+        """Whether any derived event id (``mm_...``) may be stored on the server."""
+        found = self._db.execute(
+            "SELECT 1 FROM events WHERE event_id LIKE 'mm\\_%' ESCAPE '\\' "
+            "AND state IN (?, ?, ?) LIMIT 1",
+            (ACKED, PENDING, AMBIGUOUS),
+        ).fetchone()
+        return found is not None
 
     # ------------------------------------------------------------------ writes
 

@@ -497,3 +497,22 @@ def test_rows_the_server_refuses_in_a_batch_do_not_take_their_neighbours_down(
     assert max(stored.values()) == 1
     # the refused rows were journaled as failed, not acknowledged: a rerun tries them
     assert again.counts["skipped"] == 2496 and again.counts["invalid"] == 4
+
+
+def test_a_journal_that_holds_no_derived_ids_takes_the_new_columns(mm_server, tmp_path):
+    # a first run that sent nothing (a refused key) does not pin the columns
+    journal = tmp_path / "j.sqlite"
+    df = _frame(10)
+    bad_key = mm.Client(key="sk_live_1a2b3c4d_notakeyofthisserver", host=mm_server.url,
+                        rate_limits="off")
+    with bad_key:
+        first = df.millimetric.send_batch(client=bad_key, journal=journal, progress=False)
+    assert first.error is not None and first.counts["sent"] == 0
+    with _client(mm_server) as client:
+        res = df.assign(plan="pro").millimetric.send_batch(client=client, journal=journal,
+                                                           progress=False)
+        changed = df.millimetric.send_batch(client=client, journal=journal, progress=False)
+    assert res.error is None and res.counts["sent"] == 10
+    assert changed.error is not None and changed.error.code == "journal_mismatch"
+    assert "properties removed: 'plan'" in str(changed.error)
+    assert mm_server.count() == 10
