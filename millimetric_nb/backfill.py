@@ -1041,7 +1041,9 @@ def _with_ids(rows: pd.DataFrame, column: Any, keys: np.ndarray) -> pd.DataFrame
     """
     ids = pd.array(keys, dtype="string")
     if column not in rows.columns:
-        return rows.assign(**{str(column): pd.Series(ids, index=rows.index)})
+        out = rows.copy()
+        out[column] = ids  # positional: no alignment on a non-unique index
+        return out
     current = rows[column]
     fill = np.asarray(current.isna()) & ~np.asarray(pd.isna(ids))
     if not fill.any() or isinstance(current, pd.DataFrame):

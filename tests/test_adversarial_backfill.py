@@ -516,3 +516,25 @@ def test_a_journal_that_holds_no_derived_ids_takes_the_new_columns(mm_server, tm
     assert changed.error is not None and changed.error.code == "journal_mismatch"
     assert "properties removed: 'plan'" in str(changed.error)
     assert mm_server.count() == 10
+
+
+@pytest.mark.parametrize("index", [
+    pd.Index([0, 0, 1, 1, 2, 2]),
+    pd.MultiIndex.from_product([["x", "y"], [1, 1, 2]]),
+])
+def test_failed_rows_of_a_non_unique_index_keep_their_ids_and_labels(mm_server, index):
+    df = _frame(6).set_axis(index)
+    df.iloc[1, 0] = None  # invalid
+    mm_server.inject("batch", "upstream_failed", 1)
+    client = mm.Client(key=mm_server.keys["sk"], host=mm_server.url, rate_limits="off",
+                       max_attempts=1)
+    with client:
+        first = df.millimetric.send_batch(client=client, progress=False)
+        failed = first.failed
+        assert failed.index.equals(df.index)
+        assert failed["event_id"].isna().tolist() == [False, True, False, False, False, False]
+        again = failed.fillna({"event": "fixed"}).millimetric.send_batch(
+            client=client, progress=False)
+    assert again.counts["sent"] == 6 and again.rows.index.equals(df.index)
+    keep = [0, 2, 3, 4, 5]
+    assert again.rows["event_id"].iloc[keep].tolist() == first.rows["event_id"].iloc[keep].tolist()
