@@ -728,6 +728,13 @@ class AsyncClient:
             raise ConfigurationError(
                 f"read() serves query, stats and sources, not {route!r}", code="invalid_route"
             )
+        if not isinstance(params, Mapping):
+            raise ValidationError(
+                f"read() takes its query parameters as a mapping (a dict), got "
+                f"{type(params).__name__}; nothing was sent",
+                problems=[("params", contract.RULE_TYPE,
+                           f"must be a mapping, got {type(params).__name__}")],
+            )
         outcome = await self._send(route, params=dict(params), count=0)
         return outcome.body
 
@@ -810,12 +817,19 @@ class AsyncClient:
                 request may have been written anyway.
         """
         self._check("batch")
-        if isinstance(events, Mapping | str | bytes) or not isinstance(events, Iterable):
+        # A pandas/polars frame iterates over its column names, never its rows.
+        frame = hasattr(events, "columns") and (
+            hasattr(events, "to_dict") or hasattr(events, "to_dicts"))
+        if (isinstance(events, Mapping | str | bytes) or not isinstance(events, Iterable)
+                or frame):
             what = "one event (a mapping)" if isinstance(events, Mapping) else type(
                 events).__name__
+            hint = (" (iterating a frame gives its column names): send a pandas DataFrame "
+                    "with df.millimetric.send_batch(), or pass df.to_dict('records')"
+                    if frame else "")
             raise ValidationError(
-                f"batch() takes an iterable of events (e.g. a list of dicts), got {what}; "
-                "nothing was sent",
+                f"batch() takes an iterable of events (e.g. a list of dicts), got {what}"
+                f"{hint}; nothing was sent",
                 problems=[("events", contract.RULE_TYPE,
                            f"must be an iterable of event mappings, got {what}")],
             )

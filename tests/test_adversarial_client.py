@@ -274,3 +274,30 @@ def test_cancelled_async_batch_stops_and_gives_its_account(mm_server_factory):
     assert result.stored <= stored_now <= result.stored + result.failed
     asyncio.run(asyncio.sleep(0.5))
     assert srv.count() == stored_now  # nothing kept sending
+
+
+def test_batch_given_a_dataframe_says_how_to_send_one(mm_server):
+    """Iterating a DataFrame yields its column names: ``batch(df)`` used to answer
+    'events[0]: must be a mapping'. It now names the way to send a frame."""
+    import pandas as pd
+
+    from millimetric_nb.errors import ValidationError
+
+    with mm.Client(mm_server.keys["sk"], mm_server.url) as client:
+        with pytest.raises(ValidationError) as info:
+            client.batch(pd.DataFrame({"event": ["a", "b"]}))
+    text = str(info.value)
+    assert "DataFrame" in text and "send_batch" in text and "to_dict" in text
+    assert info.value.problems[0][:2] == ("events", "type")
+    assert mm_server.count() == 0
+
+
+@pytest.mark.parametrize("params", [None, "from=x", 5])
+def test_read_with_params_that_are_not_a_mapping_is_typed(mm_server, params):
+    from millimetric_nb.errors import ValidationError
+
+    with mm.Client(mm_server.keys["sk"], mm_server.url) as client:
+        with pytest.raises(ValidationError) as info:
+            client.read("query", params)
+    assert info.value.problems[0][:2] == ("params", "type")
+    assert mm_server.status_counts() == {}
