@@ -68,6 +68,17 @@ class MillimetricError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, status={self.status!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its state, not by calling __init__ again: subclasses take extra
+        # required arguments (BatchFailedError's result), which pickle and deepcopy
+        # (a process pool, joblib) would otherwise not pass.
+        return (_rebuild, (type(self), self.args), self.__dict__)
+
+
+def _rebuild(cls: type[MillimetricError], args: tuple[Any, ...]) -> MillimetricError:
+    """Unpickling helper of :meth:`MillimetricError.__reduce__`."""
+    return cls.__new__(cls, *args)
+
 
 # --------------------------------------------------------------------------- client side
 

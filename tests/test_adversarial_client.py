@@ -301,3 +301,32 @@ def test_read_with_params_that_are_not_a_mapping_is_typed(mm_server, params):
             client.read("query", params)
     assert info.value.problems[0][:2] == ("params", "type")
     assert mm_server.status_counts() == {}
+
+
+def test_errors_survive_pickle_and_deepcopy(mm_server):
+    """A failed batch's error crosses process boundaries (concurrent.futures, joblib)
+    and ``copy.deepcopy`` intact: BatchFailedError used to fail to rebuild
+    ('missing ... argument: result')."""
+    import copy
+    import pickle
+
+    from millimetric_nb.client import BatchFailedError
+    from millimetric_nb.errors import ValidationError
+
+    unknown = "sk_live_1a2b3c4d_" + "u" * 24  # well-formed, not one of the server's
+    with mm.Client(unknown, mm_server.url) as client:
+        with pytest.raises(BatchFailedError) as info:
+            client.batch([{"event": "x"}] * 1500)
+        with pytest.raises(ValidationError) as invalid:
+            client.track("")
+    for err in (info.value, invalid.value):
+        for clone in (pickle.loads(pickle.dumps(err)), copy.deepcopy(err)):
+            assert type(clone) is type(err)
+            assert str(clone) == str(err)
+            assert (clone.code, clone.status, clone.attempts) == (
+                err.code, err.status, err.attempts)
+    clone = pickle.loads(pickle.dumps(info.value))
+    assert clone.result.counts == info.value.result.counts
+    assert clone.result.stored == 0 and clone.result.events == 1500
+    assert clone.result.requests[0].error.code == "invalid_api_key"
+    assert copy.deepcopy(invalid.value).problems == invalid.value.problems
