@@ -12,7 +12,6 @@ engine to synchronous code, and issues the data warnings with
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import warnings as _warnings
@@ -94,40 +93,17 @@ def run_sync_call(client: Any, coro: Coroutine[Any, Any, SendResult]) -> SendRes
     """Run a send coroutine through the package's one event-loop bridge.
 
     A synchronous ``Client`` runs it on its own loop (where its connections live);
-    otherwise :func:`millimetric_nb.sync.run_sync` does.
-
-    If the call is interrupted (Ctrl-C, a notebook's "interrupt kernel"), the send
-    is cancelled and its cancellation run to the end before the interrupt goes on:
-    otherwise the abandoned run would stay suspended on the loop and wake up with
-    the loop's next use (the next send through the same client), sending its rows
-    alongside the new run's, unjournaled and unaccounted.
+    otherwise :func:`millimetric_nb.sync.run_sync` does. An interrupt (Ctrl-C, a
+    notebook's "interrupt kernel") cancels the send there before it propagates, so
+    the abandoned run cannot wake with the loop's next use and send its rows
+    alongside a rerun's (tests/test_adversarial_backfill.py).
     """
     runner = getattr(client, "run", None)
-    if not callable(runner):
-        from .sync import run_sync as runner
-    tasks: list[asyncio.Task[Any]] = []
+    if callable(runner):
+        return runner(coro)  # type: ignore[no-any-return]
+    from .sync import run_sync
 
-    async def tracked() -> SendResult:
-        task = asyncio.current_task()
-        if task is not None:
-            tasks.append(task)
-        return await coro
-
-    try:
-        return runner(tracked())  # type: ignore[no-any-return]
-    except BaseException:
-        pending = [t for t in tasks if not t.done()]
-        if pending:
-            for t in pending:
-                t.cancel()
-
-            async def settle() -> None:
-                await asyncio.wait(pending)
-
-            runner(settle())
-        else:
-            coro.close()  # never started: no "never awaited" warning
-        raise
+    return run_sync(coro)
 
 
 async def abackfill(
