@@ -15,7 +15,9 @@ The API has no cursor: ``/v1/query`` returns at most 1000 rows of a window.
 windows wherever one comes back full. Its one limit: more than 1000 rows that
 share the very same instant (to the microsecond) cannot be told apart, so only
 1000 of them can be read; it warns (:class:`IncompleteReadWarning`) when that
-happens and marks the frame ``attrs["complete"] = False``.
+happens and marks the frame ``attrs["complete"] = False``. A full instant is
+counted with ``/v1/stats`` first, so exactly 1000 events at one instant (a batch
+sent without timestamps) is known to be complete.
 
 Each sync function has an ``async`` twin (``aquery``, ``aquery_all``, ``astats``,
 ``asources``) for use with ``await`` and an :class:`~millimetric_nb.AsyncClient`.
@@ -395,6 +397,13 @@ async def aquery_all(
             stopped_early = True
             break
 
+    if unsplittable and not stopped_early:
+        checked = await _count_instants(ac, filt, unsplittable, sem)
+        requests += len(unsplittable)
+    else:
+        checked = [(a, n, None) for a, n in unsplittable]
+    # Still short: more events at the instant than were read (or not countable).
+    short = [(a, n, m) for a, n, m in checked if m is None or m > n]
     cut = min(a for a, _ in pending) if stopped_early else end
     rows_all = [r for a, (_, rows) in sorted(done.items()) if a < cut for r in rows]
     df = query_frame(rows_all).sort_values("timestamp", kind="stable", ignore_index=True)
@@ -408,18 +417,22 @@ async def aquery_all(
             IncompleteReadWarning,
             stacklevel=3,
         )
-    if unsplittable:
-        where = ", ".join(f"{_iso(a)} ({n} rows)" for a, n in unsplittable[:5])
+    if short:
+        where = "; ".join(
+            f"{m:,} events share one instant at {_iso(a)} ({n:,} read)" if m is not None
+            else f"{n:,} events read at {_iso(a)}, and more may share that instant (a "
+            "user_id filter cannot be counted)"
+            for a, n, m in short[:5]
+        )
         warnings.warn(
-            "query_all could not read every row: more than "
-            f"{page} events share one instant at {where}. The API has no cursor, so at most "
-            f"{page} rows of a single microsecond can be read; narrow the filters "
+            f"query_all could not read every row: {where}. The API has no cursor, so at "
+            f"most {page} rows of a single microsecond can be read; narrow the filters "
             "(event, source, medium, user_id) to read the rest.",
             IncompleteReadWarning,
             stacklevel=3,
         )
     df.attrs["requests"] = requests
-    df.attrs["complete"] = not (truncated or stopped_early or unsplittable)
+    df.attrs["complete"] = not (truncated or stopped_early or short)
     df.attrs["window"] = (_iso(start), _iso(end))
     return df
 
@@ -457,12 +470,53 @@ def query_all(
 
     Limitation: more than 1000 events with the very same timestamp (to the
     microsecond) cannot be split apart; only 1000 of them are read, with an
-    :class:`IncompleteReadWarning` naming the instant.
+    :class:`IncompleteReadWarning` naming the instant. An instant that holds exactly
+    1000 (one batch sent without timestamps) is counted with ``/v1/stats`` and is
+    complete; with a ``user_id`` filter it cannot be counted and is reported as
+    possibly incomplete.
     """
     return _run_sync(client, lambda c: aquery_all(
         from_, to, event=event, source=source, medium=medium, user_id=user_id,
         max_rows=max_rows, concurrency=concurrency, split=split, client=c,
     ))
+
+
+async def _count_instants(
+    ac: Any,
+    filt: _QueryFilter,
+    full: Sequence[tuple[pd.Timestamp, int]],
+    sem: asyncio.Semaphore,
+) -> list[tuple[pd.Timestamp, int, int | None]]:
+    """For each one-microsecond window that came back full (``(start, rows read)``),
+    how many events there match the filters, counted with ``/v1/stats``; ``None``
+    where that cannot be counted (stats has no ``user_id`` filter).
+
+    A batch sent without timestamps is stamped with one server time, so exactly
+    1000 events at one instant is common: counted, it is known to be complete.
+    """
+
+    async def count(a: pd.Timestamp, n: int) -> tuple[pd.Timestamp, int, int | None]:
+        if filt.user_id is not None:
+            return a, n, None
+        params = {"metric": "count", "from": _iso(a), "to": _iso(a + _MIN_WINDOW)}
+        if filt.event is not None:
+            params["event"] = filt.event
+        groups = [g for g in ("source", "medium") if getattr(filt, g) is not None]
+        if groups:
+            params["group_by"] = ",".join(groups)
+            params["limit"] = str(contract.QUERY_LIMIT_MAX)
+        async with sem:
+            answer = await _get(ac, "stats", params)
+        rows = answer.get("rows", [])
+        if groups and len(rows) >= contract.QUERY_LIMIT_MAX:
+            return a, n, None  # the groups themselves were cut off
+        matching = sum(
+            int(r.get("value") or 0) for r in rows
+            if all(r.get(g) == getattr(filt, g) for g in groups)
+        )
+        return a, n, matching
+
+    return list(await asyncio.gather(*(count(a, n) for a, n in full)))
 
 
 def _split(a: pd.Timestamp, b: pd.Timestamp, parts: int) -> list[tuple[pd.Timestamp, pd.Timestamp]]:

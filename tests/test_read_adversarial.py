@@ -1,0 +1,61 @@
+"""Reads against what real sends produce (found by probing over loopback)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+import millimetric_nb as mm
+from millimetric_nb import read
+
+
+def _events_at(instant: str, n: int, name: str = "x", **fields: object) -> list[dict]:
+    return [{"event": name, "timestamp": instant, **fields} for _ in range(n)]
+
+
+def test_query_all_with_exactly_1000_events_at_one_instant_is_complete(mm_server):
+    """A batch sent without timestamps is stamped with one server time: 1000 events at
+    one instant. query_all reads all of them and must not warn that rows are missing
+    (it used to say 'more than 1000 events share one instant' and complete=False)."""
+    with mm.Client(mm_server.keys["sk"], mm_server.url) as client:
+        client.batch(_events_at("2025-05-01T10:00:00.000001Z", 1000)
+                     + _events_at("2025-05-01T10:00:00.000002Z", 1000)
+                     + _events_at("2025-05-01T11:00:00Z", 10))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", read.IncompleteReadWarning)
+            df = read.query_all("2025-05-01", "2025-05-02", client=client)
+    assert len(df) == 2010
+    assert df.attrs["complete"] is True
+
+
+def test_query_all_still_warns_when_an_instant_holds_more_than_1000(mm_server):
+    with mm.Client(mm_server.keys["sk"], mm_server.url) as client:
+        client.batch(_events_at("2025-05-01T10:00:00Z", 1200))
+        with pytest.warns(read.IncompleteReadWarning, match="1,200 events share") as rec:
+            df = read.query_all("2025-05-01", "2025-05-02", client=client)
+    assert len(df) == 1000 and df.attrs["complete"] is False
+    assert len(rec) == 1
+
+
+def test_query_all_filtered_exact_1000_is_complete(mm_server):
+    """With an event filter, only the matching events of the instant count."""
+    with mm.Client(mm_server.keys["sk"], mm_server.url) as client:
+        client.batch(_events_at("2025-05-01T10:00:00Z", 1000, "a")
+                     + _events_at("2025-05-01T10:00:00Z", 500, "b"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", read.IncompleteReadWarning)
+            df = read.query_all("2025-05-01", "2025-05-02", event="a", client=client)
+    assert len(df) == 1000 and set(df.event_name) == {"a"}
+    assert df.attrs["complete"] is True
+
+
+def test_query_all_user_filter_cannot_be_checked_and_says_so(mm_server):
+    """stats cannot filter by user_id: a full instant with a user filter stays
+    'possibly incomplete' when other users' events share it."""
+    with mm.Client(mm_server.keys["sk"], mm_server.url) as client:
+        client.batch(_events_at("2025-05-01T10:00:00Z", 1000, user_id="u1")
+                     + _events_at("2025-05-01T10:00:00Z", 5, user_id="u2"))
+        with pytest.warns(read.IncompleteReadWarning):
+            df = read.query_all("2025-05-01", "2025-05-02", user_id="u1", client=client)
+    assert len(df) == 1000 and df.attrs["complete"] is False
