@@ -270,10 +270,13 @@ def test_cancelled_async_batch_stops_and_gives_its_account(mm_server_factory):
     assert all(r.error.code == "interrupted" and r.ambiguous
                for r in result.requests if r.state == "failed")
     assert any("interrupted" in note for note in cancelled.__notes__)
-    stored_now = srv.count()
-    assert result.stored <= stored_now <= result.stored + result.failed
-    asyncio.run(asyncio.sleep(0.5))
-    assert srv.count() == stored_now  # nothing kept sending
+    assert result.stored <= srv.count() <= result.stored + result.failed
+    # Requests cut off in flight may still be written by the server after the
+    # cancel (they are the ones flagged ambiguous); no request may leave after it.
+    asyncio.run(asyncio.sleep(0.8))
+    left = [r for r in result.requests if r.state in ("stored", "failed")]
+    assert srv.status_counts()["batch"].get(202, 0) <= len(left)
+    assert result.stored <= srv.count() <= result.stored + result.failed
 
 
 def test_batch_given_a_dataframe_says_how_to_send_one(mm_server):
