@@ -216,22 +216,32 @@ def test_rerun_after_ctrl_c_on_the_same_client_does_not_revive_the_interrupted_r
     # the interrupted run must not wake up on the client's loop and send its rows
     # alongside the new run (unflagged duplicates, a wrong account).
     import _thread
-    import threading
 
     from millimetric_nb.contract import RateLimit
+    from millimetric_nb.progress import Acknowledged
 
     df = _frame(10_000)
     journal = tmp_path / "j.sqlite"
     client = mm.Client(key=mm_server.keys["sk"], host=mm_server.url,
                        rate_limits={"batch": RateLimit(refill=2, burst=2)})
+    acked = 0
+
+    def ctrl_c_after_two_requests(event: object) -> None:
+        # Ctrl-C at a point fixed by progress, not by the clock (the machine may be busy)
+        nonlocal acked
+        if isinstance(event, Acknowledged) and acked < 2000:
+            acked += event.events
+            if acked >= 2000:
+                _thread.interrupt_main()
+
     with client:
-        timer = threading.Timer(1.0, _thread.interrupt_main)
-        timer.start()
         try:
-            with pytest.raises(KeyboardInterrupt):
-                df.millimetric.send_batch(client=client, journal=journal, progress=False)
-        finally:
-            timer.cancel()
+            outcome = df.millimetric.send_batch(client=client, journal=journal, progress=False,
+                                                observer=ctrl_c_after_two_requests)
+        except KeyboardInterrupt:
+            pass
+        else:
+            pytest.fail(f"Ctrl-C did not stop the send: {outcome!r}")
         before = mm_server.count()
         assert 2000 <= before < 10_000
         res = df.millimetric.send_batch(client=client, journal=journal, progress=False)
