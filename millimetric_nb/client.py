@@ -857,6 +857,7 @@ class AsyncClient:
         started = loop.time()
         sem = asyncio.Semaphore(self.max_concurrency)
         abandon = asyncio.Event()
+        interrupted: dict[int, BatchRequest] = {}  # requests a KeyboardInterrupt landed in
 
         async def send(index: int, start: int, stop: int) -> BatchRequest:
             body = _BATCH_OPEN + b",".join(encoded[start:stop]) + _BATCH_CLOSE
@@ -868,6 +869,17 @@ class AsyncClient:
                     sent += 1
                 if observer is not None:
                     observer(event)
+
+            def cut_off() -> BatchRequest:
+                if not sent:
+                    return BatchRequest(index, start, stop, len(body), "not_sent")
+                cut = MillimetricError(
+                    f"interrupted while POST /v1/batch was in flight ({stop - start} events); "
+                    "the server may have written it",
+                    code="interrupted", attempts=sent, ambiguous=True,
+                )
+                emit(Failed("batch", stop - start, cut.code, str(cut), True))
+                return BatchRequest(index, start, stop, len(body), "failed", sent, True, cut)
 
             try:
                 async with sem:
@@ -884,15 +896,12 @@ class AsyncClient:
             except asyncio.CancelledError:
                 # Interrupted (Ctrl-C, a kernel interrupt, a cancelled task): account for
                 # this request instead of vanishing; batch() re-raises the cancellation.
-                if not sent:
-                    return BatchRequest(index, start, stop, len(body), "not_sent")
-                cut = MillimetricError(
-                    f"interrupted while POST /v1/batch was in flight ({stop - start} events); "
-                    "the server may have written it",
-                    code="interrupted", attempts=sent, ambiguous=True,
-                )
-                emit(Failed("batch", stop - start, cut.code, str(cut), True))
-                return BatchRequest(index, start, stop, len(body), "failed", sent, True, cut)
+                return cut_off()
+            except KeyboardInterrupt:
+                # The interrupt landed in this request's own code: note its account for
+                # batch() and let the interrupt go on stopping everything.
+                interrupted[index] = cut_off()
+                raise
             emit(Acknowledged("batch", stop - start, outcome.attempts, outcome.ambiguous))
             return BatchRequest(index, start, stop, len(body), "stored",
                                 outcome.attempts, outcome.ambiguous)
@@ -900,15 +909,16 @@ class AsyncClient:
         tasks = [asyncio.ensure_future(send(i, a, b)) for i, (a, b) in enumerate(plan)]
         try:
             requests = list(await asyncio.gather(*tasks))
-        except asyncio.CancelledError as cancelled:
-            # gather cancelled every request and waited for each to give its account.
+        except (asyncio.CancelledError, KeyboardInterrupt) as cancelled:
+            # Cancelled, or interrupted inside one of the requests (gather then passes the
+            # KeyboardInterrupt on): stop the others and wait for each to give its account.
             for task in tasks:
                 if not task.done():
                     task.cancel()
             await asyncio.wait(tasks)  # pragma: no branch - normally all done already
             result = BatchResult(n, [
                 task.result() if not task.cancelled() and task.exception() is None
-                else BatchRequest(i, a, b, 0, "not_sent")
+                else interrupted.get(i, BatchRequest(i, a, b, 0, "not_sent"))
                 for task, (i, (a, b)) in zip(tasks, enumerate(plan), strict=True)
             ])
             emit(Done(result.counts, loop.time() - started))

@@ -67,15 +67,17 @@ def _run_to_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -
             task.cancel()
             try:
                 loop.run_until_complete(task)
-            except (asyncio.CancelledError, Exception) as settled:
+            except BaseException as settled:  # the interrupt is re-raised below
+                # CancelledError, an error, or the interrupt itself passed back up by the
+                # task it landed in: whichever carries the account gives it.
                 _annotate(interrupt, getattr(settled, "result", None))
         raise
 
 
 def _annotate(interrupt: BaseException, account: Any) -> None:
     """Put a cancelled batch's account on the interrupt (``.result`` and a note)."""
-    if not isinstance(account, BatchResult):
-        return
+    if not isinstance(account, BatchResult) or getattr(interrupt, "result", None) is account:
+        return  # nothing to give, or given already (the same exception came back)
     interrupt.result = account  # type: ignore[attr-defined]
     interrupt.add_note(interrupted_note(account))
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -333,3 +334,36 @@ def test_errors_survive_pickle_and_deepcopy(mm_server):
     assert clone.result.stored == 0 and clone.result.events == 1500
     assert clone.result.requests[0].error.code == "invalid_api_key"
     assert copy.deepcopy(invalid.value).problems == invalid.value.problems
+
+
+def test_interrupt_inside_a_request_still_gives_the_whole_account(mm_server_factory):
+    """Ctrl-C may land while one of batch()'s requests is running its own code (not
+    where the loop waits): gather then hands the KeyboardInterrupt on instead of a
+    cancellation. The batch must still stop, and the interrupt carry every event's
+    account, the interrupted request counted as cut off in flight (ambiguous)."""
+    from millimetric_nb.progress import RequestSent
+
+    srv = mm_server_factory(limits="production", latency_ms=100)
+    left = 0
+
+    def ctrl_c_in_the_fifth_request(event: object) -> None:
+        nonlocal left
+        if isinstance(event, RequestSent):
+            left += 1
+            if left == 5:
+                raise KeyboardInterrupt
+
+    events = [{"event": "big", "properties": {"i": i}} for i in range(40_000)]
+    with mm.Client(srv.keys["sk"], srv.url) as client:
+        with pytest.raises(KeyboardInterrupt) as info:
+            client.batch(events, observer=ctrl_c_in_the_fifth_request)
+        result = info.value.result
+        assert result.events == 40_000
+        assert result.stored + result.failed + result.not_sent == 40_000
+        assert result.not_sent > 0  # it stopped
+        cut = [r for r in result.requests if r.state == "failed"]
+        assert cut and all(r.error.code == "interrupted" and r.ambiguous for r in cut)
+        assert any("interrupted" in note for note in info.value.__notes__)
+        time.sleep(0.5)  # anything still in flight lands; nothing new may leave
+        assert result.stored <= srv.count() <= result.stored + result.failed
+        assert client.track("after").status == 202  # the client still works
