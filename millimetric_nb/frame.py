@@ -519,6 +519,15 @@ def _object_values(s: pd.Series) -> np.ndarray:
     return s.to_numpy(dtype=object)
 
 
+def _text_column_to_polars(s: pd.Series, vals: np.ndarray) -> tuple[pl.Series, list[int]]:
+    """A column of text (``vals``: its values as objects) as a polars String series:
+    missing cells null, str subclasses as plain str; lone-surrogate positions listed."""
+    lst = vals.tolist()
+    for i in np.flatnonzero(_missing_mask(s)):
+        lst[i] = None
+    return _strings_to_polars([v if v is None or type(v) is str else str(v) for v in lst])
+
+
 def _strings_to_polars(values: list[str | None]) -> tuple[pl.Series, list[int]]:
     """A polars String series; positions holding lone surrogates come back as null."""
     try:
@@ -632,13 +641,7 @@ def _string_field(
         vals = s.to_numpy(dtype=object)
         inferred = pd.api.types.infer_dtype(vals, skipna=True)
         if inferred in ("string", "empty"):
-            miss = _missing_mask(s)
-            lst = vals.tolist()
-            for i in np.flatnonzero(miss):
-                lst[i] = None
-            out, bad_surrogate = _strings_to_polars([
-                v if v is None or type(v) is str else str(v) for v in lst
-            ])
+            out, bad_surrogate = _text_column_to_polars(s, vals)
         else:
             clean: list[str | None] = []
             bad_pos: list[int] = []
@@ -892,12 +895,7 @@ def _property_values(
     if pd.api.types.is_object_dtype(dtype) or _is_str_dtype(dtype):
         inferred = pd.api.types.infer_dtype(vals, skipna=True)
         if inferred in ("string", "empty"):
-            miss = _missing_mask(s)
-            lst = vals.tolist()
-            for i in np.flatnonzero(miss):
-                lst[i] = None
-            ps, bad = _strings_to_polars([v if v is None or type(v) is str else str(v)
-                                          for v in lst])
+            ps, bad = _text_column_to_polars(s, vals)
             if bad:
                 probs.add(np.asarray(bad, dtype=np.int64), path, contract.RULE_UNICODE,
                           f"contains a lone surrogate, which is not valid UTF-8 ({where})")
