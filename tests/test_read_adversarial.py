@@ -35,7 +35,10 @@ def test_query_all_still_warns_when_an_instant_holds_more_than_1000(mm_server):
         with pytest.warns(read.IncompleteReadWarning, match="1,200 events share") as rec:
             df = read.query_all("2025-05-01", "2025-05-02", client=client)
     assert len(df) == 1000 and df.attrs["complete"] is False
-    assert len(rec) == 1
+    # once (other warnings, e.g. a ResourceWarning from an earlier test's garbage, may
+    # land in the same record and are not this test's business)
+    ours = [w for w in rec if issubclass(w.category, read.IncompleteReadWarning)]
+    assert len(ours) == 1, [(w.category.__name__, str(w.message)[:80]) for w in rec]
 
 
 def test_query_all_filtered_exact_1000_is_complete(mm_server):
