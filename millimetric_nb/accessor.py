@@ -31,7 +31,6 @@ from .backfill import (
     OnAmbiguous,
     PreparedRows,
     Preparer,
-    check_pii,
     iter_source,
     resolve_async_client,
     run_rows,
@@ -39,6 +38,7 @@ from .backfill import (
 from .encode import EncodeError, dumps, is_missing
 from .errors import ConfigurationError, ValidationError
 from .events import prepare_forget, prepare_identify
+from .frame import ERROR_COLUMNS, RULE_PII, DataWarning, check_pii, pii_columns
 from .journal import Journal
 from .progress import Observer
 from .results import SendResult
@@ -46,7 +46,6 @@ from .validate import ValidationReport, validate_frame
 
 JournalArg = Journal | str | os.PathLike[str] | None
 _SEP = "\x1f"
-_ERROR_COLUMNS = ["row", "position", "field", "rule", "message"]
 
 
 
@@ -71,7 +70,7 @@ def _per_row_errors(
     frame: pd.DataFrame, problems: list[tuple[int, tuple[str, str, str]]], offset: int
 ) -> pd.DataFrame:
     if not problems:
-        return pd.DataFrame(columns=_ERROR_COLUMNS)
+        return pd.DataFrame(columns=list(ERROR_COLUMNS))
     pos = [p for p, _ in problems]
     return pd.DataFrame(
         {
@@ -362,8 +361,6 @@ def _pii_warnings(df: pd.DataFrame, traits: Any, pii: str) -> list[str]:
     check_pii(pii)
     if pii == "ignore" or traits is None or isinstance(traits, str):
         return []
-    from .frame import pii_columns
-
     found = pii_columns(df, list(traits))
     if not found:
         return []
@@ -374,9 +371,9 @@ def _pii_warnings(df: pd.DataFrame, traits: Any, pii: str) -> list[str]:
     )
     if pii == "error":
         raise ValidationError(
-            msg, problems=[(f"traits.{c}", "pii", reason) for c, reason in found.items()]
+            msg, problems=[(f"traits.{c}", RULE_PII, reason) for c, reason in found.items()]
         )
-    _warnings.warn(msg, UserWarning, stacklevel=3)
+    _warnings.warn(msg, DataWarning, stacklevel=3)
     return [msg]
 
 

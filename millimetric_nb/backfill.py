@@ -77,6 +77,7 @@ from .errors import (
     MillimetricError,
     ValidationError,
 )
+from .frame import check_pii
 from .journal import ACKED, AMBIGUOUS, PENDING, Journal, JournalBusy, open_journal
 from .progress import (
     Acknowledged,
@@ -786,11 +787,7 @@ class _Run:
             return True, await asyncio.to_thread(getattr(self.journal, method), keys, **kwargs)
         except (sqlite3.Error, OSError) as exc:
             log.exception("journal %s failed", method)
-            self.stop(MillimetricError(
-                f"the journal {self.journal.path} failed ({type(exc).__name__}: {exc}); "
-                "nothing more was sent, so that a resume can trust it",
-                code="journal_failed",
-            ))
+            self.stop(_journal_failed(self.journal, exc))
             return False, None
 
     def begin_on_send(self, req: _Request) -> Observer:
@@ -814,11 +811,7 @@ class _Run:
                     journal.begin(req.keys)
                 except (sqlite3.Error, OSError) as exc:
                     log.exception("journal begin failed")
-                    self.stop(MillimetricError(
-                        f"the journal {journal.path} failed ({type(exc).__name__}: {exc}); "
-                        "nothing more was sent, so that a resume can trust it",
-                        code="journal_failed",
-                    ))
+                    self.stop(_journal_failed(journal, exc))
                     raise _NotBegun from exc
             self.attempt_event(event)
 
@@ -1133,12 +1126,13 @@ def resolve_async_client(client: Any) -> Any:
     return getattr(client, "async_client", client)
 
 
-def check_pii(pii: str) -> None:
-    """Refuse a ``pii`` option other than ``"warn"``, ``"error"`` or ``"ignore"``."""
-    if pii not in ("warn", "error", "ignore"):
-        raise ConfigurationError(
-            f"pii must be 'warn', 'error' or 'ignore', not {pii!r}", code="invalid_pii"
-        )
+def _journal_failed(journal: Journal, exc: BaseException) -> MillimetricError:
+    """The error that stops a run whose journal cannot be written."""
+    return MillimetricError(
+        f"the journal {journal.path} failed ({type(exc).__name__}: {exc}); "
+        "nothing more was sent, so that a resume can trust it",
+        code="journal_failed",
+    )
 
 
 def route_sender(aclient: Any, route: str) -> SendFn:
@@ -1315,7 +1309,6 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "PreparedRows",
     "body_of",
-    "check_pii",
     "event_preparer",
     "field_columns",
     "iter_source",

@@ -67,6 +67,7 @@ __all__ = [
     "FieldMapping",
     "PreparedChunk",
     "check_mapping_keywords",
+    "check_pii",
     "describe_recipe_change",
     "detect_pii",
     "id_recipe",
@@ -996,6 +997,14 @@ def detect_pii(
     return found
 
 
+def check_pii(pii: str) -> None:
+    """Refuse a ``pii`` option other than ``"warn"``, ``"error"`` or ``"ignore"``."""
+    if pii not in ("warn", "error", "ignore"):
+        raise ConfigurationError(
+            f"pii must be 'warn', 'error' or 'ignore', not {pii!r}", code="invalid_pii"
+        )
+
+
 def pii_columns(df: pd.DataFrame, columns: Sequence[Hashable]) -> dict[str, str]:
     """Which of ``columns`` (e.g. identify traits) look like personal data, and why.
 
@@ -1082,10 +1091,7 @@ def prepare_chunk(
         ValidationError: ``invalid_mapping`` when a mapped column is missing or labels
             are duplicated; ``pii="error"`` and a property column looks personal.
     """
-    if pii not in ("warn", "error", "ignore"):
-        raise ConfigurationError(
-            f"pii must be 'warn', 'error' or 'ignore', not {pii!r}", code="invalid_pii"
-        )
+    check_pii(pii)
     if not df.columns.is_unique:
         dupes = df.columns[df.columns.duplicated()].unique().tolist()
         raise _mapping_error(f"duplicate column label(s) {dupes!r}: each column must have a "

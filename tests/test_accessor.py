@@ -14,6 +14,7 @@ from millimetric_nb import sync
 from millimetric_nb.api import observer_for
 from millimetric_nb.contract import RateLimit
 from millimetric_nb.errors import ConfigurationError, KeyRefusedError
+from millimetric_nb.frame import RULE_PII, DataWarning
 from millimetric_nb.progress import Acknowledged, Done, Failed, RequestSent, Retrying, Waiting
 from millimetric_nb.results import SendResult
 from millimetric_nb.sync import Client
@@ -199,8 +200,12 @@ def test_identify_personal_traits_warn_or_refuse(mm_server, client):
         df.millimetric.identify(traits=["email", "plan"], pii="error", client=client,
                                 progress=False)
     assert "email" in str(ei.value)
+    # the same rule code as personal-looking property columns
+    assert [(path, rule) for path, rule, _ in ei.value.problems] == [
+        ("traits.email", RULE_PII)
+    ]
     assert mm_server.status_counts() == {}
-    with pytest.warns(UserWarning, match="personal data"):
+    with pytest.warns(DataWarning, match="personal data"):
         res = df.millimetric.identify(traits=["email", "plan"], client=client, progress=False)
     assert res.sent == 1 and any("email" in w for w in res.warnings)
     res = df.millimetric.identify(traits=["plan"], client=client, progress=False)
