@@ -78,7 +78,11 @@ def test_serve_options_reach_the_server_config():
 @pytest.mark.parametrize(
     ("bad", "message"),
     [(["--limits", "x0"], "N > 0"), (["--limits", "10"], "xN"),
-     (["--fail-rate", "abc"], "between 0 and 1"), (["--latency-ms", "-1"], ">= 0")],
+     (["--fail-rate", "abc"], "between 0 and 1"), (["--latency-ms", "-1"], "from 0 to"),
+     (["--port", "99999999"], "from 0 to 65535"), (["--port", "-1"], "from 0 to 65535"),
+     (["--reset-rate", "-0.5"], "between 0 and 1"), (["--ambiguous-rate", "nan"], "0 and 1"),
+     (["--latency-ms", "1e20"], "from 0 to"), (["--latency-ms", "99999999999"], "from 0"),
+     (["--key", "sk_dev_abc"], "is not of the shape")],
 )
 def test_serve_option_errors_name_the_option(bad, message, capsys):
     with pytest.raises(SystemExit) as info:

@@ -2,8 +2,9 @@
 
 Every answer follows the contract: success bodies as documented, errors as
 ``{"error": code, "details": {...}}``. Besides the contract's codes the server
-answers ``404 not_found`` (unknown route), ``405 method_not_allowed`` and
-``413 payload_too_large`` (body above ``ServerConfig.max_body_bytes``).
+answers ``404 not_found`` (unknown route), ``405 method_not_allowed``,
+``413 payload_too_large`` (body above ``ServerConfig.max_body_bytes``) and
+``415 unsupported_media_type`` (a write whose ``Content-Type`` is not JSON).
 
 Choices (the public reference is silent):
 - Keys: ``pk_``/``sk_`` may ingest; ``pk_`` needs an allow-listed ``Origin``;
@@ -13,7 +14,11 @@ Choices (the public reference is silent):
 - A key's identity is env + prefix + secret; one presented with another kind's
   prefix than the kind it was stored with gets ``key_kind_mismatch``.
 - Order of checks: route, body size (the body is always read first), auth, scope,
-  rate limit, JSON and fields, faults, write.
+  media type (``application/json``, or any ``application/*+json``; charset and other
+  parameters allowed), rate limit, JSON and fields, faults, write.
+- A client that disconnects before its body has arrived gets no answer (there is no
+  one to answer): the server counts it (:meth:`ServerState.disconnects`) and logs one
+  INFO line on the ``millimetric_nb.server`` logger, never a traceback.
 - ``/v1/query`` rows come in timestamp order, ties in insertion order.
 - ``/v1/forget`` deletes the rows whose ``user_id`` is that user (in the key's project).
 - ``/v1/identify`` stores a ``$identify`` event and rewrites no other row.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import math
 import random
 import re
@@ -36,7 +42,7 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
@@ -54,6 +60,7 @@ EXTRA_ERRORS: dict[str, int] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "payload_too_large": 413,
+    "unsupported_media_type": 415,
 }
 #: Fault kinds that can be injected (randomly by rate, or queued with ``inject``).
 FAULT_KINDS: tuple[str, ...] = (
@@ -63,6 +70,9 @@ FAULT_KINDS: tuple[str, ...] = (
 _PATH_TO_ROUTE: dict[str, str] = {r.path: name for name, r in contract.ROUTES.items()}
 _PATH_TO_ROUTE["/openapi.json"] = "openapi"
 _DRAIN_LIMIT = 256 * 1024 * 1024  # past this, stop reading an oversize body
+#: The body's media type every write route takes (``application/*+json`` too).
+JSON_MEDIA_TYPE = "application/json"
+log = logging.getLogger("millimetric_nb.server")
 
 
 class JSONResponse(Response):
@@ -85,6 +95,10 @@ class Refusal(Exception):
         self.code = code
         self.details = details or {}
         self.headers = headers
+
+
+class Disconnected(Exception):
+    """The client went away before its request was read to the end."""
 
 
 class _Dropped(Response):
@@ -120,7 +134,7 @@ class ServerState:
         self._key_index: dict[tuple[str, str], list[StoredKey]] = defaultdict(list)
         for key in self.stored_keys:
             self._key_index[(key.env, key.prefix)].append(key)
-        self.storage = Storage(config.db)
+        self.storage = Storage(config.db, dedup=config.dedup)
         self.limiter = RateLimiter(parse_limits(config.limits), config.clock)
         self.rng = random.Random(config.seed)
         self.salt = config.ip_salt if config.ip_salt is not None else secrets.token_hex(16)
@@ -128,6 +142,7 @@ class ServerState:
         self._status: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self._faults: dict[str, int] = {"fail": 0, "ambiguous": 0, "reset": 0}
         self._queued: dict[str, deque[str]] = defaultdict(deque)
+        self._disconnects = 0
 
     # ------------------------------------------------------------ counters
 
@@ -140,6 +155,17 @@ class ServerState:
         """``{route name: {status: n}}`` of every answer given so far."""
         with self._lock:
             return {route: dict(counts) for route, counts in self._status.items()}
+
+    def count_disconnect(self) -> int:
+        """Count one client gone before its request was read; return the total."""
+        with self._lock:
+            self._disconnects += 1
+            return self._disconnects
+
+    def disconnects(self) -> int:
+        """How many clients disconnected before their request was read to the end."""
+        with self._lock:
+            return self._disconnects
 
     def fault_counts(self) -> dict[str, int]:
         """``{"fail": n, "ambiguous": n, "reset": n}``: faults injected so far."""
@@ -269,20 +295,38 @@ async def read_body(request: Request, cap: int) -> bytes:
     too_big = declared is not None and declared.isdigit() and int(declared) > cap
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            too_big = True
-        if too_big:
-            chunks.clear()
-            if size > _DRAIN_LIMIT:
-                break
-            continue
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                too_big = True
+            if too_big:
+                chunks.clear()
+                if size > _DRAIN_LIMIT:
+                    break
+                continue
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise Disconnected from None
     if too_big:
         raise Refusal("payload_too_large", {"max_bytes": cap, "formErrors": [
             f"{contract.RULE_TOO_LARGE}: the body must be at most {cap} bytes"]})
     return b"".join(chunks)
+
+
+def check_media_type(request: Request) -> None:
+    """``415 unsupported_media_type`` unless the body is declared JSON."""
+    given = request.headers.get("content-type")
+    media = (given or "").partition(";")[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    if media == JSON_MEDIA_TYPE or (kind == "application" and subtype.endswith("+json")):
+        return
+    raise Refusal("unsupported_media_type", {
+        "content_type": given[:128] if given is not None else None,
+        "expected": JSON_MEDIA_TYPE,
+        "formErrors": [f"unsupported_media_type: send the body as {JSON_MEDIA_TYPE} "
+                       "(Content-Type header)"],
+    })
 
 
 def parse_json(body: bytes) -> Any:
@@ -342,6 +386,7 @@ async def _admit(request: Request, route: str) -> tuple[ServerState, StoredKey, 
     state = _state(request)
     raw = await read_body(request, state.config.max_body_bytes)
     key = state.authorize(request, route)
+    check_media_type(request)
     state.check_rate(key.project, route)
     return state, key, parse_json(raw)
 
@@ -442,10 +487,13 @@ async def openapi(request: Request) -> Response:
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     size = 0
-    async for chunk in request.stream():  # read what the client sends before answering
-        size += len(chunk)
-        if size > _DRAIN_LIMIT:
-            break
+    try:
+        async for chunk in request.stream():  # read what the client sends before answering
+            size += len(chunk)
+            if size > _DRAIN_LIMIT:
+                break
+    except ClientDisconnect:
+        return await _disconnected(request, Disconnected())
     if exc.status_code == 405:
         return error_response("method_not_allowed", {"path": request.url.path,
                                                      "method": request.method},
@@ -459,6 +507,13 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 async def _refusal(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Refusal)
     return error_response(exc.code, exc.details, exc.headers)
+
+
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    total = _state(request).count_disconnect()
+    log.info("client disconnected before its %s %s was read (%d so far)",
+             request.method, request.url.path, total)
+    return _Dropped()
 
 
 async def _unhandled(request: Request, exc: Exception) -> Response:
@@ -512,6 +567,7 @@ def create_app(config: ServerConfig | None = None, **kwargs: Any) -> Millimetric
         exception_handlers={
             HTTPException: _http_exception,
             Refusal: _refusal,
+            Disconnected: _disconnected,
             Exception: _unhandled,
         },
     )

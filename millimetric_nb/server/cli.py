@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
-from .config import ServerConfig, parse_limits
+from .config import MAX_LATENCY_MS, MAX_PORT, ServerConfig, parse_key_spec, parse_limits
 
 DEFAULT_DB = str(Path(".millimetric") / "server.sqlite3")
 
@@ -41,14 +42,31 @@ def _rate(value: str) -> float:
     return rate
 
 
-def _non_negative(value: str) -> int:
+def _whole(value: str, most: int) -> int:
     try:
         number = int(value)
     except ValueError:
         number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {value!r}")
+    if not 0 <= number <= most:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 0 to {most}, not {value[:32]!r}")
     return number
+
+
+def _port(value: str) -> int:
+    return _whole(value, MAX_PORT)
+
+
+def _latency(value: str) -> int:
+    return _whole(value, MAX_LATENCY_MS)
+
+
+def _key(value: str) -> str:
+    try:
+        parse_key_spec(value)
+    except ValueError as exc:  # its message never quotes the secret
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def _limits(value: str) -> str:
@@ -69,14 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=_non_negative, default=8787, metavar="N",
+    parser.add_argument("--port", type=_port, default=8787, metavar="N",
                         help="port (default 8787; 0 picks a free one and prints it)")
     parser.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
                         help=f"SQLite file (default {DEFAULT_DB}; ':memory:' allowed)")
-    parser.add_argument("--key", action="append", default=None, metavar="KEY[=PROJECT]",
+    parser.add_argument("--key", type=_key, action="append", default=None, metavar="KEY[=PROJECT]",
                         help="an accepted key, any kind (repeatable); project 'dev' unless "
-                             "KEY=project. Without --key, one key of each kind is minted "
-                             "and printed")
+                             "KEY=project; one key for two projects is refused. Without "
+                             "--key, one key of each kind is minted and printed")
     parser.add_argument("--limits", type=_limits, default="production",
                         metavar="production|off|xN",
                         help="rate limits: the contract's token buckets (default), none, or "
@@ -89,10 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reset-rate", type=_rate, default=0.0, metavar="F",
                         help="fraction of write requests whose connection is dropped "
                              "without writing or answering")
-    parser.add_argument("--latency-ms", type=_non_negative, default=0, metavar="N",
+    parser.add_argument("--latency-ms", type=_latency, default=0, metavar="N",
                         help="milliseconds added before every answer")
     parser.add_argument("--seed", type=int, default=None, metavar="N",
                         help="seed of fault injection (the same seed, the same faults)")
+    parser.add_argument("--dedup", action="store_true",
+                        help="store an event_id once per project: a resend is accepted "
+                             "(counted in the answer) but never stored twice")
     parser.add_argument("--allow-origin", action="append", default=None, metavar="ORIGIN",
                         help="an origin pk_ keys may be used from (repeatable; default "
                              "http://localhost:3000)")
@@ -106,7 +127,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host, port=args.port, db=args.db, keys=args.key, limits=args.limits,
         fail_rate=args.fail_rate, ambiguous_rate=args.ambiguous_rate,
-        reset_rate=args.reset_rate, latency_ms=args.latency_ms, seed=args.seed, **kwargs,
+        reset_rate=args.reset_rate, latency_ms=args.latency_ms, seed=args.seed,
+        dedup=args.dedup, **kwargs,
     )
 
 
@@ -120,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         app = create_app(config)
-    except ValueError as exc:
+    except (ValueError, OSError, sqlite3.Error) as exc:
         print(f"millimetric-nb serve: {exc}", file=sys.stderr)
         return 2
     try:

@@ -22,6 +22,10 @@ DEFAULT_ENV = "dev"
 #: 5 MB batches (contract.BATCH_MAX_BYTES) always fit.
 MAX_BODY_BYTES = 6 * 1024 * 1024
 
+MAX_PORT = 65535
+#: The largest injected latency (one minute): more would only hang clients.
+MAX_LATENCY_MS = 60_000
+
 _KEY_RE = re.compile(contract.KEY_PATTERN)
 _LIMITS_RE = re.compile(r"^x(\d+(?:\.\d+)?)$")
 _ALNUM = string.ascii_letters + string.digits
@@ -106,6 +110,8 @@ class ServerConfig:
         clock: monotonic clock (seconds) of the rate limiter; tests inject a manual one.
         ip_salt: salt of ``ip_hash``; random per server when ``None``.
         max_body_bytes: request bodies above this get ``413 payload_too_large``.
+        dedup: store an ``event_id`` once per project (a resend is accepted, not stored
+            again); off by default, as the published server does not deduplicate.
     """
 
     host: str = "127.0.0.1"
@@ -122,8 +128,11 @@ class ServerConfig:
     clock: Callable[[], float] | None = None
     ip_salt: str | None = field(default=None, repr=False)
     max_body_bytes: int = MAX_BODY_BYTES
+    dedup: bool = False
 
     def __post_init__(self) -> None:
+        if not 0 <= self.port <= MAX_PORT:
+            raise ValueError(f"port must be between 0 and {MAX_PORT}, not {self.port!r}")
         parse_limits(self.limits)  # refuse a bad mode early
         for name in ("fail_rate", "ambiguous_rate", "reset_rate"):
             rate = getattr(self, name)
@@ -131,13 +140,17 @@ class ServerConfig:
                 raise ValueError(f"{name} must be between 0 and 1, not {rate!r}")
         if self.fail_rate + self.ambiguous_rate + self.reset_rate > 1.0:
             raise ValueError("fail_rate + ambiguous_rate + reset_rate must not exceed 1")
-        if self.latency_ms < 0:
-            raise ValueError("latency_ms must be >= 0")
+        if not 0 <= self.latency_ms <= MAX_LATENCY_MS:
+            raise ValueError(f"latency_ms must be between 0 and {MAX_LATENCY_MS}")
         self.allowed_origins = tuple(self.allowed_origins)
 
 
 def resolve_keys(keys: Sequence[str] | None) -> tuple[list[StoredKey], dict[str, str]]:
-    """The stored keys, and ``{kind: raw key}`` (first key of each kind; minted when none)."""
+    """The stored keys, and ``{kind: raw key}`` (first key of each kind; minted when none).
+
+    Raises ``ValueError`` (naming the key by its masked form only) when one key is
+    given for two projects: which project would its events belong to?
+    """
     if keys is None:
         raws = [mint_key(kind) for kind in contract.KEY_KINDS]
         specs = raws
@@ -145,8 +158,18 @@ def resolve_keys(keys: Sequence[str] | None) -> tuple[list[StoredKey], dict[str,
         specs = list(keys)
     stored: list[StoredKey] = []
     by_kind: dict[str, str] = {}
+    owner: dict[tuple[str, str, str, bytes], str] = {}
     for spec in specs:
         key, raw = parse_key_spec(spec)
+        identity = (key.kind, key.env, key.prefix, key.secret_digest)
+        if identity in owner:
+            if owner[identity] != key.project:
+                raise ValueError(
+                    f"key {key.masked} is given for two projects ({owner[identity]!r} and "
+                    f"{key.project!r}); give each key once"
+                )
+            continue  # the same key for the same project, twice: one key
+        owner[identity] = key.project
         stored.append(key)
         by_kind.setdefault(key.kind, raw)
     return stored, by_kind

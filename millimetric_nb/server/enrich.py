@@ -43,7 +43,7 @@ _ISO_DT = re.compile(
     r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$"
 )
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_FRACTION = re.compile(r"\.(\d{7,9})")
+FRACTION = re.compile(r"\.(\d{7,9})")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -61,14 +61,14 @@ def parse_timestamp(value: str, *, allow_date: bool = False) -> datetime | None:
     if text[-1] in "zZ":
         text = text[:-1] + "+00:00"
     if "." in text:
-        text = _FRACTION.sub(lambda m: "." + m.group(1)[:6], text)
+        text = FRACTION.sub(lambda m: "." + m.group(1)[:6], text)
     try:
         dt = datetime.fromisoformat(text)
-    except ValueError:
+        if dt.tzinfo is None:
+            return dt.replace(tzinfo=UTC)
+        return dt.astimezone(UTC)
+    except (ValueError, OverflowError):  # no such day, or outside years 1 to 9999 in UTC
         return None
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
 
 
 def to_epoch_us(dt: datetime) -> int:

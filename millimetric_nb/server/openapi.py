@@ -1,4 +1,8 @@
-"""The OpenAPI 3.1 document the server serves at ``/openapi.json``, built from the contract."""
+"""The OpenAPI 3.1 document the server serves at ``/openapi.json``, built from the contract.
+
+It says what the server refuses: parameter patterns are the ones ``reads`` checks
+with, and write routes list this server's ``415 unsupported_media_type``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,13 @@ from functools import lru_cache
 from typing import Any
 
 from millimetric_nb import contract
+
+from .reads import GROUP_BY_PATTERN, WINDOW_PATTERN
+
+#: Codes this server answers besides the contract's table.
+EXTRA_ERROR_CODES: tuple[str, ...] = (
+    "not_found", "method_not_allowed", "payload_too_large", "unsupported_media_type",
+)
 
 _KIND = {"string": "string", "object": "object"}
 
@@ -50,6 +61,8 @@ _WRITE_ERRORS = {
     "401": "missing_bearer_token, malformed_api_key, invalid_api_key, key_kind_mismatch",
     "403": "origin_not_allowed, insufficient_scope",
     "413": "payload_too_large",
+    "415": "unsupported_media_type (this server's choice): the Content-Type is not "
+           "application/json (nor application/*+json)",
     "500": "internal_error",
     "502": "upstream_failed",
 }
@@ -60,7 +73,10 @@ def _param(name: str, required: bool, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _window() -> list[dict[str, Any]]:
-    ts = {"type": "string", "description": "ISO 8601 date or date-time; UTC when no offset"}
+    ts = {"type": "string", "minLength": 1, "pattern": WINDOW_PATTERN,
+          "description": "ISO 8601 date or date-time (a real calendar day, years 0001-9999); "
+                         "UTC when no offset. `from` inclusive, `to` exclusive; a `to` before "
+                         "`from` is an empty window."}
     return [_param("from", True, ts), _param("to", True, ts)]
 
 
@@ -156,11 +172,13 @@ def openapi_document() -> dict[str, Any]:
             *_window(),
             _param("metric", False, {"enum": list(contract.STATS_METRICS), "default": "count"}),
             _param("event", False, string),
-            _param("group_by", False, {"type": "string", "description": "comma list of "
+            _param("group_by", False, {"type": "string", "pattern": GROUP_BY_PATTERN,
+                                       "description": "comma list (no spaces) of "
                                        + ", ".join(contract.STATS_GROUP_BY)}),
             _param("interval", False, {"enum": list(contract.STATS_INTERVALS)}),
             _param("limit", False, {"type": "integer", "minimum": 1,
-                                    "maximum": contract.QUERY_LIMIT_MAX}),
+                                    "maximum": contract.QUERY_LIMIT_MAX,
+                                    "default": contract.QUERY_LIMIT_DEFAULT}),
         ], stats_rows),
         routes["sources"].path: read("sources", [
             *_window(),
@@ -182,8 +200,7 @@ def openapi_document() -> dict[str, Any]:
             "schemas": {
                 "Event": _object(contract.EVENT_FIELDS),
                 "Error": {"type": "object", "required": ["error", "details"], "properties": {
-                    "error": {"enum": sorted([*contract.ERRORS, "not_found",
-                                              "method_not_allowed", "payload_too_large"])},
+                    "error": {"enum": sorted([*contract.ERRORS, *EXTRA_ERROR_CODES])},
                     "details": {"type": "object"}}},
             },
         },

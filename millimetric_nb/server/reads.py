@@ -1,8 +1,19 @@
 """The read endpoints: ``/v1/query``, ``/v1/stats``, ``/v1/sources``.
 
-Parameters follow the contract. ``from``/``to`` are required ISO 8601 date-times
-(or dates, taken as midnight UTC), ``from`` inclusive, ``to`` exclusive; a
-date-time without an offset is UTC.
+Parameters follow the contract, and the OpenAPI document (``openapi.py``) states
+exactly what is refused, from the patterns below (the server and the document
+agree on every parameter):
+
+- ``from``/``to`` are required ISO 8601 dates or date-times (:data:`WINDOW_PATTERN`:
+  a real calendar day of years 0001-9999; ``T``, ``t`` or a space before the time;
+  seconds and fraction optional; an offset ``Z``/``±HH[[:]MM]`` optional, UTC when
+  none), ``from`` inclusive, ``to`` exclusive. A ``to`` before ``from`` is an empty
+  window (no rows), not an error. An empty value is refused.
+- ``limit`` is a whole number written in ASCII digits, within the route's range.
+- ``metric``, ``interval``, ``breakdown``: one of their values; leave the parameter
+  out for the default (an empty value is refused).
+- ``group_by``: a comma list of column names without spaces (:data:`GROUP_BY_PATTERN`);
+  an empty value means no grouping; a name given twice counts once.
 
 - ``/v1/query`` rows come in timestamp order, ties in insertion order; they carry
   the contract's columns plus ``event_id`` and ``session_id``; ``properties`` is a
@@ -21,13 +32,38 @@ date-time without an offset is UTC.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from millimetric_nb import contract
 
 from . import enrich
 from .storage import Storage
+
+_YEAR = r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+_LEAP_DAY = (  # years divisible by 4, centuries only when divisible by 400 (not 0000)
+    r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])"
+    r"|(?:[02468][48]|[2468]0|[13579][26])00)-02-29"
+)
+_MONTH_DAY = (
+    r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+)
+_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,9})?)?"
+_OFFSET = r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-9])?)"
+#: What ``from``/``to`` take (also the OpenAPI document's ``pattern``; ECMA and Python).
+WINDOW_PATTERN = rf"^(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_DAY})(?:[Tt ]{_TIME}{_OFFSET}?)?$"
+#: What ``group_by`` takes: empty, or a comma list of the contract's columns.
+GROUP_BY_PATTERN = (
+    rf"^(?:(?:{'|'.join(contract.STATS_GROUP_BY)})(?:,(?:{'|'.join(contract.STATS_GROUP_BY)}))*)?$"
+)
+#: What ``limit`` takes before its range is checked.
+INTEGER_PATTERN = r"^-?[0-9]+$"
+_WINDOW_RE = re.compile(WINDOW_PATTERN)
+_INTEGER_RE = re.compile(INTEGER_PATTERN)
 
 _HOUR_US = 3_600_000_000
 _DAY_US = 24 * _HOUR_US
@@ -38,6 +74,29 @@ _BUCKETS: dict[str, str] = {
     "day": f"(ts_us / {_DAY_US}) * {_DAY_US}",
     "week": f"((ts_us - {_MONDAY_US}) / {_WEEK_US}) * {_WEEK_US} + {_MONDAY_US}",
 }
+
+
+def _window_us(raw: str) -> int | None:
+    """Epoch microseconds of a ``from``/``to`` value, or ``None`` if refused.
+
+    Computed without converting to UTC first, so that a bound near year 1 or 9999
+    with an offset is still a bound (outside every stored timestamp) rather than an
+    overflow.
+    """
+    if not _WINDOW_RE.fullmatch(raw):
+        return None
+    text = raw[:-1] + "+00:00" if raw[-1] in "zZ" else raw
+    if "." in text:
+        text = enrich.FRACTION.sub(lambda m: "." + m.group(1)[:6], text)
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    offset = dt.utcoffset()
+    local_us = enrich.to_epoch_us(dt.replace(tzinfo=UTC))
+    if offset is None:
+        return local_us
+    return local_us - (offset.days * 86_400 + offset.seconds) * 1_000_000 - offset.microseconds
 
 
 class ParamError(Exception):
@@ -66,32 +125,29 @@ class _Params:
             if raw is None or raw == "":
                 self.add(name, contract.RULE_REQUIRED, f"`{name}` is required (ISO 8601)")
                 continue
-            dt = enrich.parse_timestamp(raw, allow_date=True)
-            if dt is None:
+            bound = _window_us(raw)
+            if bound is None:
                 self.add(name, contract.RULE_TIMESTAMP,
                          f"must be an ISO 8601 date or date-time, got {raw[:64]!r}")
                 continue
-            bounds.append(enrich.to_epoch_us(dt))
-        if len(bounds) == 2 and bounds[0] > bounds[1]:
-            self.add("to", "before_from", "`to` must not be before `from`")
+            bounds.append(bound)
         return (bounds[0], bounds[1]) if len(bounds) == 2 else (0, 0)
 
     def limit(self, maximum: int, default: int) -> int:
         raw = self.params.get("limit")
         if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
+        if not _INTEGER_RE.fullmatch(raw):
             self.add("limit", contract.RULE_TYPE, f"must be an integer, got {raw[:32]!r}")
             return default
+        value = int(raw)
         if not 1 <= value <= maximum:
             self.add("limit", "out_of_range", f"must be between 1 and {maximum}, got {value}")
         return value
 
     def choice(self, name: str, allowed: tuple[str, ...], default: str | None) -> str | None:
         raw = self.params.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             return default
         if raw not in allowed:
             self.add(name, "not_allowed", f"must be one of {', '.join(allowed)}, got {raw[:32]!r}")
@@ -134,12 +190,12 @@ def stats(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str
     limit = p.limit(contract.QUERY_LIMIT_MAX, contract.QUERY_LIMIT_DEFAULT)
     p.done()
     group_raw = params.get("group_by") or ""
-    group = [g.strip() for g in group_raw.split(",") if g.strip()]
+    group = group_raw.split(",") if group_raw else []
     unknown = [g for g in group if g not in contract.STATS_GROUP_BY]
     if unknown:
         raise ParamError("invalid_group_by", {"group_by": [
-            f"not_allowed: unknown column(s) {', '.join(unknown)}; allowed: "
-            f"{', '.join(contract.STATS_GROUP_BY)}"]})
+            f"not_allowed: unknown column(s) {', '.join(repr(g[:32]) for g in unknown[:5])}; "
+            f"give a comma list, without spaces, of {', '.join(contract.STATS_GROUP_BY)}"]})
     group = list(dict.fromkeys(group))
     where = ["project = ?", "ts_us >= ?", "ts_us < ?"]
     args: list[Any] = [project, start, end]

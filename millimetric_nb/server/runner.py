@@ -120,6 +120,10 @@ class ServerHandle:
         """``{"fail": n, "ambiguous": n, "reset": n}``: faults injected so far."""
         return self.state.fault_counts()
 
+    def disconnects(self) -> int:
+        """How many clients went away before their request was read to the end."""
+        return self.state.disconnects()
+
     def inject(self, route: str, kind: str, count: int = 1) -> None:
         """Fail the next ``count`` valid requests to write ``route`` with ``kind``.
 

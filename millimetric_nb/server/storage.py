@@ -3,6 +3,12 @@
 One connection is shared by every thread (uvicorn's loop, the test thread that
 inspects rows) and guarded by a lock; file databases use WAL. ``:memory:``
 works because the single connection is the database.
+
+With ``dedup=True`` an ``event_id`` is stored once per project: an event whose
+``event_id`` the project already holds (or that an earlier event of the same
+batch carries) is accepted and not stored again (the published field table calls
+``event_id`` an idempotency key). Rows already in a file database are kept as
+they are.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ CREATE INDEX IF NOT EXISTS events_project_user ON events (project, user_id);
 _INSERT = (
     f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 )
+_INSERT_NEW = (
+    f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT {', '.join('?' for _ in COLUMNS)} "
+    "WHERE NOT EXISTS (SELECT 1 FROM events WHERE project = ? AND event_id = ?)"
+)
+_DEDUP_INDEX = "CREATE INDEX IF NOT EXISTS events_project_event_id ON events (project, event_id)"
+_PROJECT, _EVENT_ID = COLUMNS.index("project"), COLUMNS.index("event_id")
 #: Columns of :meth:`Storage.stored_events` rows (all but ``project`` and ``ts_us``).
 STORED_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("project", "ts_us"))
 
@@ -35,7 +47,7 @@ STORED_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("project
 class Storage:
     """The events table behind one server."""
 
-    def __init__(self, db: str) -> None:
+    def __init__(self, db: str, *, dedup: bool = False) -> None:
         if db != ":memory:":
             Path(db).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
@@ -45,6 +57,9 @@ class Storage:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            if dedup:
+                self._conn.execute(_DEDUP_INDEX)
+        self.dedup = dedup
 
     def close(self) -> None:
         """Close the connection."""
@@ -54,17 +69,26 @@ class Storage:
     # ----------------------------------------------------------------- writes
 
     def insert(self, rows: Sequence[Row]) -> int:
-        """Insert ``rows`` in one transaction (all or nothing); return how many."""
+        """Insert ``rows`` in one transaction (all or nothing); return how many were
+        stored (with ``dedup``, rows whose ``event_id`` the project holds are not)."""
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN")
             try:
-                conn.executemany(_INSERT, rows)
+                if self.dedup:
+                    before = conn.total_changes
+                    conn.executemany(
+                        _INSERT_NEW, [(*row, row[_PROJECT], row[_EVENT_ID]) for row in rows]
+                    )
+                    stored = conn.total_changes - before
+                else:
+                    conn.executemany(_INSERT, rows)
+                    stored = len(rows)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        return len(rows)
+        return stored
 
     def delete_user(self, project: str, user_id: str) -> int:
         """Delete every event of ``user_id`` in ``project``; return how many."""
