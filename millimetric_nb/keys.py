@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from . import contract
 from .errors import KeyRefusedError
@@ -102,6 +102,20 @@ class ApiKey:
 
     def __repr__(self) -> str:
         return f"ApiKey({self.masked!r})"
+
+    # Pickling would write the secret into the pickle (a cache, a process pool's pipe, a
+    # saved session): refused, as for the clients. Copies are the key itself (immutable).
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"ApiKey cannot be pickled (it holds a secret): {self.masked}")
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"ApiKey cannot be pickled (it holds a secret): {self.masked}")
+
+    def __copy__(self) -> ApiKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ApiKey:
+        return self
 
 
 __all__ = ["ApiKey", "mask"]

@@ -12,6 +12,16 @@ from millimetric_nb.server import ServerHandle, run_in_thread
 
 
 @pytest.fixture
+def fast_retries() -> Iterator[None]:
+    """Retries happen at once within the test (``client.no_backoff``; attempt limits kept).
+    Modules that want it everywhere say ``pytestmark = pytest.mark.usefixtures(...)``."""
+    from millimetric_nb.client import no_backoff
+
+    with no_backoff():
+        yield
+
+
+@pytest.fixture
 def mm_server() -> Iterator[ServerHandle]:
     """A running server (limits off, fresh ``:memory:`` database); ``.url``, ``.keys``..."""
     with run_in_thread(limits="off") as srv:

@@ -13,12 +13,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 
 import pytest
 
 import millimetric_nb as mm
-from millimetric_nb.client import no_backoff
 from millimetric_nb.contract import RateLimit
 from millimetric_nb.errors import TransportError
 from millimetric_nb.ratelimit import RateLimiter, TokenBucket
@@ -26,10 +24,7 @@ from millimetric_nb.ratelimit import RateLimiter, TokenBucket
 WINDOW = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z", "limit": 1000}
 
 
-@pytest.fixture(autouse=True)
-def _fast_retries() -> Iterator[None]:
-    with no_backoff():
-        yield
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 def stored_names(srv) -> list[str]:
@@ -87,21 +82,28 @@ def test_bucket_lock_follows_the_running_loop() -> None:
     """A token bucket whose lock was bound to a closed loop still serves a new loop."""
     bucket = TokenBucket(RateLimit(refill=1000.0, burst=1))
 
-    async def contend() -> None:
-        await asyncio.gather(*(bucket.acquire() for _ in range(3)))
+    async def contend() -> list[float]:
+        return await asyncio.gather(*(bucket.acquire() for _ in range(3)))
 
-    asyncio.run(contend())
-    asyncio.run(contend())  # RuntimeError "bound to a different event loop" before the fix
+    # burst 1: of three acquisitions at least two wait for a refill, queued on the lock
+    for waits in (asyncio.run(contend()), asyncio.run(contend())):  # the second run raised
+        # RuntimeError "bound to a different event loop" before the fix
+        assert len(waits) == 3
+        assert all(w >= 0.0 for w in waits)
+        assert sum(w > 0.0 for w in waits) >= 2, waits
 
 
 def test_more_concurrent_calls_than_pool_connections_all_get_in(mm_server_factory):
     """Many concurrent tracks on one client queue for a connection instead of failing
     with a pool timeout reported as 'could not connect' (the wait is the client's own
     queue, not the server's fault)."""
-    # 300 calls, 100 connections, 0.8 s per answer: the third wave waits ~1.6 s for a
-    # connection, longer than the 1.5 s timeout that each request itself respects.
-    srv = mm_server_factory(limits="off", latency_ms=800)
-    client = mm.AsyncClient(srv.keys["sk"], srv.url, rate_limits="off", timeout=1.5,
+    # 300 calls, 100 connections (httpx's pool), 2.5 s per answer: the third wave waits
+    # ~5 s for a connection, longer than the 4 s timeout that each request itself
+    # respects. (With 0.8 s answers and a 1.5 s timeout, connects starved of CPU on a
+    # loaded machine timed out: 4 x connect_failed. The margins are now wide.)
+    timeout = 4.0
+    srv = mm_server_factory(limits="off", latency_ms=2500)
+    client = mm.AsyncClient(srv.keys["sk"], srv.url, rate_limits="off", timeout=timeout,
                             max_attempts=1)
 
     async def main() -> list[object]:
@@ -111,10 +113,14 @@ def test_more_concurrent_calls_than_pool_connections_all_get_in(mm_server_factor
         finally:
             await client.aclose()
 
+    started = time.monotonic()
     results = asyncio.run(main())
+    elapsed = time.monotonic() - started
     failures = [r for r in results if isinstance(r, BaseException)]
     assert failures == []
     assert stored_names(srv).count("many") == 300
+    # the case is really exercised: three waves of 2.5 s, so the last queued > timeout
+    assert elapsed > timeout + 2.5
 
 
 def test_read_timeout_is_not_reported_as_a_possible_write(mm_server_factory):

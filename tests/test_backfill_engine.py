@@ -75,9 +75,14 @@ def test_iter_source_frame_csv_jsonl_parquet(tmp_path):
         assert list(back["event"]) == list(df["event"]), name
         assert list(back.index) == list(range(25)), name
 
+    (tmp_path / "a.xlsx").write_bytes(b"PK\x03\x04 not really a workbook")
     with pytest.raises(MillimetricError) as ei:
         iter_source(tmp_path / "a.xlsx", 10)
-    assert ei.value.code in ("source_not_found", "unknown_source_format")
+    assert ei.value.code == "unknown_source_format"
+    assert "a.xlsx" in str(ei.value) and ".csv" in str(ei.value)
+    with pytest.raises(MillimetricError) as ei:
+        iter_source(tmp_path / "missing.csv", 10)
+    assert ei.value.code == "source_not_found"
     with pytest.raises(MillimetricError):
         iter_source(42, 10)  # type: ignore[arg-type]
     with pytest.raises(MillimetricError) as ei:

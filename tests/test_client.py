@@ -11,7 +11,6 @@ import asyncio
 import logging
 import socket
 import traceback
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -22,7 +21,6 @@ from millimetric_nb.client import (
     BatchFailedError,
     _full_jitter,
     _split,
-    no_backoff,
 )
 from millimetric_nb.errors import (
     AuthenticationError,
@@ -45,10 +43,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.fixture(autouse=True)
-def _fast_retries() -> Iterator[None]:
-    with no_backoff():
-        yield
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 @pytest.fixture(autouse=True)
@@ -267,6 +262,24 @@ def test_client_cannot_be_pickled():
     with pytest.raises(TypeError):
         pickle.dumps(c)
     run(c.aclose())
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_api_key_cannot_be_pickled_and_its_secret_is_in_no_pickle(protocol):
+    """Issue 10 (6): ``pickle.dumps(ApiKey.parse(key))`` held the secret."""
+    import copy
+    import pickle
+
+    from millimetric_nb.keys import ApiKey
+
+    key = ApiKey.parse("sk_live_1a2b3c4d_PICKLEDSECRET42")
+    with pytest.raises(TypeError, match="cannot be pickled") as info:
+        pickle.dumps(key, protocol=protocol)
+    assert "PICKLEDSECRET42" not in str(info.value)
+    with pytest.raises(TypeError):
+        pickle.dumps({"inside": [key]}, protocol=protocol)  # nor inside a container
+    assert copy.deepcopy(key) is key and copy.copy(key) is key  # copies still work
+    assert copy.deepcopy(key).reveal().endswith("PICKLEDSECRET42")
 
 
 # --------------------------------------------------------------------------- sending

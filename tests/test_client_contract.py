@@ -14,7 +14,7 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from millimetric_nb import contract
-from millimetric_nb.client import AsyncClient, no_backoff
+from millimetric_nb.client import AsyncClient
 from millimetric_nb.contract import RateLimit
 from millimetric_nb.errors import (
     APIError,
@@ -49,12 +49,13 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+pytestmark = pytest.mark.usefixtures("fast_retries")
+
+
 @pytest.fixture(autouse=True)
-def _fast_retries(monkeypatch) -> Iterator[None]:
+def _clean_env(monkeypatch) -> None:
     monkeypatch.delenv(contract.ENV_KEY, raising=False)
     monkeypatch.delenv(contract.ENV_HOST, raising=False)
-    with no_backoff():
-        yield
 
 
 def secret(key: str) -> str:
