@@ -219,3 +219,30 @@ def test_serve_dedup_option_reaches_the_server(tmp_path):
     assert config_from_args(args).dedup is True
     args = build_parser().parse_args(["serve", "--db", ":memory:"])
     assert config_from_args(args).dedup is False
+
+
+def test_stats_buckets_before_the_year_1000_are_iso_8601(mm_server, mm_client):
+    """Found by schemathesis: strftime's %Y wrote the year 956 as "956"."""
+    sk = mm_client(mm_server)
+    assert sk.post("/v1/track", json={**EVENT, "timestamp": "0956-11-20T10:30:00Z"}
+                   ).status_code == 202
+    r = sk.get("/v1/stats", params={"from": "0900-01-01", "to": "1000-01-01",
+                                    "interval": "hour"})
+    assert r.json()["rows"] == [{"bucket": "0956-11-20T10:00:00.000000Z", "value": 1}]
+
+
+@pytest.mark.parametrize(("stamp", "interval", "bucket"), [
+    ("1969-12-31T23:30:00Z", "hour", "1969-12-31T23:00:00.000000Z"),
+    ("1969-12-31T23:30:00Z", "day", "1969-12-31T00:00:00.000000Z"),
+    ("1969-12-31T23:30:00Z", "week", "1969-12-29T00:00:00.000000Z"),  # a Monday
+    ("1970-01-04T23:30:00Z", "week", "1969-12-29T00:00:00.000000Z"),
+    ("1970-01-05T00:00:00Z", "week", "1970-01-05T00:00:00.000000Z"),
+    ("2024-01-03T12:00:00Z", "week", "2024-01-01T00:00:00.000000Z"),
+])
+def test_buckets_before_and_after_1970_start_where_they_should(mm_server, mm_client, stamp,
+                                                               interval, bucket):
+    sk = mm_client(mm_server)
+    assert sk.post("/v1/track", json={**EVENT, "timestamp": stamp}).status_code == 202
+    r = sk.get("/v1/stats", params={"from": "1900-01-01", "to": "2100-01-01",
+                                    "interval": interval})
+    assert r.json()["rows"] == [{"bucket": bucket, "value": 1}]

@@ -81,7 +81,8 @@ def format_us(us: int) -> str:
     """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (always 6 fraction digits, UTC) from epoch µs."""
     seconds, micro = divmod(us, 1_000_000)
     dt = datetime.fromtimestamp(seconds, UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{micro:06d}Z"
+    # isoformat, not strftime: "%Y" gives "956" for the year 956 (not ISO 8601)
+    return f"{dt.replace(tzinfo=None).isoformat(timespec='seconds')}.{micro:06d}Z"
 
 
 def format_dt(dt: datetime) -> str:

@@ -69,10 +69,18 @@ _HOUR_US = 3_600_000_000
 _DAY_US = 24 * _HOUR_US
 _WEEK_US = 7 * _DAY_US
 _MONDAY_US = 4 * _DAY_US  # 1970-01-05, the first Monday after the epoch
+
+
+def _floor(width: int, origin: int = 0) -> str:
+    """SQL for the start of ``ts_us``'s bucket of ``width`` µs from ``origin``: SQLite's
+    ``/`` and ``%`` truncate toward zero, which put times before 1970 one bucket late."""
+    return f"(ts_us - (((ts_us - {origin}) % {width}) + {width}) % {width})"
+
+
 _BUCKETS: dict[str, str] = {
-    "hour": f"(ts_us / {_HOUR_US}) * {_HOUR_US}",
-    "day": f"(ts_us / {_DAY_US}) * {_DAY_US}",
-    "week": f"((ts_us - {_MONDAY_US}) / {_WEEK_US}) * {_WEEK_US} + {_MONDAY_US}",
+    "hour": _floor(_HOUR_US),
+    "day": _floor(_DAY_US),
+    "week": _floor(_WEEK_US, _MONDAY_US),
 }
 
 
