@@ -190,9 +190,11 @@ def test_sentinel_secret_is_found_nowhere(tmp_path, monkeypatch, capsys):
                                       env=env, cwd=work, input="", capture_output=True,
                                       text=True, timeout=240)
                 cli_runs += 1
+                shown = " ".join(argv).replace(SECRET, "<secret>")  # (this file's own echo)
                 (work / f"cli-{cli_runs:02d}-{name}.out").write_text(
-                    f"$ {' '.join(argv)}\nexit {done.returncode}\n{done.stdout}\n{done.stderr}")
+                    f"$ {shown}\nexit {done.returncode}\n{done.stdout}\n{done.stderr}")
                 assert "Traceback" not in done.stderr, done.stderr[-2000:]
+                assert done.returncode in (0, 1), (shown, done.stderr[-2000:])  # 1: rows
 
         # Every notebook, executed in a kernel pointed at this server
         nbformat = pytest.importorskip("nbformat")
