@@ -77,7 +77,7 @@ from .errors import (
     MillimetricError,
     ValidationError,
 )
-from .frame import check_pii
+from .frame import PII_DEFAULT, RULE_PII, check_pii
 from .journal import ACKED, AMBIGUOUS, PENDING, Journal, JournalBusy, open_journal
 from .progress import (
     Acknowledged,
@@ -561,6 +561,8 @@ class _Run:
             # A problem with the whole chunk (no event column, pii="error"...): every
             # row is reported with it; nothing of this chunk is sent.
             self.warn(str(exc))
+            if exc.code == RULE_PII:  # pii="error": nothing more is sent
+                self.stop(exc)
             chunk.mark(slice(None), _INVALID, error=exc.code, message=_short(str(exc)))
             chunk.sealed = True
             self.emit(Planned(chunk.n, 0, chunk.n, total_rows=self.total_rows))
@@ -1250,7 +1252,7 @@ async def run_rows(
 
 
 def event_preparer(
-    mapping: dict[str, Any], pii: str = "warn", now: dt.datetime | None = None
+    mapping: dict[str, Any], pii: str = PII_DEFAULT, now: dt.datetime | None = None
 ) -> Preparer:
     """The preparer of event sends (``/v1/batch``, ``/v1/track``) for :func:`run_rows`.
 
@@ -1276,7 +1278,7 @@ def event_preparer(
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
         warns: list[str] = []
         if state["mapping"] is None:
-            state["mapping"], warns = resolve_mapping(list(frame.columns), **mapping)
+            state["mapping"], warns = resolve_mapping(frame.columns, **mapping)
             state["columns"] = list(frame.columns)
         chunk_mapping = state["mapping"]
         known = state["columns"]
