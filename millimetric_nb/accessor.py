@@ -210,7 +210,7 @@ class MillimetricAccessor:
         pii: str = PII_DEFAULT,
         observer: Observer | None = None,
         chunksize: int = DEFAULT_CHUNKSIZE,
-        on_ambiguous: OnAmbiguous = "resend",
+        on_ambiguous: OnAmbiguous = "verify",
         **mapping: Any,
     ) -> SendResult:
         """Send every valid row as one event through ``/v1/batch`` (the backfill path).

@@ -118,7 +118,7 @@ async def abackfill(
     concurrency: int = DEFAULT_CONCURRENCY,
     chunksize: int = DEFAULT_CHUNKSIZE,
     pii: str = PII_DEFAULT,
-    on_ambiguous: OnAmbiguous = "resend",
+    on_ambiguous: OnAmbiguous = "verify",
     now: dt.datetime | None = None,
     route: Literal["batch", "track"] = "batch",
     warn_stacklevel: int = 2,
@@ -153,9 +153,15 @@ async def abackfill(
             once you have decided they may be sent. ``"warn"`` sends them with a
             warning; ``"ignore"`` (as ``"allow"``) sends them silently.
         on_ambiguous: for ids whose outcome was unknown in an earlier run of the same
-            journal: ``"resend"`` (default, flagged as possible duplicates, since a
-            lost event cannot be recovered but a duplicate can be found by its
-            ``event_id``) or ``"skip"``.
+            journal (in flight when it was killed or interrupted, or ambiguous):
+            ``"verify"`` (default) reads back their time window (``/v1/query``, which
+            needs a read-capable ``sk_``/``rk_`` key and a server whose reads carry
+            ``event_id``, as the local server's do) and resends only the ids not
+            stored; where reads cannot tell (no ``event_id`` in the rows, a key that
+            cannot read, rows without a timestamp) it falls back to ``"resend"`` and
+            says so once in ``result.warnings``. ``"resend"``: resend them, flagged
+            as possible duplicates (a lost event cannot be recovered but a duplicate
+            can be found by its ``event_id``). ``"skip"``: do not resend them.
         now: the reference time for the future-timestamp check (default: now).
         route: ``"batch"`` (default) or ``"track"`` (one request per row).
         warn_stacklevel: where the data warnings (also in ``result.warnings``) point;
@@ -241,7 +247,7 @@ def backfill(
     concurrency: int = DEFAULT_CONCURRENCY,
     chunksize: int = DEFAULT_CHUNKSIZE,
     pii: str = PII_DEFAULT,
-    on_ambiguous: OnAmbiguous = "resend",
+    on_ambiguous: OnAmbiguous = "verify",
     now: dt.datetime | None = None,
     **mapping: Any,
 ) -> SendResult:
