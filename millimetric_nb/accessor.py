@@ -38,7 +38,14 @@ from .backfill import (
 from .encode import EncodeError, dumps, is_missing
 from .errors import ConfigurationError, ValidationError
 from .events import prepare_forget, prepare_identify
-from .frame import ERROR_COLUMNS, RULE_PII, DataWarning, check_pii, pii_columns
+from .frame import (
+    ERROR_COLUMNS,
+    PII_DEFAULT,
+    DataWarning,
+    check_pii,
+    personal_data_error,
+    pii_columns,
+)
 from .journal import Journal
 from .progress import Observer
 from .results import SendResult
@@ -175,8 +182,13 @@ class MillimetricAccessor:
 
     # ------------------------------------------------------------------ validate
 
-    def validate(self, *, pii: str = "warn", now: Any = None, **mapping: Any) -> ValidationReport:
+    def validate(
+        self, *, pii: str = PII_DEFAULT, now: Any = None, **mapping: Any
+    ) -> ValidationReport:
         """Check every row against the contract, column-wise; nothing is sent.
+
+        ``pii`` as for :meth:`send_batch`: by default, property columns that look like
+        personal data raise (code ``personal_data``), as the send would refuse them.
 
         Returns a validation report: ``.ok``, ``.errors`` (one row per problem:
         row label, field, rule code, message), ``.summary`` and an HTML repr.
@@ -195,10 +207,10 @@ class MillimetricAccessor:
         progress: bool | Observer = True,
         journal: JournalArg = None,
         concurrency: int = DEFAULT_CONCURRENCY,
-        pii: str = "warn",
+        pii: str = PII_DEFAULT,
         observer: Observer | None = None,
         chunksize: int = DEFAULT_CHUNKSIZE,
-        on_ambiguous: OnAmbiguous = "resend",
+        on_ambiguous: OnAmbiguous = "verify",
         **mapping: Any,
     ) -> SendResult:
         """Send every valid row as one event through ``/v1/batch`` (the backfill path).
@@ -225,7 +237,7 @@ class MillimetricAccessor:
         progress: bool | Observer = True,
         journal: JournalArg = None,
         concurrency: int = DEFAULT_CONCURRENCY,
-        pii: str = "warn",
+        pii: str = PII_DEFAULT,
         observer: Observer | None = None,
         **mapping: Any,
     ) -> SendResult:
@@ -359,20 +371,18 @@ def _pii_warnings(df: pd.DataFrame, traits: Any, pii: str) -> list[str]:
     ``phone``, or values shaped like them).
     """
     check_pii(pii)
-    if pii == "ignore" or traits is None or isinstance(traits, str):
+    if pii in ("ignore", "allow") or traits is None or isinstance(traits, str):
         return []
     found = pii_columns(df, list(traits))
     if not found:
         return []
+    if pii == "error":
+        raise personal_data_error(found, "trait")
     why = "; ".join(f"{c!r} ({reason})" for c, reason in found.items())
     msg = (
         f"trait column(s) look like personal data, which the contract says not to send: {why} "
-        "(pass pii='ignore' to send them anyway)"
+        "(pass pii='allow' to send them without this warning)"
     )
-    if pii == "error":
-        raise ValidationError(
-            msg, problems=[(f"traits.{c}", RULE_PII, reason) for c, reason in found.items()]
-        )
     _warnings.warn(msg, DataWarning, stacklevel=3)
     return [msg]
 

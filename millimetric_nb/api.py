@@ -32,6 +32,7 @@ from .backfill import (
     run_rows,
 )
 from .errors import ConfigurationError
+from .frame import PII_DEFAULT, RULE_PII, refuse_personal_data
 from .journal import Journal
 from .progress import Emitter, Observer
 from .results import SendResult
@@ -116,8 +117,8 @@ async def abackfill(
     observer: Observer | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     chunksize: int = DEFAULT_CHUNKSIZE,
-    pii: str = "warn",
-    on_ambiguous: OnAmbiguous = "resend",
+    pii: str = PII_DEFAULT,
+    on_ambiguous: OnAmbiguous = "verify",
     now: dt.datetime | None = None,
     route: Literal["batch", "track"] = "batch",
     warn_stacklevel: int = 2,
@@ -146,11 +147,21 @@ async def abackfill(
         observer: a callable receiving every progress event.
         concurrency: requests in flight at once (the client's bucket sets the pace).
         chunksize: rows validated and encoded at a time.
-        pii: ``"warn"``, ``"error"`` or ``"ignore"`` for personal-data-looking columns.
+        pii: property columns that look like personal data (named ``email``, ``phone``...,
+            or holding email- or phone-shaped values): ``"error"`` (default) refuses
+            the send before any request, naming them; drop them, or pass ``"allow"``
+            once you have decided they may be sent. ``"warn"`` sends them with a
+            warning; ``"ignore"`` (as ``"allow"``) sends them silently.
         on_ambiguous: for ids whose outcome was unknown in an earlier run of the same
-            journal: ``"resend"`` (default, flagged as possible duplicates, since a
-            lost event cannot be recovered but a duplicate can be found by its
-            ``event_id``) or ``"skip"``.
+            journal (in flight when it was killed or interrupted, or ambiguous):
+            ``"verify"`` (default) reads back their time window (``/v1/query``, which
+            needs a read-capable ``sk_``/``rk_`` key and a server whose reads carry
+            ``event_id``, as the local server's do) and resends only the ids not
+            stored; where reads cannot tell (no ``event_id`` in the rows, a key that
+            cannot read, rows without a timestamp) it falls back to ``"resend"`` and
+            says so once in ``result.warnings``. ``"resend"``: resend them, flagged
+            as possible duplicates (a lost event cannot be recovered but a duplicate
+            can be found by its ``event_id``). ``"skip"``: do not resend them.
         now: the reference time for the future-timestamp check (default: now).
         route: ``"batch"`` (default) or ``"track"`` (one request per row).
         warn_stacklevel: where the data warnings (also in ``result.warnings``) point;
@@ -167,6 +178,8 @@ async def abackfill(
             f"route must be 'batch' or 'track', not {route!r}", code="invalid_route"
         )
     prepare = event_preparer(mapping, pii, now)
+    if pii == "error" and isinstance(source, pd.DataFrame):
+        refuse_personal_data(source, mapping)  # every row, before any request
     chunks, total = iter_source(source, chunksize, field_columns(mapping))
     slow = track_warning(total) if route == "track" else None
     if slow and warn_stacklevel:
@@ -184,6 +197,10 @@ async def abackfill(
         total_rows=total,
         warnings=[slow] if slow else (),
     )
+    refused = result.error
+    if (refused is not None and refused.code == RULE_PII
+            and result.counts["sent"] + result.counts["ambiguous"] == 0):
+        raise refused  # nothing left: the send stopped before any request
     if warn_stacklevel:
         issue_warnings(result, warn_stacklevel)
     return result
@@ -229,8 +246,8 @@ def backfill(
     observer: Observer | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     chunksize: int = DEFAULT_CHUNKSIZE,
-    pii: str = "warn",
-    on_ambiguous: OnAmbiguous = "resend",
+    pii: str = PII_DEFAULT,
+    on_ambiguous: OnAmbiguous = "verify",
     now: dt.datetime | None = None,
     **mapping: Any,
 ) -> SendResult:

@@ -39,20 +39,28 @@ where it stopped. An interruption
 acknowledged, and running again with it resumes.
 
 Ambiguity: see :mod:`millimetric_nb.results` (statuses) and
-:mod:`millimetric_nb.journal` (resume policy: uncertain ids are resent by
-default and flagged; ``on_ambiguous="skip"`` skips them instead).
+:mod:`millimetric_nb.journal` (resume policy). Ids whose outcome an earlier run
+left unknown are, with ``on_ambiguous="verify"`` (the faces' default), looked for
+by reading back their time window (:meth:`_Run.read_back`): found ones are
+``skipped``, absent ones sent as new, and only those reads cannot tell about are
+resent and flagged (as ``"resend"`` does for all; ``"skip"`` skips them). The
+journal needs no timestamps for this: a resume rebuilds the same payloads from
+the same source, and the ids' timestamps are read from them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import os
 import re
 import sqlite3
 import time
+import warnings as _warnings
 from collections.abc import (
     Awaitable,
     Callable,
@@ -77,7 +85,7 @@ from .errors import (
     MillimetricError,
     ValidationError,
 )
-from .frame import check_pii
+from .frame import PII_DEFAULT, RULE_PII, check_pii
 from .journal import ACKED, AMBIGUOUS, PENDING, Journal, JournalBusy, open_journal
 from .progress import (
     Acknowledged,
@@ -111,7 +119,11 @@ _SKIPPED = STATUS_CODES["skipped"]
 _PLANNED = STATUS_CODES["planned"]
 
 Source = pd.DataFrame | str | os.PathLike[str] | Iterable[pd.DataFrame]
-OnAmbiguous = Literal["resend", "skip"]
+OnAmbiguous = Literal["verify", "resend", "skip"]
+#: Most time windows one read-back (on_ambiguous="verify") reads, per chunk.
+_VERIFY_WINDOWS = 32
+#: Gaps between uncertain ids' timestamps narrower than this are read through.
+_VERIFY_GAP = pd.Timedelta(minutes=10)
 
 
 # --------------------------------------------------------------------------- sources
@@ -440,6 +452,13 @@ class _Run:
     announces_sends: bool = False
     resent_uncertain: int = 0
     skipped_uncertain: int = 0
+    # on_ambiguous="verify": the client that reads back (None: cannot), what was found,
+    # and why some ids could not be checked (said once, in result())
+    reader: Any = None
+    verified_stored: int = 0
+    verified_absent: int = 0
+    unverified: int = 0
+    unverified_why: list[str] = field(default_factory=list)
 
     # ---------------------------------------------------------------- bookkeeping
 
@@ -561,6 +580,8 @@ class _Run:
             # A problem with the whole chunk (no event column, pii="error"...): every
             # row is reported with it; nothing of this chunk is sent.
             self.warn(str(exc))
+            if exc.code == RULE_PII:  # pii="error": nothing more is sent
+                self.stop(exc)
             chunk.mark(slice(None), _INVALID, error=exc.code, message=_short(str(exc)))
             chunk.sealed = True
             self.emit(Planned(chunk.n, 0, chunk.n, total_rows=self.total_rows))
@@ -678,13 +699,23 @@ class _Run:
         """What the journal says of each unit: ``(units to send, rows skipped, resends)``.
 
         Acknowledged ids are skipped; uncertain ones (pending or ambiguous in an
-        earlier run) are resent and flagged, or skipped with ``on_ambiguous="skip"``.
+        earlier run) are read back with ``on_ambiguous="verify"`` (stored: skipped;
+        absent: sent unflagged), else resent and flagged, or skipped with ``"skip"``.
         If the journal cannot be read the run stops, and the units fail as not sent.
         """
         unit_keys = [keys[pos[0]] for pos, _ in units]
         ok, known = await self.journal_call("lookup", [k for k in unit_keys if k])
         if not ok:
             return units, 0, set()
+        stored: dict[str, int] = {}
+        absent: set[str] = set()
+        if self.on_ambiguous == "verify" and not self.dry_run:
+            doubtful = [(what, key) for (_, what), key in zip(units, unit_keys, strict=True)
+                        if key and known.get(key, (None, False))[0] in (PENDING, AMBIGUOUS)]
+            if doubtful:
+                stored, absent = await self.read_back(doubtful)
+                if not await self.journal_verified(stored, absent):
+                    stored, absent = {}, set()
         kept: list[tuple[np.ndarray, Any]] = []
         skipped = 0
         resends: set[int] = set()
@@ -694,6 +725,14 @@ class _Run:
                 chunk.mark(pos, _SKIPPED, ambiguous=dup,
                            message="acknowledged in an earlier run (journal)")
                 skipped += len(pos)
+            elif key in stored:
+                chunk.mark(pos, _SKIPPED, ambiguous=dup or stored[key] > 1,
+                           message="stored by an earlier run whose answer was lost: found by "
+                           "reading back (on_ambiguous='verify'); not resent"
+                           + ("" if stored[key] == 1 else f"; stored {stored[key]} times"))
+                skipped += len(pos)
+            elif key in absent:
+                kept.append((pos, what))  # certainly not stored: a plain send
             elif state in (PENDING, AMBIGUOUS) and self.on_ambiguous == "skip":
                 chunk.mark(pos, _SKIPPED, ambiguous=True, error="ambiguous_earlier",
                            message="outcome unknown in an earlier run; not resent")
@@ -705,6 +744,100 @@ class _Run:
                     self.resent_uncertain += len(pos)
                 kept.append((pos, what))
         return kept, skipped, resends
+
+    async def journal_verified(self, stored: dict[str, int], absent: set[str]) -> bool:
+        """Record what reading back found: stored ids ``acked`` (a possible duplicate if
+        stored twice), absent ones ``failed`` (so their send is not flagged)."""
+        for ids, call, dup in (
+            ([k for k, n in stored.items() if n == 1], "acknowledge", False),
+            ([k for k, n in stored.items() if n > 1], "acknowledge", True),
+            (sorted(absent), "fail", False),
+        ):
+            if ids:
+                ok, _ = await self.journal_call(call, ids, ambiguous=dup)
+                if not ok:
+                    return False
+        self.verified_stored += len(stored)
+        self.verified_absent += len(absent)
+        return True
+
+    def cannot_verify(self, n: int, why: str) -> None:
+        self.unverified += n
+        if why not in self.unverified_why:
+            self.unverified_why.append(why)
+
+    async def read_back(self, doubtful: list[tuple[Any, str]]) -> tuple[dict[str, int], set[str]]:
+        """Which of the ``(payload, id)`` whose earlier outcome is unknown the server holds.
+
+        Reads ``/v1/query`` over the time windows of their timestamps (at most
+        :data:`_VERIFY_WINDOWS` windows, cut at the widest gaps; every row of each, split
+        as :func:`~millimetric_nb.read.aquery_all` does) and looks for their event ids.
+        Returns ``({id: times stored}, {ids certainly not stored})``; an id in neither
+        could not be checked (no timestamp, a key that cannot read, reads without
+        ``event_id``, a read that failed or was incomplete): it is resent and flagged,
+        and :meth:`result` says why, once.
+        """
+        from .read import IncompleteReadWarning, aquery_all
+
+        reader = self.reader
+        if reader is None:
+            self.cannot_verify(len(doubtful), "no client to read with")
+            return {}, set()
+        try:
+            reader.check_key("read")
+        except MillimetricError as exc:
+            self.cannot_verify(len(doubtful), f"the key cannot read: {exc.code}")
+            return {}, set()
+        times: dict[str, pd.Timestamp] = {}
+        names: set[Any] = set()
+        for what, key in doubtful:
+            try:
+                body = orjson.loads(what) if isinstance(what, bytes) else dict(what)
+                times[key] = pd.Timestamp(body["timestamp"])
+                names.add(body.get("event"))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                self.cannot_verify(1, "rows without a timestamp were stored at an unknown time")
+        if not times:
+            return {}, set()
+        instants = np.array(sorted(set(times.values())), dtype=object)
+        windows = _windows(instants, _VERIFY_WINDOWS)
+        event = next(iter(names)) if len(names) == 1 else None
+
+        async def read(a: pd.Timestamp, b: pd.Timestamp) -> pd.DataFrame | str:
+            try:
+                return await aquery_all(a, b + pd.Timedelta(microseconds=1), event=event,
+                                        client=reader)
+            except MillimetricError as exc:
+                return f"a read failed: {exc.code}"
+
+        with _warnings.catch_warnings():  # an incomplete read is accounted for below
+            _warnings.simplefilter("ignore", IncompleteReadWarning)
+            frames = await asyncio.gather(*(read(a, b) for a, b in windows))
+        # per window: (event id -> times stored, whether the read saw every row), or why not
+        seen: list[tuple[dict[str, int], bool] | str] = []
+        for got in frames:
+            if isinstance(got, str):
+                seen.append(got)
+            elif len(got) and got["event_id"].isna().all():
+                seen.append("this server's reads carry no event_id")
+            else:
+                counts = got["event_id"].dropna().value_counts()
+                seen.append(({str(k): int(v) for k, v in counts.items()},
+                             bool(got.attrs.get("complete", True))))
+        starts = [a for a, _ in windows]
+        stored: dict[str, int] = {}
+        absent: set[str] = set()
+        for key, ts in times.items():
+            found = seen[bisect.bisect_right(starts, ts) - 1]
+            if isinstance(found, str):
+                self.cannot_verify(1, found)
+            elif key in found[0]:
+                stored[key] = found[0][key]
+            elif found[1]:
+                absent.add(key)
+            else:
+                self.cannot_verify(1, "a read could not see every stored row")
+        return stored, absent
 
     def build_requests(
         self, chunk: _Chunk, units: list[tuple[np.ndarray, Any]], uncertain: set[int]
@@ -998,6 +1131,12 @@ class _Run:
                 "(ambiguous or interrupted in flight); they were resent and are flagged "
                 "ambiguous: they may now be stored twice (find them by event_id)"
             )
+        if self.unverified:
+            self.warn(
+                f"on_ambiguous='verify' could not read back {self.unverified:,} row(s) with an "
+                f"uncertain earlier outcome ({'; '.join(self.unverified_why)}), so it fell back "
+                "to 'resend' for them"
+            )
         if self.skipped_uncertain:
             self.warn(
                 f"{self.skipped_uncertain:,} row(s) had an uncertain outcome in an earlier run "
@@ -1023,6 +1162,19 @@ class _Run:
             route=self.route,
             error=self.stop_error or self.read_error,
         )
+
+
+def _windows(instants: np.ndarray, most: int) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """Sorted instants grouped into at most ``most`` inclusive ``(first, last)`` windows,
+    cut at the widest gaps of at least :data:`_VERIFY_GAP` (dense stretches stay one
+    window, which the read splits by its own pages; sparse ones skip the time between)."""
+    if len(instants) <= 1:
+        return [(instants[0], instants[-1])]
+    gaps = np.array([(b - a).value for a, b in itertools.pairwise(instants)])
+    widest = np.argsort(gaps, kind="stable")[::-1][: most - 1]
+    cuts = np.sort(widest[gaps[widest] >= _VERIFY_GAP.value]) + 1
+    bounds = [0, *cuts.tolist(), len(instants)]
+    return [(instants[i], instants[j - 1]) for i, j in itertools.pairwise(bounds)]
 
 
 def _with_ids(rows: pd.DataFrame, column: Any, keys: np.ndarray) -> pd.DataFrame:
@@ -1208,9 +1360,9 @@ async def run_rows(
     """
     if concurrency < 1:
         raise ConfigurationError("concurrency must be at least 1", code="invalid_concurrency")
-    if on_ambiguous not in ("resend", "skip"):
+    if on_ambiguous not in ("verify", "resend", "skip"):
         raise ConfigurationError(
-            "on_ambiguous must be 'resend' or 'skip'", code="invalid_on_ambiguous"
+            "on_ambiguous must be 'verify', 'resend' or 'skip'", code="invalid_on_ambiguous"
         )
     if client is not None or (send is None and not dry_run):
         client = resolve_async_client(client)
@@ -1232,6 +1384,7 @@ async def run_rows(
         total_rows=total_rows,
         show_keys=show_keys,
         announces_sends=announces,
+        reader=client if route in ("batch", "track") else None,
     )
     for w in warnings:
         run.warn(w)
@@ -1250,7 +1403,7 @@ async def run_rows(
 
 
 def event_preparer(
-    mapping: dict[str, Any], pii: str = "warn", now: dt.datetime | None = None
+    mapping: dict[str, Any], pii: str = PII_DEFAULT, now: dt.datetime | None = None
 ) -> Preparer:
     """The preparer of event sends (``/v1/batch``, ``/v1/track``) for :func:`run_rows`.
 
@@ -1276,7 +1429,7 @@ def event_preparer(
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
         warns: list[str] = []
         if state["mapping"] is None:
-            state["mapping"], warns = resolve_mapping(list(frame.columns), **mapping)
+            state["mapping"], warns = resolve_mapping(frame.columns, **mapping)
             state["columns"] = list(frame.columns)
         chunk_mapping = state["mapping"]
         known = state["columns"]

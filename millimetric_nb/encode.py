@@ -308,9 +308,17 @@ def _classify(exc: orjson.JSONEncodeError) -> tuple[str, str]:
     return contract.RULE_NOT_JSON, msg
 
 
+_MAX_PATH: Final = 120  # characters of a JSON path shown; deeper levels become "…"
+
+
 def _child(path: str, key: str | int) -> str:
+    if path.endswith("…"):
+        return path
+    if len(path) > _MAX_PATH:
+        return path + "…"
     if isinstance(key, int):
         return f"{path}[{key}]"
+    key = key.encode("utf-8", "backslashreplace").decode("utf-8")
     return f"{path}.{key}" if path else key
 
 
@@ -334,9 +342,11 @@ def _locate(obj: Any, path: str, *, nan_as_null: bool, depth: int) -> EncodeErro
         return _check_str(obj, path)
     if isinstance(obj, int):
         if abs(obj) > contract.MAX_SAFE_INTEGER:
+            shown = str(obj) if obj.bit_length() <= 256 else f"of {obj.bit_length()} bits"
             return EncodeError(
                 path, contract.RULE_INT_RANGE,
-                f"the integer {obj} is beyond +-{contract.MAX_SAFE_INTEGER}; send it as a string",
+                f"the integer {shown} is beyond +-{contract.MAX_SAFE_INTEGER}; send it as a "
+                "string",
             )
         return None
     if isinstance(obj, float):
@@ -374,8 +384,11 @@ def _locate(obj: Any, path: str, *, nan_as_null: bool, depth: int) -> EncodeErro
     # Anything else goes through the same converter orjson uses.
     try:
         converted = json_default(obj)
-    except (TypeError, ValueError) as exc:
-        return EncodeError(path, contract.RULE_NOT_JSON, str(exc))
+    except Exception as exc:  # whatever a strange value raises, it is not JSON
+        return EncodeError(path, contract.RULE_NOT_JSON,
+                           str(exc) if isinstance(exc, TypeError | ValueError)
+                           else f"{type(obj).__name__} cannot be encoded "
+                                f"({type(exc).__name__})")
     if converted is obj:  # pragma: no cover - json_default never returns its input
         return None
     return _locate(converted, path, nan_as_null=nan_as_null, depth=depth + 1)

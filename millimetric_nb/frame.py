@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import reprlib
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,14 +58,17 @@ import polars as pl
 
 from . import contract
 from .encode import EncodeError, dumps, is_missing, to_utc_iso
-from .errors import ConfigurationError, ValidationError
+from .errors import ConfigurationError, MillimetricError, ValidationError
 
 __all__ = [
     "ERROR_COLUMNS",
+    "PII_DEFAULT",
     "RULE_PII",
+    "RULE_UNENCODABLE",
     "DataWarning",
     "EventIdState",
     "FieldMapping",
+    "PiiMode",
     "PreparedChunk",
     "check_mapping_keywords",
     "check_pii",
@@ -80,6 +84,12 @@ __all__ = [
 ERROR_COLUMNS: Final = ("row", "position", "field", "rule", "message")
 #: Rule code for a property column that looks like personal data (``pii="error"``).
 RULE_PII: Final = "personal_data"
+#: Rule code for a cell that defeats every check (see :func:`prepare_chunk`).
+RULE_UNENCODABLE: Final = "unencodable"
+#: What to do with property columns that look like personal data.
+PiiMode = Literal["error", "warn", "allow", "ignore"]
+#: The default for event properties: refuse to send (``"allow"`` after deciding they may go).
+PII_DEFAULT: Final = "error"
 #: Field columns besides ``event`` and ``properties``, in the contract's order.
 COLUMN_FIELDS: Final = (
     "event_id", "timestamp", "anonymous_id", "user_id", "session_id", "url", "path", "referrer",
@@ -136,8 +146,48 @@ def _mapping_error(message: str, column: Any, what: str = "mapping") -> Validati
 
 
 def _property_key(label: Hashable) -> str:
-    """The JSON key of a property column: the label, or ``str(label)``."""
-    return label if isinstance(label, str) else str(label)
+    """The JSON key of a property column: the label, or ``str(label)``.
+
+    A ``str`` subclass (``numpy.str_``) gives its plain text. :func:`resolve_mapping`
+    has checked (:func:`_checked_key`) that every property column's key can be made.
+    """
+    if type(label) is str:
+        return label
+    if isinstance(label, str):
+        return str.__str__(label)
+    return str(label)
+
+
+def _checked_key(label: Hashable) -> str:
+    """:func:`_property_key`, or an ``invalid_mapping`` error naming the column when
+    the label cannot be a JSON key (its ``str()`` raises, or it holds a lone surrogate,
+    which UTF-8 cannot carry)."""
+    try:
+        key = _property_key(label)
+    except Exception as exc:
+        raise _mapping_error(
+            f"the column label {_col_name(label)} cannot be turned into a property key "
+            f"(str() raised {type(exc).__name__}): rename the column", label, "columns",
+        ) from None
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _mapping_error(
+            f"the column label {_col_name(label)} contains a lone surrogate, which is not "
+            "valid UTF-8, so it cannot be a property key: rename the column (or leave it out "
+            "with properties=[...])", label, "columns",
+        ) from None
+    return key
+
+
+def _refuse_multiindex(columns: Any) -> None:
+    """Columns given as a MultiIndex: an ``invalid_mapping`` error saying how to flatten."""
+    if isinstance(columns, pd.MultiIndex):
+        raise _mapping_error(
+            f"the frame's columns are a MultiIndex ({_short(list(columns[:3]), 80)}): give "
+            "each column one label first, e.g. df.columns = ['_'.join(map(str, c)).strip('_') "
+            "for c in df.columns]", None, "columns",
+        )
 
 
 def check_mapping_keywords(mapping: Mapping[str, Any]) -> None:
@@ -196,6 +246,7 @@ def resolve_mapping(
             column that does not exist, duplicate column labels, a constant ``event``
             that breaks the contract, or property columns whose keys collide.
     """
+    _refuse_multiindex(columns)
     cols = list(columns)
     seen: set[Hashable] = set()
     dupes: list[Hashable] = []
@@ -204,20 +255,20 @@ def resolve_mapping(
             if c in seen:
                 dupes.append(c)
             seen.add(c)
-        except TypeError as exc:  # unhashable label
-            raise _mapping_error(f"column label {c!r} is not hashable", c) from exc
+        except Exception as exc:  # unhashable label (or a __hash__ that raises)
+            raise _mapping_error(f"column label {_col_name(c)} is not hashable", c) from exc
     if dupes:
         raise _mapping_error(
-            f"duplicate column label(s) {sorted(map(repr, set(dupes)))}: each column must have a "
-            "unique name (rename them, e.g. df.columns = [...])", dupes[0], "columns",
+            f"duplicate column label(s) {sorted(set(map(_col_name, dupes)))}: each column must "
+            "have a unique name (rename them, e.g. df.columns = [...])", dupes[0], "columns",
         )
     warns: list[str] = []
 
     def need(label: Hashable, what: str) -> Hashable:
         if label not in seen:
             raise _mapping_error(
-                f"{what}={label!r} names a column that does not exist (columns: "
-                f"{', '.join(map(repr, cols[:20]))}{'...' if len(cols) > 20 else ''})",
+                f"{what}={_col_name(label)} names a column that does not exist (columns: "
+                f"{', '.join(map(_col_name, cols[:20]))}{'...' if len(cols) > 20 else ''})",
                 label, what,
             )
         return label
@@ -228,7 +279,7 @@ def resolve_mapping(
             1 <= len(event) <= (contract.EVENT_FIELDS["event"].max_length or 128)
         ):
             raise ValidationError(
-                f"event={event!r} must be a string of 1 to 128 characters",
+                f"event={_short(event, 80)} must be a string of 1 to 128 characters",
                 code="invalid_mapping",
                 problems=[("event", contract.RULE_TYPE if not isinstance(event, str) else (
                     contract.RULE_TOO_SHORT if not event else contract.RULE_TOO_LONG),
@@ -290,11 +341,11 @@ def resolve_mapping(
     if isinstance(props, list):
         keys: dict[str, Hashable] = {}
         for c in props:
-            k = _property_key(c)
+            k = _checked_key(c)
             if k in keys:
                 raise _mapping_error(
-                    f"property columns {keys[k]!r} and {c!r} would both be sent as key {k!r}",
-                    c, "properties",
+                    f"property columns {_col_name(keys[k])} and {_col_name(c)} would both be "
+                    f"sent as key {_short(k, 80)}", c, "properties",
                 )
             keys[k] = c
     if ignored:
@@ -368,6 +419,14 @@ class EventIdState:
 
     def __len__(self) -> int:
         return int(self._keys.size)
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """The counts as they are now, for :meth:`restore` (keys are never changed in place)."""
+        return self._keys, self._counts.copy()
+
+    def restore(self, saved: tuple[np.ndarray, np.ndarray]) -> None:
+        """Go back to a :meth:`snapshot` (after a chunk that failed half-way)."""
+        self._keys, self._counts = saved[0], saved[1].copy()
 
     def occurrences(self, keys: np.ndarray) -> np.ndarray:
         """For each key (in row order), how many earlier rows had it; records them."""
@@ -481,15 +540,43 @@ def _empty_errors() -> pd.DataFrame:
     })
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+
+
 def _col_name(label: Hashable) -> str:
-    return repr(label)
+    """A column label as messages show it (see :func:`_short`)."""
+    return _short(label, 80)
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    r = repr(value)
+    """A short, printable ``repr`` of any value; never raises.
+
+    Cells and labels can be hostile: a list nested thousands of levels deep, an
+    object whose ``__repr__`` raises, an integer too long for ``str()``, a lone
+    surrogate. ``reprlib`` bounds depth and length; whatever still cannot be shown
+    is named by its type; the text is made encodable as UTF-8.
+    """
+    try:
+        r = _REPR.repr(value)
+    except Exception:  # a __repr__ that raises, an int beyond str()'s digit limit...
+        r = f"<{type(value).__name__} that cannot be shown>"
     if len(r) > limit:
         r = r[: limit - 1] + "…"
     return r.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _exc_text(exc: BaseException) -> str:
+    """An exception's message, bounded and encodable (for a row's error message)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    text = text or type(exc).__name__
+    if len(text) > 200:
+        text = text[:199] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # --------------------------------------------------------------------------- column helpers
@@ -526,7 +613,15 @@ def _text_column_to_polars(s: pd.Series, vals: np.ndarray) -> tuple[pl.Series, l
     lst = vals.tolist()
     for i in np.flatnonzero(_missing_mask(s)):
         lst[i] = None
-    return _strings_to_polars([v if v is None or type(v) is str else str(v) for v in lst])
+    return _strings_to_polars([v if v is None or type(v) is str else str.__str__(v) for v in lst])
+
+
+def _int_text(value: int | np.integer) -> str | None:
+    """The decimal text of an integer; ``None`` beyond Python's digit limit for ``str()``."""
+    try:
+        return str(int(value))
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 def _strings_to_polars(values: list[str | None]) -> tuple[pl.Series, list[int]]:
@@ -649,9 +744,13 @@ def _string_field(
             bad_msg: list[str] = []
             for i, v in enumerate(vals.tolist()):
                 if isinstance(v, str):
-                    clean.append(str(v))
+                    clean.append(str.__str__(v))
                 elif isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_):
-                    clean.append(str(int(v)))
+                    text = _int_text(v)
+                    clean.append(text)
+                    if text is None:
+                        bad_pos.append(i)
+                        bad_msg.append(f"the integer is too long to write as text ({where})")
                 elif is_missing(v):
                     clean.append(None)
                 else:
@@ -785,9 +884,9 @@ def _timestamp_field(
                     )
                 good_v.append(to_utc_iso(v))
                 good_i.append(i)
-            except (ValueError, TypeError, OverflowError) as exc:
+            except Exception as exc:  # whatever a strange cell raises, it is that row's
                 bad_i.append(i)
-                bad_m.append(f"{exc} ({where})")
+                bad_m.append(f"{_exc_text(exc)} ({where})")
         if good_i:
             text = text.scatter(good_i, pl.Series(good_v, dtype=pl.String))
         probs.add(np.asarray(bad_i, dtype=np.int64), name, contract.RULE_TIMESTAMP, bad_m)
@@ -998,11 +1097,27 @@ def detect_pii(
 
 
 def check_pii(pii: str) -> None:
-    """Refuse a ``pii`` option other than ``"warn"``, ``"error"`` or ``"ignore"``."""
-    if pii not in ("warn", "error", "ignore"):
+    """Refuse a ``pii`` option other than ``"error"``, ``"warn"``, ``"allow"`` or ``"ignore"``."""
+    if pii not in ("error", "warn", "allow", "ignore"):
         raise ConfigurationError(
-            f"pii must be 'warn', 'error' or 'ignore', not {pii!r}", code="invalid_pii"
+            f"pii must be 'error', 'warn', 'allow' or 'ignore', not {_short(pii, 60)}",
+            code="invalid_pii",
         )
+
+
+def personal_data_error(found: Mapping[str, str], what: str = "property") -> ValidationError:
+    """The refusal of ``pii="error"``: names each column and why, and the two ways on."""
+    lines = "; ".join(f"{_short(k, 80)} ({why})" for k, why in sorted(found.items()))
+    prefix = "" if what == "property" else "traits."
+    return ValidationError(
+        f"nothing was sent: {what} column(s) look like personal data, which Millimetric says "
+        f"not to send: {lines}. Either drop them (e.g. df.drop(columns=[...]), or choose the "
+        "columns with properties=[...]), or, after deciding they may be sent, pass "
+        "pii='allow'",
+        code=RULE_PII,
+        problems=[(k if k == "properties" else f"{prefix or 'properties.'}{k}", RULE_PII, why)
+                  for k, why in sorted(found.items())],
+    )
 
 
 def pii_columns(df: pd.DataFrame, columns: Sequence[Hashable]) -> dict[str, str]:
@@ -1017,6 +1132,36 @@ def pii_columns(df: pd.DataFrame, columns: Sequence[Hashable]) -> dict[str, str]
         _, strings = _property_values(df[label], _property_key(label), label, _Problems(len(df)))
         plain[_property_key(label)] = strings
     return detect_pii(plain)
+
+
+def refuse_personal_data(df: pd.DataFrame, mapping: Mapping[str, Any]) -> None:
+    """``pii="error"`` over a whole frame before anything is sent.
+
+    The engine checks each chunk as it prepares it, so a column whose *name* looks
+    personal stops a send before its first request; values that look personal only
+    further down (row 5,000 of a frame whose first requests already left) would stop
+    it half-way. For a frame in memory this looks at every row first.
+
+    Raises:
+        ValidationError: code ``personal_data``, naming each column and the two ways on.
+    """
+    try:
+        fm, _ = resolve_mapping(df.columns, **mapping)
+    except MillimetricError:
+        return  # a mapping error: the engine reports it with the rows
+    if not len(df):
+        return
+    found: dict[str, str]
+    if fm.properties_is_dict_column:
+        if fm.properties not in df.columns:
+            return
+        texts, keys = _dict_properties(df[fm.properties], fm.properties, _Problems(len(df)))
+        found = detect_pii({k: None for k in keys}, json_texts=texts)
+    else:
+        cols = [c for c in fm.property_columns if c in df.columns]
+        found = pii_columns(df, cols) if df.columns.is_unique else {}
+    if found:
+        raise personal_data_error(found)
 
 
 # --------------------------------------------------------------------------- the chunk
@@ -1069,7 +1214,7 @@ def prepare_chunk(
     mapping: FieldMapping,
     *,
     offset: int = 0,
-    pii: Literal["warn", "error", "ignore"] = "warn",
+    pii: PiiMode = PII_DEFAULT,
     now: pd.Timestamp | None = None,
     ids: EventIdState | None = None,
     encode: bool = True,
@@ -1080,22 +1225,150 @@ def prepare_chunk(
         df: the rows; its columns must include those ``mapping`` names.
         mapping: from :func:`resolve_mapping`.
         offset: global position of the first row (for ``errors.position``).
-        pii: property columns that look personal: ``"warn"`` (a warning),
-            ``"error"`` (raise), ``"ignore"``.
+        pii: property columns that look personal: ``"error"`` (default: raise),
+            ``"warn"`` (a warning), ``"allow"`` or ``"ignore"`` (send them, say nothing).
         now: the time future timestamps are measured against (default: now, UTC).
         ids: the :class:`EventIdState` of the whole input, so derived ids do not
             depend on chunking (a fresh state is used when ``None``).
         encode: ``False`` validates only (no payloads, no derived ids).
 
+    A cell that breaks the column-wise code in a way no rule foresaw (a bug, or a
+    value stranger than any the rules know) never takes its chunk down: the chunk
+    is then checked row by row, and only the rows that still fail are invalid
+    (rule ``unencodable``, naming the field when it can be told).
+
     Raises:
         ValidationError: ``invalid_mapping`` when a mapped column is missing or labels
-            are duplicated; ``pii="error"`` and a property column looks personal.
+            are duplicated or unusable; code ``personal_data`` for ``pii="error"`` and
+            a property column that looks personal.
     """
     check_pii(pii)
+    saved = ids.snapshot() if ids is not None else None
+    try:
+        return _prepare_chunk(df, mapping, offset=offset, pii=pii, now=now, ids=ids,
+                              encode=encode)
+    except MillimetricError:
+        raise
+    except Exception as exc:  # not bad input we know: find the rows, keep the others
+        if ids is not None and saved is not None:
+            ids.restore(saved)
+        return _prepare_rows_alone(df, mapping, exc, offset=offset, pii=pii, now=now, ids=ids,
+                                   encode=encode)
+
+
+def _prepare_rows_alone(
+    df: pd.DataFrame,
+    mapping: FieldMapping,
+    first: Exception,
+    *,
+    offset: int,
+    pii: PiiMode,
+    now: pd.Timestamp | None,
+    ids: EventIdState | None,
+    encode: bool,
+) -> PreparedChunk:
+    """:func:`prepare_chunk` one row at a time, after the chunk as a whole raised ``first``.
+
+    Rows that raise alone are invalid (rule ``unencodable``); the field named is the
+    first mapped column whose cell alone raises too, else ``event``. Slow, but only
+    reached when a cell defeats the column-wise code.
+    """
+    n = len(df)
+    ids = ids if ids is not None else EventIdState()
+    valid = np.zeros(n, dtype=bool)
+    event_ids = np.full(n, None, dtype=object)
+    payloads: list[bytes] = []
+    errors: list[pd.DataFrame] = []
+    warns: list[str] = []
+    probs = _Problems(n)
+    why = f"{type(first).__name__}"
+    for i in range(n):
+        row = df.iloc[i : i + 1]
+        try:
+            one = _prepare_chunk(row, mapping, offset=offset + i, pii=pii, now=now, ids=ids,
+                                 encode=encode)
+        except MillimetricError:
+            raise
+        except Exception as exc:
+            field_name = _culprit(row, mapping, pii=pii, now=now)
+            probs.add(np.asarray([i]), field_name, RULE_UNENCODABLE,
+                      f"this value cannot be checked or encoded ({type(exc).__name__}); "
+                      "convert it to a plain str, number, bool, datetime or dict first")
+            continue
+        valid[i] = bool(one.valid[0])
+        event_ids[i] = one.event_ids[0]
+        payloads.extend(one.payloads)
+        if len(one.errors):
+            errors.append(one.errors)
+        warns.extend(one.warnings)
+    errors.append(probs.frame(df.index, offset))
+    warns = _sum_counted(warns)
+    warns.append(f"{int(probs.invalid.sum())} row(s) hold values that cannot be checked or "
+                 f"encoded ({why}); they are invalid, the other rows are not held back")
+    errs = pd.concat([e for e in errors if len(e)] or [_empty_errors()], ignore_index=True)
+    errs = errs.sort_values("position", kind="stable", ignore_index=True)
+    return PreparedChunk(index=df.index, offset=offset, valid=valid, event_ids=event_ids,
+                         payloads=payloads, errors=errs, warnings=warns)
+
+
+_COUNTED: Final = re.compile(r"^(\d+)( row\(s\) .*)$", re.DOTALL)
+
+
+def _sum_counted(messages: list[str]) -> list[str]:
+    """Row-counted warnings (``"3 row(s) have ..."``) summed into one each; others once."""
+    counts: dict[str, int] = {}
+    out: list[str] = []
+    for m in messages:
+        hit = _COUNTED.match(m)
+        key = hit.group(2) if hit else m
+        if key not in counts:
+            counts[key] = 0
+            out.append(key)
+        counts[key] += int(hit.group(1)) if hit else 0
+    return [f"{counts[k]}{k}" if k.startswith(" row(s)") else k for k in out]
+
+
+def _culprit(row: pd.DataFrame, mapping: FieldMapping, *, pii: PiiMode,
+             now: pd.Timestamp | None) -> str:
+    """The field of the first mapped cell of ``row`` that raises when checked alone."""
+    fields: list[tuple[str, Hashable]] = []
+    if mapping.event_col is not None:
+        fields.append(("event", mapping.event_col))
+    fields += list(mapping.columns.items())
+    if mapping.properties_is_dict_column:
+        fields.append(("properties", mapping.properties))
+    else:
+        fields += [(f"properties.{_property_key(c)}", c) for c in mapping.property_columns]
+    for name, label in fields:
+        only = FieldMapping(
+            event_col=None, event="e",
+            columns={name: label} if name in COLUMN_FIELDS else {},
+            properties=(label if name == "properties" else [label]
+                        if name.startswith("properties.") else []),
+        )
+        try:
+            _prepare_chunk(row, only, pii="ignore", now=now, ids=EventIdState(), encode=True)
+        except Exception:
+            return name
+    return "event"
+
+
+def _prepare_chunk(
+    df: pd.DataFrame,
+    mapping: FieldMapping,
+    *,
+    offset: int,
+    pii: PiiMode,
+    now: pd.Timestamp | None,
+    ids: EventIdState | None,
+    encode: bool,
+) -> PreparedChunk:
+    """The column-wise work of :func:`prepare_chunk`."""
+    _refuse_multiindex(df.columns)
     if not df.columns.is_unique:
         dupes = df.columns[df.columns.duplicated()].unique().tolist()
-        raise _mapping_error(f"duplicate column label(s) {dupes!r}: each column must have a "
-                             "unique name", dupes[0], "columns")
+        raise _mapping_error(f"duplicate column label(s) {_short(dupes, 200)}: each column "
+                             "must have a unique name", dupes[0], "columns")
     needed: list[Hashable] = [*mapping.columns.values(), *mapping.property_columns]
     if mapping.event_col is not None:
         needed.append(mapping.event_col)
@@ -1103,7 +1376,8 @@ def prepare_chunk(
         needed.append(mapping.properties)
     missing_cols = [c for c in needed if c not in df.columns]
     if missing_cols:
-        raise _mapping_error(f"column(s) {missing_cols!r} named by the mapping are not in the "
+        raise _mapping_error(f"column(s) {_short(missing_cols, 200)} named by the mapping are "
+                             "not in the "
                              "frame", missing_cols[0], "columns")
     now_ts = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
     if now_ts.tzinfo is None:
@@ -1145,7 +1419,7 @@ def prepare_chunk(
     if mapping.properties_is_dict_column:
         label = mapping.properties
         props_obj, keys = _dict_properties(df[label], label, probs)
-        if pii != "ignore" and n:
+        if pii in ("warn", "error") and n:
             pii_found = detect_pii({k: None for k in keys}, json_texts=props_obj)
     elif mapping.property_columns:
         cols: dict[str, pl.Series] = {}
@@ -1157,7 +1431,7 @@ def prepare_chunk(
             cols[f"p{i}"] = values
             items.append((orjson.dumps(key).decode(), f"p{i}", values, wrap))
             plain[key] = strings
-        if pii != "ignore" and n:
+        if pii in ("warn", "error") and n:
             pii_found = detect_pii(plain)
         props_obj = pl.DataFrame(cols, height=n).select(_object_expr(items)).to_series()
     if props_obj is not None and n:
@@ -1169,16 +1443,11 @@ def prepare_chunk(
                 f"got {k}" for k in size[big]
             ])
     if pii_found:
-        lines = [f"{k!r} ({why})" for k, why in sorted(pii_found.items())]
-        msg = ("property column(s) that look like personal data, which Millimetric says not "
-               "to send: " + "; ".join(lines))
         if pii == "error":
-            raise ValidationError(
-                msg + " (pii='error'; drop or hash them, or pass pii='warn')",
-                problems=[(k if k == "properties" else f"properties.{k}", RULE_PII, why)
-                          for k, why in sorted(pii_found.items())],
-            )
-        warns.append(msg)
+            raise personal_data_error(pii_found)
+        lines = [f"{_short(k, 80)} ({why})" for k, why in sorted(pii_found.items())]
+        warns.append("property column(s) that look like personal data, which Millimetric says "
+                     "not to send: " + "; ".join(lines))
 
     if n:
         who = np.zeros(n, dtype=bool)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import html
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 
 from .frame import (
     ERROR_COLUMNS,
+    PII_DEFAULT,
     EventIdState,
+    PiiMode,
     check_mapping_keywords,
     emit_warnings,
     prepare_chunk,
@@ -142,7 +144,7 @@ def _cell(v: Any) -> str:
 def validate_frame(
     df: pd.DataFrame,
     *,
-    pii: Literal["warn", "error", "ignore"] = "warn",
+    pii: PiiMode = PII_DEFAULT,
     now: pd.Timestamp | None = None,
     warn: bool = True,
     **mapping_kwargs: Any,
@@ -151,8 +153,9 @@ def validate_frame(
 
     Args:
         df: the events, one per row.
-        pii: property columns that look like personal data: ``"warn"``, ``"error"``
-            (raise :class:`~millimetric_nb.errors.ValidationError`) or ``"ignore"``.
+        pii: property columns that look like personal data: ``"error"`` (default: raise,
+            :class:`~millimetric_nb.errors.ValidationError` code ``personal_data``, as a
+            send would refuse them), ``"warn"``, ``"allow"`` or ``"ignore"``.
         now: reference time for "timestamp in the future" (default: now).
         warn: also issue each warning with :func:`warnings.warn`
             (:class:`~millimetric_nb.frame.DataWarning`), once per kind.
@@ -168,7 +171,7 @@ def validate_frame(
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"validate_frame needs a pandas DataFrame, not {type(df).__name__}")
     check_mapping_keywords(mapping_kwargs)
-    mapping, mwarns = resolve_mapping(list(df.columns), **mapping_kwargs)
+    mapping, mwarns = resolve_mapping(df.columns, **mapping_kwargs)
     chunk = prepare_chunk(df, mapping, pii=pii, now=now, ids=EventIdState(), encode=False)
     warns = [*mwarns, *chunk.warnings]
     if warn:
