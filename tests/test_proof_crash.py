@@ -1,6 +1,7 @@
 """Proof: a backfill in a child process SIGKILLed at 10 random (seeded) points and rerun
 with the same journal each time until done loses nothing and leaves no unflagged
-duplicate; against a ``--dedup`` server it stores no duplicate at all.
+duplicate; against a ``--dedup`` server, or with ``on_ambiguous="verify"`` (the ids
+left in flight read back before any resend), it stores no duplicate at all.
 
 The child is ``python -c`` running ``mm.backfill`` with a journal against a local
 server started here (real loopback HTTP; the server survives every kill). Figures
@@ -31,7 +32,7 @@ CHILD = """
 import sys
 import millimetric_nb as mm
 from millimetric_nb.progress import RequestSent
-url, key, journal, source, rows_out = sys.argv[1:6]
+url, key, journal, source, rows_out, on_ambiguous = sys.argv[1:7]
 said = []
 
 def observer(event):
@@ -40,7 +41,7 @@ def observer(event):
 
 with mm.Client(key, url, rate_limits="off") as client:
     res = mm.backfill(source, client=client, journal=journal, progress=False,
-                      on_ambiguous="resend", concurrency=2, observer=observer)
+                      on_ambiguous=on_ambiguous, concurrency=2, observer=observer)
 print("sending", flush=True)  # (a run with nothing left to send)
 res.rows[["status", "event_id", "ambiguous"]].astype({"status": str}).to_parquet(rows_out)
 print("counts", dict(res.counts), flush=True)
@@ -48,10 +49,10 @@ print("counts", dict(res.counts), flush=True)
 
 
 def _run_child(url: str, key: str, journal: str, source: str, rows_out: str,
-               kill_after: float | None) -> tuple[int, str, str]:
+               on_ambiguous: str, kill_after: float | None) -> tuple[int, str, str]:
     """Run the child; SIGKILL it ``kill_after`` seconds after its first request left."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, url, key, journal, source, rows_out],
+        [sys.executable, "-c", CHILD, url, key, journal, source, rows_out, on_ambiguous],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
     )
     assert proc.stdout is not None
@@ -66,8 +67,11 @@ def _run_child(url: str, key: str, journal: str, source: str, rows_out: str,
     return proc.returncode, first + out, err
 
 
-@pytest.mark.parametrize("dedup", [False, True], ids=["resend", "dedup-server"])
-def test_ten_sigkills_then_resume_lose_nothing_and_flag_every_duplicate(tmp_path, dedup):
+@pytest.mark.parametrize(("on_ambiguous", "dedup"),
+                         [("resend", False), ("resend", True), ("verify", False)],
+                         ids=["resend", "resend-dedup-server", "verify"])
+def test_ten_sigkills_then_resume_lose_nothing_and_flag_every_duplicate(tmp_path, on_ambiguous,
+                                                                        dedup):
     df = events_frame(EVENTS, seed=SEED)
     source = tmp_path / "events.parquet"
     df.to_parquet(source)
@@ -86,7 +90,7 @@ def test_ten_sigkills_then_resume_lose_nothing_and_flag_every_duplicate(tmp_path
             assert attempts <= KILLS + 10, "the backfill never finished"
             delay = rng.uniform(0.1, 1.5) if kills < KILLS else None
             code, out, err = _run_child(srv.url, srv.keys["sk"], str(journal), str(source),
-                                        str(rows_out), delay)
+                                        str(rows_out), on_ambiguous, delay)
             assert srv.keys["sk"].split("_")[3] not in out + err
             if code == -signal.SIGKILL:
                 kills += 1
@@ -110,11 +114,12 @@ def test_ten_sigkills_then_resume_lose_nothing_and_flag_every_duplicate(tmp_path
     duplicated = {eid for eid, n in copies.items() if n > 1}
     extra = stored - len(copies)
     assert duplicated <= flagged  # 0 unflagged duplicates
-    if dedup:
+    if dedup or on_ambiguous == "verify":
         assert extra == 0 and not duplicated  # 0 duplicates at all
     record(
-        "crash_resume_dedup" if dedup else "crash_resume",
+        f"crash_resume_{on_ambiguous}" + ("_dedup" if dedup else ""),
         events=EVENTS,
+        on_ambiguous=on_ambiguous,
         server="--dedup" if dedup else "default (no dedup)",
         kills_survived=kills,
         kill_points_s_after_first_request=kill_points,
