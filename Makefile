@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint bench browser clean
+.PHONY: venv demo test lint bench browser clean stress
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ lint: venv
 
 test: venv lint
 	$(BIN)/python -m pytest -q
+
+# The long proofs of RELIABILITY.md (`pytest -m slow`; `make test` runs them too, at
+# their CI size) and every Hypothesis test (pytest's `hypothesis` mark) under the
+# "stress" profile (tests/conftest.py: 10,000 examples where a test does not fix its
+# own number), and
+# schemathesis at 500 generated requests per operation and mode.
+stress: venv
+	HYPOTHESIS_PROFILE=stress MM_SCHEMATHESIS_EXAMPLES=500 \
+	  $(BIN)/python -m pytest -q -m "slow or hypothesis"
 
 bench: venv
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from millimetric_nb.server import ServerHandle, run_in_thread
+
+# `make stress` sets HYPOTHESIS_PROFILE=stress: 10,000 examples for every Hypothesis test
+# that does not fix its own number (CI runs the default profile).
+settings.register_profile("stress", max_examples=10_000, deadline=None)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 
 @pytest.fixture

@@ -27,6 +27,8 @@ schemathesis = pytest.importorskip("schemathesis")
 #: Generated requests per operation and mode; ``make stress`` raises it.
 MAX_EXAMPLES = int(os.environ.get("MM_SCHEMATHESIS_EXAMPLES", "60"))
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerHandle]:
