@@ -97,19 +97,24 @@ def test_more_concurrent_calls_than_pool_connections_all_get_in(mm_server_factor
     """Many concurrent tracks on one client queue for a connection instead of failing
     with a pool timeout reported as 'could not connect' (the wait is the client's own
     queue, not the server's fault)."""
-    # 300 calls, 100 connections (httpx's pool), 2.5 s per answer: the third wave waits
-    # ~5 s for a connection, longer than the 4 s timeout that each request itself
-    # respects. (With 0.8 s answers and a 1.5 s timeout, connects starved of CPU on a
-    # loaded machine timed out: 4 x connect_failed. The margins are now wide.)
-    timeout = 4.0
-    srv = mm_server_factory(limits="off", latency_ms=2500)
+    import httpx
+
+    # 15 calls, a pool of 5 connections (a real HTTP transport, only smaller than httpx's
+    # 100), 2.5 s per answer: the third wave waits ~5 s for a connection, longer than
+    # the 4 s timeout that each request itself respects. (With httpx's 100 connections,
+    # 300 calls, 0.8 s answers and a 1.5 s timeout, the 100 simultaneous connects
+    # starved of CPU on a loaded machine timed out: connect_failed. Few connections and
+    # wide margins keep the case and lose the flake.)
+    timeout, latency, pool, calls = 4.0, 2.5, 5, 15
+    srv = mm_server_factory(limits="off", latency_ms=int(latency * 1000))
+    transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=pool))
     client = mm.AsyncClient(srv.keys["sk"], srv.url, rate_limits="off", timeout=timeout,
-                            max_attempts=1)
+                            max_attempts=1, transport=transport)
 
     async def main() -> list[object]:
-        calls = [client.track("many") for _ in range(300)]
         try:
-            return await asyncio.gather(*calls, return_exceptions=True)
+            return await asyncio.gather(*(client.track("many") for _ in range(calls)),
+                                        return_exceptions=True)
         finally:
             await client.aclose()
 
@@ -117,10 +122,10 @@ def test_more_concurrent_calls_than_pool_connections_all_get_in(mm_server_factor
     results = asyncio.run(main())
     elapsed = time.monotonic() - started
     failures = [r for r in results if isinstance(r, BaseException)]
-    assert failures == []
-    assert stored_names(srv).count("many") == 300
-    # the case is really exercised: three waves of 2.5 s, so the last queued > timeout
-    assert elapsed > timeout + 2.5
+    assert failures == [], [str(f) for f in failures[:3]]
+    assert stored_names(srv).count("many") == calls
+    # the case is really exercised: three waves, so the last one queued > timeout
+    assert calls // pool == 3 and elapsed > (calls // pool) * latency > timeout + latency
 
 
 def test_read_timeout_is_not_reported_as_a_possible_write(mm_server_factory):
