@@ -133,23 +133,48 @@ def sql(query: str, *, con: Any = None) -> SqlSource:
     return SqlSource(query, con)
 
 
-def _duckdb_reader(source: Any, chunksize: int) -> pa.RecordBatchReader:
+def _duckdb_name(source: Any) -> str:
+    """How a query is named in errors (never ``repr(relation)``: that runs the query)."""
+    if isinstance(source, SqlSource):
+        return f"the DuckDB query {_short(source.query)!r}"
+    try:
+        return f"the DuckDB relation {_short(source.sql_query())!r}"
+    except Exception:  # a relation that cannot render its SQL
+        return "the DuckDB relation"
+
+
+def _duckdb_chunks(source: Any, chunksize: int) -> Iterator[pd.DataFrame]:
+    """A DuckDB query's rows, fetched as Arrow record batches of ``chunksize`` rows.
+
+    The query starts here (before the run), so a query that cannot run is raised at
+    once; one that fails while its rows stream ends the reading with the same error.
+    """
     duckdb = _require("duckdb", "duckdb", "reading a DuckDB query")
-    name = repr(source)
+    name = _duckdb_name(source)
+
+    def failed(exc: Exception) -> SourceError:
+        return _source_error(f"{name} failed: {type(exc).__name__}: {exc}",
+                             "source_query_failed", name, "query")
+
     try:
         if isinstance(source, SqlSource):
             rel = (source.con or duckdb).sql(source.query)
             if rel is None:
-                raise _source_error(f"the query {name} returns no rows (not a SELECT)",
+                raise _source_error(f"{name} returns no rows (not a SELECT)",
                                     "source_query_failed", name, "query")
         else:
             rel = source
-        return rel.to_arrow_reader(chunksize)  # type: ignore[no-any-return]
+        reader = rel.to_arrow_reader(chunksize)
     except duckdb.Error as exc:
-        raise _source_error(
-            f"the DuckDB query {_short(name)} failed: {type(exc).__name__}: {exc}",
-            "source_query_failed", name, "query",
-        ) from exc
+        raise failed(exc) from exc
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from reader
+        except (duckdb.Error, pa.ArrowException, OSError) as exc:
+            raise failed(exc) from exc
+
+    return _arrow_chunks(batches(), reader.schema, chunksize)
 
 
 # --------------------------------------------------------------------------- Arrow to pandas
@@ -397,7 +422,9 @@ def read_path(
         return _dataset_chunks(dataset, chunksize, None, str(path)), rows
     if kinds and kinds[-1] in (".jsonl", ".ndjson", ".json"):
         stream = io.TextIOWrapper(_open(path, compression), encoding="utf-8")
-        reader = pd.read_json(stream, lines=True, chunksize=chunksize, dtype=False)
+        # precise_float: pandas' fast parser reads 3.97 as 3.9699999999999998
+        reader = pd.read_json(stream, lines=True, chunksize=chunksize, dtype=False,
+                              precise_float=True)
         chunks = (_whole_floats_to_int(c, text_columns) for c in reader)
         return _stream_closed_after(chunks, stream), None
     if any(s in (".csv", ".tsv", ".txt") for s in kinds):
@@ -534,7 +561,6 @@ def computed_in_order(parts: Sequence[Any], lookahead: int, name: str) -> Iterat
 
 
 def _dask_chunks(ddf: Any, chunksize: int) -> Iterator[pd.DataFrame]:
-    _require("dask.dataframe", "dask", "reading a Dask DataFrame")
     name = f"the Dask DataFrame ({ddf.npartitions} partitions)"
     start = 0
     yielded = False
@@ -686,14 +712,14 @@ def iter_source(
         return _polars_source(source, chunksize)
     if isinstance(source, SqlSource) or (module in ("duckdb", "_duckdb") and hasattr(
             source, "to_arrow_reader")):
-        reader = _duckdb_reader(source, chunksize)
-        return _arrow_chunks(reader, reader.schema, chunksize), None
+        return _duckdb_chunks(source, chunksize), None
     if _is_dask(source):
         if type(source).__name__ != "DataFrame":
             raise ConfigurationError(
                 f"cannot read a Dask {type(source).__name__}: pass a Dask DataFrame",
                 code="invalid_source",
             )
+        _require("dask.dataframe", "dask", "reading a Dask DataFrame")
         return _dask_chunks(source, chunksize), None
     refused = _not_frames(source)
     if refused:
