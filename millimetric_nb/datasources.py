@@ -200,10 +200,7 @@ def _to_pandas(batches: list[pa.RecordBatch], start: int) -> pd.DataFrame:
         if f.type in _NULLABLE and col.null_count
     }
     if nullable:
-        df = table.to_pandas(
-            types_mapper=lambda t: _NULLABLE.get(t),
-            ignore_metadata=False,
-        )
+        df = table.to_pandas(types_mapper=_NULLABLE.get)
         for f in table.schema:  # the columns without nulls go back to numpy dtypes
             if f.type in _NULLABLE and f.name not in nullable and f.name in df.columns:
                 df[f.name] = df[f.name].to_numpy(dtype=f.type.to_pandas_dtype())

@@ -89,7 +89,9 @@ def test_backfill_from_the_cluster_in_order(cluster_client, mm_server, tmp_path)
             return await mm.abackfill(ddf, client=c, progress=False, now=NOW,
                                       journal=journal, chunksize=1500)
 
-    res = asyncio.run(main())
+    with distributed.get_task_stream(client=cluster_client) as ts:
+        res = asyncio.run(main())
+    assert len({str(t["key"]) for t in ts.data}) >= 6  # the partitions came off the cluster
     assert res.error is None
     assert res.rows.index.equals(pd.RangeIndex(N))
     assert res.rows["status"].astype(str).tolist() == [
