@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
+from test_backfill_e2e import KILL_SCRIPT
 
 import millimetric_nb as mm
 from millimetric_nb import abackfill
@@ -409,31 +410,6 @@ def test_mm_validate_is_the_function_and_the_module_still_imports():
 # --------------------------------------------------------------------------- kill and resume
 
 
-KILL_SCRIPT = r'''
-import asyncio, os, signal, sys
-from millimetric_nb import abackfill
-from millimetric_nb.client import AsyncClient
-from millimetric_nb.progress import Acknowledged
-
-url, key, journal, src = sys.argv[1:5]
-acks = 0
-
-def observer(ev):
-    global acks
-    if isinstance(ev, Acknowledged):
-        acks += 1
-        if acks == 5:
-            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: a hard crash
-
-async def main():
-    async with AsyncClient(key=key, host=url, rate_limits="off") as c:
-        await abackfill(src, client=c, journal=journal, progress=False, observer=observer,
-                        chunksize=1000, concurrency=3, now="2027-01-01T00:00:00Z")
-
-asyncio.run(main())
-'''
-
-
 def test_sigkill_over_a_partitioned_dataset_then_resume(mm_server, tmp_path):
     df = events(12_000, seed=3)
     data = tmp_path / "data"
@@ -442,7 +418,7 @@ def test_sigkill_over_a_partitioned_dataset_then_resume(mm_server, tmp_path):
         df[df["day"] == day].drop(columns="day").to_parquet(data / f"day={day}" / "p.parquet")
     journal = tmp_path / "j.sqlite"
     script = tmp_path / "kill.py"
-    script.write_text(KILL_SCRIPT)
+    script.write_text(KILL_SCRIPT)  # SIGKILLs itself at the 4th acknowledged request
     proc = subprocess.run(
         [sys.executable, str(script), mm_server.url, mm_server.keys["sk"], str(journal),
          str(data)],
@@ -450,7 +426,7 @@ def test_sigkill_over_a_partitioned_dataset_then_resume(mm_server, tmp_path):
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     partial = mm_server.count()
-    assert 2000 <= partial < 12_000 - 3  # 5 requests acknowledged, the rest never sent
+    assert 2000 <= partial < 12_000 - 3  # 4 requests acknowledged, the rest never sent
     res = send(mm_server, data, journal=journal, chunksize=1000)
     assert res.counts["skipped"] >= 2000  # every acknowledgement survived the kill
     assert res.counts["skipped"] + res.counts["sent"] == 12_000 - 3
