@@ -130,6 +130,11 @@ def sql(query: str, *, con: Any = None) -> SqlSource:
         raise ConfigurationError("sql() needs a query string", code="invalid_source")
     if con is None:
         _require("duckdb", "duckdb", "sql()")
+    elif not callable(getattr(con, "sql", None)):
+        raise ConfigurationError(
+            f"sql(con=...) needs a duckdb connection, not a {type(con).__name__}",
+            code="invalid_source",
+        )
     return SqlSource(query, con)
 
 
@@ -158,7 +163,7 @@ def _duckdb_chunks(source: Any, chunksize: int) -> Iterator[pd.DataFrame]:
 
     try:
         if isinstance(source, SqlSource):
-            rel = (source.con or duckdb).sql(source.query)
+            rel = (duckdb if source.con is None else source.con).sql(source.query)
             if rel is None:
                 raise _source_error(f"{name} returns no rows (not a SELECT)",
                                     "source_query_failed", name, "query")

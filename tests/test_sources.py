@@ -228,6 +228,8 @@ def test_filter_is_pushed_down_to_the_partitions(frame, files, reference):
     expected = mm.backfill(subset, dry_run=True, progress=False, now=NOW)
     assert len(res.rows) == len(subset) and res.rows.index.equals(pd.RangeIndex(len(subset)))
     assert res.rows["event_id"].equals(expected.rows["event_id"])
+    in_table = mm.validate(table_of(frame), filter=pc.field("day") == day, warn=False)
+    assert in_table.n_rows == len(subset)
     # a filter that excludes every partition reads no row at all
     none = mm.validate(files["hive"], filter=pc.field("day") == "1999-01-01", warn=False)
     assert none.n_rows == 0
@@ -337,6 +339,9 @@ def test_failing_duckdb_query_is_typed(frame):
                     progress=False)
     assert info.value.code == "source_query_failed"
     assert "no_such_table" in str(info.value) and info.value.details["part"] == "query"
+    with pytest.raises(ConfigurationError) as info:
+        mm.sql("SELECT 1", con=object())
+    assert info.value.code == "invalid_source" and "duckdb connection" in str(info.value)
     # a failure while the rows stream (a cast of a later row) ends the reading: typed
     rel = con.sql("SELECT 'e' AS event, CAST(CASE WHEN range < 5000 THEN '1' ELSE 'x' END "
                   "AS INTEGER) AS n FROM range(10000)")
