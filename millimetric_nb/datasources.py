@@ -284,6 +284,14 @@ def _glob_base(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
+def _partition_base(folder: Path) -> Path:
+    """Above any ``key=value`` folders: ``events/day=2026-11-01`` -> ``events``, so that
+    reading one partition's folder gives the same columns (and ids) as the dataset."""
+    while "=" in folder.name and folder.parent != folder:
+        folder = folder.parent
+    return folder
+
+
 def parquet_dataset(
     files: Sequence[Path], *, base: Path | None, name: str
 ) -> tuple[Any, int]:
@@ -292,7 +300,8 @@ def parquet_dataset(
     Every file's footer is read first: a part that cannot be opened or whose schema
     clashes with the others' is a :class:`SourceError` naming it, before any row is
     read. Types are unified permissively (``int32`` with ``int64`` gives ``int64``);
-    hive partition folders under ``base`` become columns (values as text or integers).
+    hive partition folders (``key=value``) under ``base`` become columns (values as
+    text or integers); ``base=None`` (a single file): none.
     """
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
@@ -319,10 +328,10 @@ def parquet_dataset(
                 f"it: {exc}. Make the parts' column types agree (or read them yourself)",
                 "source_schema_mismatch", name, str(f),
             ) from exc
-    partitioning = pads.HivePartitioning.discover(infer_dictionary=False)
-    kwargs: dict[str, Any] = {"format": "parquet", "partitioning": partitioning}
-    if base is not None:
-        kwargs["partition_base_dir"] = base.as_posix()
+    kwargs: dict[str, Any] = {"format": "parquet"}
+    if base is not None:  # one file alone has no partitions
+        kwargs["partitioning"] = pads.HivePartitioning.discover(infer_dictionary=False)
+        kwargs["partition_base_dir"] = _partition_base(base).as_posix()
     paths = [f.as_posix() for f in files]
     try:
         found = pads.dataset(paths, **kwargs)
