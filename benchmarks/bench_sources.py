@@ -15,8 +15,9 @@ cluster against one process.
    ``LocalCluster(n_workers=2, processes=True, threads_per_worker=1)`` on loopback,
    against ``mm.validate`` of the same folder in one process (chunk by chunk).
 
-Usage: ``python benchmarks/bench_sources.py [ROWS]`` (default 10,000,000). Prints the
-machine's load average, since the figures depend on it.
+Usage: ``python benchmarks/bench_sources.py [ROWS] [read,stream,dry_run,validate]``
+(default 10,000,000 rows, every part; ``read`` is the reading alone, chunks dropped).
+Prints the machine's load average, since the figures depend on it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000
+PARTS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["read", "stream", "dry_run", "validate"]
 DAYS = 20
 LIMIT_MB = 500
 NOW = "2027-01-01T00:00:00Z"
@@ -103,6 +105,8 @@ t.start()
 started = time.perf_counter()
 if sys.argv[3] == "dry_run":
     rows = len(mm.backfill(folder, dry_run=True, progress=False, now=now).rows)
+elif sys.argv[3] == "read":
+    rows = sum(len(c) for c in mm.datasources.iter_source(folder, 25_000)[0])
 else:
     rows = stream_only()
 elapsed = time.perf_counter() - started
@@ -154,19 +158,23 @@ def main() -> None:
         size = sum(f.stat().st_size for f in folder.rglob("*.parquet")) / 1e6
         print(f"generated {ROWS:,} rows in {DAYS} partitions ({size:,.0f} MB of Parquet) "
               f"in {time.perf_counter() - started:.1f} s")
-        for what, label in (("stream", "read + validate + encode + ids, nothing kept"),
+        for what, label in (("read", "reading alone (pandas chunks of 25,000, dropped)"),
+                            ("stream", "read + validate + encode + ids, nothing kept"),
                             ("dry_run", "mm.backfill(folder, dry_run=True)")):
+            if what not in PARTS:
+                continue
             r = measure(folder, what)
             ok = "under" if r["peak_above_mb"] < LIMIT_MB else "OVER"
             print(f"{label}: {r['rows']:,} rows in {r['elapsed']:.1f} s = "
                   f"{r['rows'] / r['elapsed']:,.0f} rows/s; peak RSS "
                   f"{r['peak_above_mb']:.0f} MB above a {r['base_mb']:.0f} MB baseline "
                   f"({ok} {LIMIT_MB} MB); ru_maxrss {r['maxrss_mb']:.0f} MB")
-        t_one, t_two, parts = validation(folder)
-        print(f"validate, one process (chunks of 25,000): {ROWS / t_one:,.0f} rows/s "
-              f"({t_one:.1f} s)")
-        print(f"validate, Dask LocalCluster 2 workers x 1 thread ({parts} partitions): "
-              f"{ROWS / t_two:,.0f} rows/s ({t_two:.1f} s), x{t_one / t_two:.2f}")
+        if "validate" in PARTS:
+            t_one, t_two, parts = validation(folder)
+            print(f"validate, one process (chunks of 25,000): {ROWS / t_one:,.0f} rows/s "
+                  f"({t_one:.1f} s)")
+            print(f"validate, Dask LocalCluster 2 workers x 1 thread ({parts} partitions): "
+                  f"{ROWS / t_two:,.0f} rows/s ({t_two:.1f} s), x{t_one / t_two:.2f}")
     print(f"load average after: {os.getloadavg()}")
 
 
