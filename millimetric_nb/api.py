@@ -170,6 +170,12 @@ async def abackfill(
 
     Returns:
         :class:`~millimetric_nb.results.SendResult` accounting for every row.
+
+    Raises:
+        SourceError: the source cannot be read at all (a missing path, an empty folder
+            or glob, clashing Parquet schemas, a failing query), before anything is
+            sent. Once rows flow, a part that fails ends the reading and is
+            ``result.error`` (a :class:`~millimetric_nb.errors.SourceError` naming it).
     """
     if route not in ("batch", "track"):
         raise ConfigurationError(

@@ -228,6 +228,10 @@ def test_filter_is_pushed_down_to_the_partitions(frame, files, reference):
     expected = mm.backfill(subset, dry_run=True, progress=False, now=NOW)
     assert len(res.rows) == len(subset) and res.rows.index.equals(pd.RangeIndex(len(subset)))
     assert res.rows["event_id"].equals(expected.rows["event_id"])
+    # the day is part of every event's content: a slice gets the ids the whole run gave
+    ref_ids, _ = reference
+    whole = ref_ids[(frame["day"] == day).to_numpy()]
+    assert (res.rows["event_id"].fillna("(none)").to_numpy(dtype=object) == whole).all()
     in_table = mm.validate(table_of(frame), filter=pc.field("day") == day, warn=False)
     assert in_table.n_rows == len(subset)
     # one partition's folder (or a glob in it) reads the same columns, so the same ids
