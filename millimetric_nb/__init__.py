@@ -10,6 +10,7 @@ from . import accessor as accessor  # registers df.millimetric
 from . import contract
 from .api import abackfill, backfill
 from .client import AsyncClient
+from .datasources import sql, validate  # mm.validate: this function, not the submodule
 from .errors import (
     APIError,
     AuthenticationError,
@@ -20,6 +21,7 @@ from .errors import (
     PermissionDeniedError,
     RateLimitedError,
     ServerError,
+    SourceError,
     TransportError,
     ValidationError,
 )
@@ -49,6 +51,7 @@ __all__ = [
     "RateLimitedError",
     "SendResult",
     "ServerError",
+    "SourceError",
     "TransportError",
     "ValidationError",
     "ValidationReport",
@@ -62,6 +65,8 @@ __all__ = [
     "query",
     "query_all",
     "sources",
+    "sql",
     "stats",
+    "validate",
     "validate_frame",
 ]

@@ -122,14 +122,20 @@ async def abackfill(
     now: dt.datetime | None = None,
     route: Literal["batch", "track"] = "batch",
     warn_stacklevel: int = 2,
+    filter: Any = None,
     **mapping: Any,
 ) -> SendResult:
     """Send every valid row of ``source`` as events; the ``await``-able backfill.
 
     Args:
         source: a DataFrame, an iterable of DataFrames (e.g.
-            ``pd.read_csv(path, chunksize=...)``), or a path to a ``.csv``,
-            ``.jsonl`` (JSON Lines) or ``.parquet`` file (streamed chunk by chunk).
+            ``pd.read_csv(path, chunksize=...)``), a path to a ``.csv``,
+            ``.jsonl`` (JSON Lines, both also ``.gz`` / ``.zst``) or ``.parquet``
+            file, a folder, glob or list of Parquet files (one dataset, hive
+            partitions as columns), a pyarrow Table / RecordBatchReader / Dataset, a
+            polars DataFrame / LazyFrame, a DuckDB relation or
+            :func:`~millimetric_nb.sql`, or a Dask DataFrame: all streamed chunk by
+            chunk (see :mod:`millimetric_nb.datasources`).
             From a file, the columns of the event's string fields (``user_id``...,
             and any ``*_col`` named) are read as written: a CSV's as text
             (``00123`` stays ``"00123"``; a blank does not turn a chunk's ids into
@@ -166,12 +172,21 @@ async def abackfill(
         route: ``"batch"`` (default) or ``"track"`` (one request per row).
         warn_stacklevel: where the data warnings (also in ``result.warnings``) point;
             ``0`` issues none (the synchronous faces issue them themselves).
+        filter: a ``pyarrow.compute`` Expression, pushed down to the scan of a
+            Parquet dataset (or applied to an Arrow Table), e.g.
+            ``pc.field("day") >= "2026-11-01"``.
         **mapping: ``event``, ``event_col``, ``event_id_col``, ``timestamp_col``,
             ``anonymous_id_col``, ``user_id_col``, ``session_id_col``, ``url_col``,
             ``path_col``, ``referrer_col``, ``properties``.
 
     Returns:
         :class:`~millimetric_nb.results.SendResult` accounting for every row.
+
+    Raises:
+        SourceError: the source cannot be read at all (a missing path, an empty folder
+            or glob, clashing Parquet schemas, a failing query), before anything is
+            sent. Once rows flow, a part that fails ends the reading and is
+            ``result.error`` (a :class:`~millimetric_nb.errors.SourceError` naming it).
     """
     if route not in ("batch", "track"):
         raise ConfigurationError(
@@ -180,7 +195,7 @@ async def abackfill(
     prepare = event_preparer(mapping, pii, now)
     if pii == "error" and isinstance(source, pd.DataFrame):
         refuse_personal_data(source, mapping)  # every row, before any request
-    chunks, total = iter_source(source, chunksize, field_columns(mapping))
+    chunks, total = iter_source(source, chunksize, field_columns(mapping), filter)
     slow = track_warning(total) if route == "track" else None
     if slow and warn_stacklevel:
         _warnings.warn(slow, UserWarning, stacklevel=warn_stacklevel)
@@ -249,6 +264,7 @@ def backfill(
     pii: str = PII_DEFAULT,
     on_ambiguous: OnAmbiguous = "verify",
     now: dt.datetime | None = None,
+    filter: Any = None,
     **mapping: Any,
 ) -> SendResult:
     """Send every valid row of ``source`` through ``/v1/batch``; see :func:`abackfill`.
@@ -258,7 +274,7 @@ def backfill(
     return send_sync(
         source, route="batch", stacklevel=3, client=client, journal=journal, dry_run=dry_run,
         progress=progress, observer=observer, concurrency=concurrency, chunksize=chunksize,
-        pii=pii, on_ambiguous=on_ambiguous, now=now, **mapping,
+        pii=pii, on_ambiguous=on_ambiguous, now=now, filter=filter, **mapping,
     )
 
 

@@ -9,9 +9,9 @@ for ``progress=True`` and bridge to synchronous code.
 
 How a run goes:
 
-* the source is read chunk by chunk (a DataFrame is sliced; CSV and JSON Lines
-  stream through pandas' ``chunksize``; Parquet through pyarrow's
-  ``iter_batches``), so memory stays bounded;
+* the source is read chunk by chunk by :mod:`millimetric_nb.datasources` (a
+  DataFrame is sliced; files, Parquet datasets, Arrow, polars, DuckDB and Dask
+  are streamed), so memory stays bounded;
 * each chunk is validated and encoded column-wise by the frame layer in a worker
   thread, ahead of the sending (a bounded queue of ready requests keeps the
   pipeline full without holding the whole input's payloads);
@@ -64,14 +64,11 @@ import warnings as _warnings
 from collections.abc import (
     Awaitable,
     Callable,
-    Collection,
     Hashable,
-    Iterable,
     Iterator,
     Sequence,
 )
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -79,10 +76,12 @@ import orjson
 import pandas as pd
 
 from . import contract
+from .datasources import DEFAULT_CHUNKSIZE, Source, field_columns, iter_source
 from .errors import (
     ConfigurationError,
     KeyRefusedError,
     MillimetricError,
+    SourceError,
     ValidationError,
 )
 from .frame import PII_DEFAULT, RULE_PII, check_pii
@@ -104,8 +103,6 @@ from .results import STATUS_CODES, STATUSES, Plan, SendResult, empty_rows
 log = logging.getLogger("millimetric_nb")
 
 DEFAULT_CONCURRENCY = 20
-DEFAULT_CHUNKSIZE = 25_000
-_FIRST_CHUNK = 1000
 _BODY_HEAD = b'{"events":['
 _BODY_TAIL = b"]}"
 
@@ -118,162 +115,11 @@ _INVALID = STATUS_CODES["invalid"]
 _SKIPPED = STATUS_CODES["skipped"]
 _PLANNED = STATUS_CODES["planned"]
 
-Source = pd.DataFrame | str | os.PathLike[str] | Iterable[pd.DataFrame]
 OnAmbiguous = Literal["verify", "resend", "skip"]
 #: Most time windows one read-back (on_ambiguous="verify") reads, per chunk.
 _VERIFY_WINDOWS = 32
 #: Gaps between uncertain ids' timestamps narrower than this are read through.
 _VERIFY_GAP = pd.Timedelta(minutes=10)
-
-
-# --------------------------------------------------------------------------- sources
-
-
-def _whole_floats_to_int(frame: pd.DataFrame, columns: Collection[Hashable]) -> pd.DataFrame:
-    """JSON integers in a column with nulls come back from pandas as floats: the
-    listed (id) columns get them back as integers, when every value is whole."""
-    for col in columns:
-        if col in frame.columns and frame.columns.is_unique:
-            s = frame[col]
-            if pd.api.types.is_float_dtype(s.dtype):
-                v = s.dropna()
-                if len(v) and bool((v == np.floor(v)).all()) and bool((v.abs() < 2**53).all()):
-                    frame[col] = s.astype("Int64")
-    return frame
-
-
-def _csv_separator(path: Path) -> str:
-    """``,`` unless the header line has no comma and has semicolons (the CSV that
-    spreadsheet software writes where the comma is the decimal mark): then ``;``."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            header = fh.readline()
-    except OSError:
-        return ","
-    return ";" if "," not in header and ";" in header else ","
-
-
-def _read_path(
-    path: Path, chunksize: int, text_columns: Collection[Hashable] = ()
-) -> tuple[Iterator[pd.DataFrame], int | None]:
-    """Chunks of a file. ``text_columns`` (the event's string fields) are read as
-    written: a CSV's as text (pandas would turn ``00123`` into 123, and an id column
-    with a blank into floats, chunk by chunk); JSON Lines keep JSON's own types
-    (pandas would turn ``"00123"`` into 123.0 and numbers in ``*_at`` columns into
-    dates), with whole numbers in id columns that have nulls kept whole."""
-    suffixes = [s.lower() for s in path.suffixes]
-    if not path.exists():
-        raise ConfigurationError(f"no such file: {path}", code="source_not_found")
-    if ".parquet" in suffixes or ".pq" in suffixes:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:  # pragma: no cover - pyarrow is in the dev extra
-            raise ConfigurationError(
-                "reading Parquet needs pyarrow: pip install 'millimetric-nb[parquet]'",
-                code="missing_dependency",
-            ) from exc
-        pf = pq.ParquetFile(str(path))
-
-        def parquet_chunks() -> Iterator[pd.DataFrame]:
-            start = 0
-            for batch in pf.iter_batches(batch_size=chunksize):
-                df = batch.to_pandas()
-                df.index = pd.RangeIndex(start, start + len(df))
-                start += len(df)
-                yield df
-
-        return parquet_chunks(), int(pf.metadata.num_rows)
-    if suffixes and suffixes[-1] in (".jsonl", ".ndjson", ".json"):
-        reader = pd.read_json(path, lines=True, chunksize=chunksize, dtype=False)
-        return (_whole_floats_to_int(c, text_columns) for c in reader), None
-    if any(s in (".csv", ".tsv", ".txt") for s in suffixes):
-        sep = "\t" if ".tsv" in suffixes else _csv_separator(path)
-        dtype = {c: str for c in text_columns}
-        return iter(pd.read_csv(path, chunksize=chunksize, sep=sep, dtype=dtype)), None
-    raise ConfigurationError(
-        f"cannot tell the format of {path.name!r}: use .csv, .jsonl (JSON Lines) or .parquet",
-        code="unknown_source_format",
-    )
-
-
-def _not_frames(source: Any) -> str | None:
-    """Why a source that iterates but not over DataFrames is refused (with the fix),
-    before anything is read: iterating would yield its labels, columns or records."""
-    if isinstance(source, pd.Series):
-        return "pass a DataFrame (series.to_frame(), or the whole frame)"
-    if hasattr(source, "to_pandas") and not isinstance(source, Iterator):
-        return "pass a pandas DataFrame: source.to_pandas()"
-    if isinstance(source, dict):
-        return "pass one DataFrame, or its frames: pd.concat(d.values()) or d.values()"
-    if isinstance(source, (list, tuple)) and source and isinstance(source[0], dict):
-        return "records are not a DataFrame: pass pd.DataFrame(records)"
-    return None
-
-
-def iter_source(
-    source: Source, chunksize: int, text_columns: Collection[Hashable] = ()
-) -> tuple[Iterator[pd.DataFrame], int | None]:
-    """``(chunks, total rows if known)`` for a DataFrame, a path, or DataFrames.
-
-    ``text_columns``: for a file, the columns read as written rather than as pandas
-    infers them (see :func:`field_columns`).
-    """
-    if chunksize < 1:
-        raise ConfigurationError("chunksize must be at least 1", code="invalid_chunksize")
-    if isinstance(source, pd.DataFrame):
-        frame = source
-
-        def frame_chunks() -> Iterator[pd.DataFrame]:
-            if len(frame) == 0:
-                yield frame
-                return
-            # small chunks first so the first requests leave at once, then full size
-            start, size = 0, min(chunksize, _FIRST_CHUNK)
-            while start < len(frame):
-                yield frame.iloc[start : start + size]
-                start += size
-                size = min(chunksize, size * 4)
-
-        return frame_chunks(), len(frame)
-    if isinstance(source, (str, os.PathLike)):
-        return _read_path(Path(source), chunksize, text_columns)
-    refused = _not_frames(source)
-    if refused:
-        raise ConfigurationError(
-            f"cannot backfill from a {type(source).__name__}: {refused}",
-            code="invalid_source",
-        )
-    if isinstance(source, Iterable):
-        it = iter(source)
-
-        def checked() -> Iterator[pd.DataFrame]:
-            for i, item in enumerate(it):
-                if not isinstance(item, pd.DataFrame):
-                    raise ConfigurationError(
-                        f"item {i} of the source is a {type(item).__name__}, not a DataFrame",
-                        code="invalid_source",
-                    )
-                yield item
-
-        return checked(), None
-    raise ConfigurationError(
-        f"cannot backfill from a {type(source).__name__}: pass a DataFrame, an iterable of "
-        "DataFrames, or a path to a CSV, JSON Lines or Parquet file",
-        code="invalid_source",
-    )
-
-
-def field_columns(mapping: dict[str, Any]) -> set[Hashable]:
-    """The columns that feed the event's string fields under ``mapping`` (the
-    contract's field names, and the columns named by ``*_col`` keywords)."""
-    cols: set[Hashable] = {
-        "event", "event_id", "timestamp", "anonymous_id", "user_id", "session_id",
-        "url", "path", "referrer",
-    }
-    for key, value in mapping.items():
-        if key.endswith("_col") and value is not None:
-            cols.add(value)
-    return cols
 
 
 # --------------------------------------------------------------------------- planning
@@ -534,6 +380,10 @@ class _Run:
         while True:
             try:
                 frame = await asyncio.to_thread(next, chunks, None)
+            except SourceError as exc:  # it names the source and the part already
+                self.read_error = exc
+                self.warn(str(exc))
+                break
             except Exception as exc:
                 # the rest of the source cannot be read (a bad line, an item that is
                 # not a DataFrame): the rows read so far are still sent and accounted
@@ -1461,6 +1311,7 @@ __all__ = [
     "DEFAULT_CHUNKSIZE",
     "DEFAULT_CONCURRENCY",
     "PreparedRows",
+    "Source",
     "body_of",
     "event_preparer",
     "field_columns",

@@ -120,6 +120,19 @@ class ValidationError(MillimetricError):
         super().__init__(message, **kwargs)
 
 
+class SourceError(MillimetricError):
+    """A source cannot be read: a missing path, an empty folder or glob, parts whose
+    schemas clash, a failing query, a Dask partition that raises.
+
+    ``code`` says which (``source_not_found``, ``source_empty``,
+    ``source_schema_mismatch``, ``source_part_failed``, ``source_query_failed``);
+    ``details["source"]`` names the source and ``details["part"]`` the part (a file,
+    ``"partition 3"``, ``"query"``) when one part is at fault.
+    """
+
+    code = "source_error"
+
+
 # --------------------------------------------------------------------------- server answers
 
 
@@ -195,6 +208,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitedError",
     "ServerError",
+    "SourceError",
     "TransportError",
     "ValidationError",
     "error_for_status",

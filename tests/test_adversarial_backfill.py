@@ -393,7 +393,7 @@ def test_a_source_that_is_not_frames_is_refused_up_front_with_a_hint(mm_server, 
     df = _frame(5)
     source = {
         "series": df["event"],
-        "polars": pl.from_pandas(df),
+        "polars": pl.from_pandas(df)["event"],  # a Series (a polars DataFrame is a source)
         "records": df.to_dict("records"),
         "dict": {"a": df},
     }[kind]
