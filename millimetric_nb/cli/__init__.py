@@ -16,7 +16,6 @@ that does not echo, and never appear in any output.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from ..errors import MillimetricError
