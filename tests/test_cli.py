@@ -4,6 +4,7 @@ query / stats / sources, the key's ways in, and every bad input (exit 2, one lin
 
 from __future__ import annotations
 
+import argparse
 import os
 import pty
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from millimetric_nb.cli import build_parser
 from millimetric_nb.sample import generate_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,11 +75,15 @@ def test_help_of_every_command_lists_its_options():
         "stats": ["--metric", "--group-by", "--interval", "--output"],
         "sources": ["--breakdown", "--output"],
     }
+    proc = cli("backfill", "--help")  # one as a subprocess; all through the same parser
+    assert proc.returncode == 0, proc.stderr
+    assert all(option in proc.stdout for option in expected["backfill"])
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, options in expected.items():
-        proc = cli(name, "--help")
-        assert proc.returncode == 0, proc.stderr
+        text = sub.choices[name].format_help()
         for option in options:
-            assert option in proc.stdout, (name, option)
+            assert option in text, (name, option)
 
 
 def test_validate_groups_problems_by_rule_with_row_numbers(tmp_path, events_csv, sample):
@@ -233,8 +239,10 @@ def test_keys_come_from_the_environment_a_flag_with_a_warning_and_never_show(
     no_key_in(ingest, read_only)
 
 
-def _run_in_a_terminal(args: list[str], env: dict[str, str], answer: str) -> tuple[int, str]:
-    """Run the command on a pseudo-terminal, type ``answer`` at its prompt."""
+def _run_in_a_terminal(
+    args: list[str], env: dict[str, str], answer: str, prompt: bytes = b"not shown"
+) -> tuple[int, str]:
+    """Run the command on a pseudo-terminal, type ``answer`` at its ``prompt``."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the command, on the terminal
         os.execvpe(sys.executable, [sys.executable, "-m", "millimetric_nb.cli", *args], env)
@@ -251,7 +259,7 @@ def _run_in_a_terminal(args: list[str], env: dict[str, str], answer: str) -> tup
             if not data:
                 break
             seen += data
-        if not typed and b"not shown" in seen:
+        if not typed and prompt in seen:
             os.write(fd, answer.encode() + b"\n")
             typed = True
     _, status = os.waitpid(pid, 0)
@@ -296,6 +304,16 @@ def test_forget_asks_refuses_without_a_terminal_and_deletes_with_yes(mm_server, 
     pd.DataFrame({"user_id": ["u5"]}).to_csv(table, index=False)
     by_table = cli("forget", "--from-file", str(table), "--yes", key=key, host=mm_server.url)
     assert by_table.returncode == 0 and users() == []
+
+    # in a terminal, without --yes, it asks; only "yes" deletes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MILLIMETRIC_")}
+    env.update(PYTHONPATH=str(ROOT), MILLIMETRIC_HOST=mm_server.url, MILLIMETRIC_KEY=key)
+    cli("backfill", str(path), "--no-journal", key=key, host=mm_server.url)
+    code, seen = _run_in_a_terminal(["forget", "--user-id", "u1"], env, "no", b"Type 'yes'")
+    assert code == 2 and "nothing deleted" in seen and "u1" in users()
+    code, seen = _run_in_a_terminal(["forget", "--user-id", "u1"], env, "yes", b"Type 'yes'")
+    assert code == 0 and "forgot 1 of 1" in seen and "u1" not in users()
+    no_key_in(subprocess.CompletedProcess([], 0, seen, ""), key)
 
     rk = cli("forget", "--user-id", "u9", "--yes", key=mm_server.keys["rk"], host=mm_server.url)
     assert rk.returncode == 2 and "sk_" in rk.stderr
