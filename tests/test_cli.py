@@ -385,3 +385,36 @@ def test_verify_compares_what_was_sent_with_what_is_stored(mm_server, tmp_path):
     nojournal = cli("verify", str(path), "--journal", str(tmp_path / "nope.sqlite"), key=key,
                     host=mm_server.url)
     assert nojournal.returncode == 2 and "nope.sqlite" in nojournal.stderr
+
+
+def test_ctrl_c_stops_a_backfill_and_the_same_command_resumes_it(mm_server_factory, tmp_path):
+    import signal
+
+    srv = mm_server_factory(limits="off", latency_ms=250)
+    key = srv.keys["sk"]
+    path = tmp_path / "big.csv"
+    n = 12_000
+    pd.DataFrame({"event": ["view"] * n, "user_id": [f"u{i % 97}" for i in range(n)],
+                  "timestamp": pd.date_range("2026-10-01", periods=n, freq="s", tz="UTC")
+                  .strftime("%Y-%m-%dT%H:%M:%SZ")}).to_csv(path, index=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MILLIMETRIC_")}
+    env.update(PYTHONPATH=str(ROOT), MILLIMETRIC_KEY=key, MILLIMETRIC_HOST=srv.url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "millimetric_nb.cli", "backfill", str(path), "--concurrency", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while srv.count() < 1000 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    assert 0 < srv.count() < n
+
+    again = cli("backfill", str(path), key=key, host=srv.url)
+    assert again.returncode == 0, again.stdout + again.stderr
+    stored = [e["event_id"] for e in srv.stored_events()]
+    assert len(set(stored)) == n  # every row in
+    dupes = re.search(r"possible duplicates ([\d,]+)", again.stdout)
+    assert len(stored) - n == (int(dupes.group(1).replace(",", "")) if dupes else 0)
