@@ -38,7 +38,14 @@ from .backfill import (
 from .encode import EncodeError, dumps, is_missing
 from .errors import ConfigurationError, ValidationError
 from .events import prepare_forget, prepare_identify
-from .frame import ERROR_COLUMNS, RULE_PII, DataWarning, check_pii, pii_columns
+from .frame import (
+    ERROR_COLUMNS,
+    RULE_PII,
+    DataWarning,
+    MissingTimestamp,
+    check_pii,
+    pii_columns,
+)
 from .journal import Journal
 from .progress import Observer
 from .results import SendResult
@@ -175,14 +182,22 @@ class MillimetricAccessor:
 
     # ------------------------------------------------------------------ validate
 
-    def validate(self, *, pii: str = "warn", now: Any = None, **mapping: Any) -> ValidationReport:
+    def validate(
+        self, *, pii: str = "warn", now: Any = None,
+        missing_timestamp: MissingTimestamp = "invalid", **mapping: Any,
+    ) -> ValidationReport:
         """Check every row against the contract, column-wise; nothing is sent.
 
         Returns a validation report: ``.ok``, ``.errors`` (one row per problem:
         row label, field, rule code, message), ``.summary`` and an HTML repr.
+        ``missing_timestamp``: an empty timestamp cell is ``invalid`` (default) or
+        ``"server_time"`` (sent without one); the warnings point at the caller's line.
         """
         check_pii(pii)
-        return validate_frame(self._df, pii=pii, now=now, **mapping)  # type: ignore[arg-type]
+        return validate_frame(
+            self._df, pii=pii, now=now, missing_timestamp=missing_timestamp,  # type: ignore[arg-type]
+            warn_stacklevel=3, **mapping,
+        )
 
     # ------------------------------------------------------------------ sends
 
@@ -199,6 +214,7 @@ class MillimetricAccessor:
         observer: Observer | None = None,
         chunksize: int = DEFAULT_CHUNKSIZE,
         on_ambiguous: OnAmbiguous = "resend",
+        missing_timestamp: MissingTimestamp = "invalid",
         **mapping: Any,
     ) -> SendResult:
         """Send every valid row as one event through ``/v1/batch`` (the backfill path).
@@ -212,7 +228,7 @@ class MillimetricAccessor:
             self._df, route="batch", stacklevel=3, event_col=event_col, client=client,
             dry_run=dry_run, progress=progress, journal=journal, concurrency=concurrency,
             pii=pii, observer=observer, chunksize=chunksize, on_ambiguous=on_ambiguous,
-            **mapping,
+            missing_timestamp=missing_timestamp, **mapping,
         )
 
     def track(
@@ -227,6 +243,7 @@ class MillimetricAccessor:
         concurrency: int = DEFAULT_CONCURRENCY,
         pii: str = "warn",
         observer: Observer | None = None,
+        missing_timestamp: MissingTimestamp = "invalid",
         **mapping: Any,
     ) -> SendResult:
         """Send every valid row through ``/v1/track``, one request per row.
@@ -242,7 +259,7 @@ class MillimetricAccessor:
         return send_sync(
             self._df, route="track", stacklevel=3, client=client, dry_run=dry_run,
             progress=progress, journal=journal, concurrency=concurrency, pii=pii,
-            observer=observer, **mapping,
+            observer=observer, missing_timestamp=missing_timestamp, **mapping,
         )
 
     def identify(

@@ -32,6 +32,7 @@ from .backfill import (
     run_rows,
 )
 from .errors import ConfigurationError
+from .frame import MissingTimestamp
 from .journal import Journal
 from .progress import Emitter, Observer
 from .results import SendResult
@@ -121,6 +122,7 @@ async def abackfill(
     now: dt.datetime | None = None,
     route: Literal["batch", "track"] = "batch",
     warn_stacklevel: int = 2,
+    missing_timestamp: MissingTimestamp = "invalid",
     **mapping: Any,
 ) -> SendResult:
     """Send every valid row of ``source`` as events; the ``await``-able backfill.
@@ -155,6 +157,10 @@ async def abackfill(
         route: ``"batch"`` (default) or ``"track"`` (one request per row).
         warn_stacklevel: where the data warnings (also in ``result.warnings``) point;
             ``0`` issues none (the synchronous faces issue them themselves).
+        missing_timestamp: with a timestamp column, a row whose cell is empty (or
+            ``NaN``, ``NaT``: e.g. "N/A" read by ``read_csv``) is ``invalid`` (rule
+            ``required``) by default; ``"server_time"`` sends it without a timestamp,
+            stored at the time it arrives. The warning names the first such rows.
         **mapping: ``event``, ``event_col``, ``event_id_col``, ``timestamp_col``,
             ``anonymous_id_col``, ``user_id_col``, ``session_id_col``, ``url_col``,
             ``path_col``, ``referrer_col``, ``properties``.
@@ -166,7 +172,7 @@ async def abackfill(
         raise ConfigurationError(
             f"route must be 'batch' or 'track', not {route!r}", code="invalid_route"
         )
-    prepare = event_preparer(mapping, pii, now)
+    prepare = event_preparer(mapping, pii, now, missing_timestamp)
     chunks, total = iter_source(source, chunksize, field_columns(mapping))
     slow = track_warning(total) if route == "track" else None
     if slow and warn_stacklevel:
@@ -232,6 +238,7 @@ def backfill(
     pii: str = "warn",
     on_ambiguous: OnAmbiguous = "resend",
     now: dt.datetime | None = None,
+    missing_timestamp: MissingTimestamp = "invalid",
     **mapping: Any,
 ) -> SendResult:
     """Send every valid row of ``source`` through ``/v1/batch``; see :func:`abackfill`.
@@ -241,7 +248,8 @@ def backfill(
     return send_sync(
         source, route="batch", stacklevel=3, client=client, journal=journal, dry_run=dry_run,
         progress=progress, observer=observer, concurrency=concurrency, chunksize=chunksize,
-        pii=pii, on_ambiguous=on_ambiguous, now=now, **mapping,
+        pii=pii, on_ambiguous=on_ambiguous, now=now, missing_timestamp=missing_timestamp,
+        **mapping,
     )
 
 

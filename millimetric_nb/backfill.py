@@ -1250,25 +1250,29 @@ async def run_rows(
 
 
 def event_preparer(
-    mapping: dict[str, Any], pii: str = "warn", now: dt.datetime | None = None
+    mapping: dict[str, Any], pii: str = "warn", now: dt.datetime | None = None,
+    missing_timestamp: str = "invalid",
 ) -> Preparer:
     """The preparer of event sends (``/v1/batch``, ``/v1/track``) for :func:`run_rows`.
 
     ``mapping``: the column mapping keywords (``event_col``, ``timestamp_col``...,
     see :func:`millimetric_nb.abackfill`), resolved against the first chunk's columns.
     Each chunk is validated and encoded column-wise by the frame layer; ids stay
-    stable across chunks.
+    stable across chunks. ``missing_timestamp``: see
+    :func:`~millimetric_nb.frame.prepare_chunk`.
     """
     check_pii(pii)
     from .frame import (
         EventIdState,
         check_mapping_keywords,
+        check_missing_timestamp,
         id_recipe,
         prepare_chunk,
         resolve_mapping,
     )
 
     check_mapping_keywords(mapping)
+    check_missing_timestamp(missing_timestamp)
 
     state: dict[str, Any] = {"mapping": None, "ids": EventIdState(), "columns": None}
     widened: dict[tuple[Hashable, ...], tuple[Any, list[str]]] = {}
@@ -1290,6 +1294,7 @@ def event_preparer(
             warns = [*warns, *more]
         p = prepare_chunk(
             frame, chunk_mapping, offset=offset, pii=pii, now=now, ids=state["ids"],
+            missing_timestamp=missing_timestamp,  # type: ignore[arg-type]
         )
         return PreparedRows(
             valid=np.asarray(p.valid, dtype=bool),

@@ -25,8 +25,11 @@ Choices (documented, and tested):
   ``encode.to_utc_iso`` (a vectorised fast path for the common shapes, the exact
   per-value parser for the rest). Output is ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``,
   nanoseconds truncated. Numbers in a timestamp column are ``invalid_timestamp``
-  (epoch seconds and milliseconds cannot be told apart). A missing timestamp omits
-  the field (the server uses its own time) and is warned about.
+  (epoch seconds and milliseconds cannot be told apart); so are strings of digits,
+  with a hint on converting epochs. When the mapping has a timestamp column, an
+  empty cell makes the row invalid (rule ``required``), unless
+  ``missing_timestamp="server_time"`` (then the field is omitted and the server
+  uses its own time); either way a warning names the first such rows.
 * **Properties**: keys are the column labels (``str(label)`` for non-string labels),
   written in sorted key order. Integers beyond +-(2**53 - 1) are
   ``int_out_of_range`` errors (never rounded, never silently turned into strings:
@@ -56,7 +59,7 @@ import pandas as pd
 import polars as pl
 
 from . import contract
-from .encode import EncodeError, dumps, is_missing, to_utc_iso
+from .encode import EncodeError, dumps, is_missing, member_sizes, to_utc_iso, too_large_message
 from .errors import ConfigurationError, ValidationError
 
 __all__ = [
@@ -65,8 +68,10 @@ __all__ = [
     "DataWarning",
     "EventIdState",
     "FieldMapping",
+    "MissingTimestamp",
     "PreparedChunk",
     "check_mapping_keywords",
+    "check_missing_timestamp",
     "check_pii",
     "describe_recipe_change",
     "detect_pii",
@@ -87,6 +92,10 @@ COLUMN_FIELDS: Final = (
 _ID_PREFIX: Final = "mm_"
 _ID_REPEAT: Final = b"mm-nb-repeat\x00"  # domain tag for the n-th repeat of a content
 _MAX_SAFE: Final = contract.MAX_SAFE_INTEGER
+
+
+#: What a row with an empty cell in the timestamp column becomes (see :func:`prepare_chunk`).
+MissingTimestamp = Literal["invalid", "server_time"]
 
 
 class DataWarning(UserWarning):
@@ -712,14 +721,53 @@ def _format_ts(ps: pl.Series) -> pl.Series:
     ).to_series()
 
 
+def _first_rows(index: pd.Index, where: np.ndarray, shown: int = 5) -> str:
+    """``rows 3, 17, 42 ... (9 in all) have`` / ``row 3 has`` (index labels of the first
+    rows of ``where``), to start a warning."""
+    pos = np.flatnonzero(where)
+    labels = ", ".join(str(x) for x in index.take(pos[:shown]))
+    if pos.size == 1:
+        return f"row {labels} has"
+    more = f" ... ({pos.size:,} in all)" if pos.size > shown else ""
+    return f"rows {labels}{more} have"
+
+
+def _missing_timestamps(
+    s: pd.Series, label: Hashable, probs: _Problems, warns: list[str],
+    missing_timestamp: MissingTimestamp,
+) -> np.ndarray:
+    """Rows whose timestamp cell is empty: invalid (``required``) unless
+    ``missing_timestamp="server_time"``; a warning names the first of them."""
+    miss = _missing_mask(s)
+    if not miss.any():
+        return miss
+    where = f"column {_col_name(label)}"
+    rows = _first_rows(s.index, miss)
+    if missing_timestamp == "server_time":
+        warns.append(
+            f"{rows} no timestamp in {where}: stored at server time (when sent), as "
+            "missing_timestamp='server_time' asks"
+        )
+        return miss
+    probs.add(miss, "timestamp", contract.RULE_REQUIRED,
+              f"is required: {where} is empty in this row (fill it, or pass "
+              "missing_timestamp='server_time' to store such rows at the time they are sent)")
+    warns.append(
+        f"{rows} no timestamp in {where}: invalid (rule 'required'); fill them in, "
+        "or pass missing_timestamp='server_time' to store them at the time they are sent"
+    )
+    return miss
+
+
 def _timestamp_field(
-    s: pd.Series, label: Hashable, probs: _Problems, now: pd.Timestamp, warns: list[str]
+    s: pd.Series, label: Hashable, probs: _Problems, now: pd.Timestamp, warns: list[str],
+    missing_timestamp: MissingTimestamp = "invalid",
 ) -> pl.Series:
     """Timestamps as UTC ISO strings (null = omitted or invalid)."""
     n = len(s)
     name = "timestamp"
     where = f"column {_col_name(label)}"
-    miss = _missing_mask(s)
+    miss = _missing_timestamps(s, label, probs, warns, missing_timestamp)
     dtype = s.dtype
     s = _plain(s)
     dtype = s.dtype
@@ -792,11 +840,6 @@ def _timestamp_field(
             text = text.scatter(good_i, pl.Series(good_v, dtype=pl.String))
         probs.add(np.asarray(bad_i, dtype=np.int64), name, contract.RULE_TIMESTAMP, bad_m)
     present = ~text.is_null().to_numpy()
-    if (miss).any():
-        warns.append(
-            f"{int(miss.sum())} row(s) have no timestamp in {where}: they will be stored at "
-            "server time (when they are sent)"
-        )
     now_s = _format_ts(pl.Series([now.tz_convert("UTC").tz_localize(None)]).cast(
         pl.Datetime("us")))[0]
     # same format, so comparing the seconds part as text compares instants
@@ -940,6 +983,26 @@ def _dict_properties(
     return pl.Series(values=out, dtype=pl.String), keys
 
 
+def _too_large_messages(
+    rows: np.ndarray, size: np.ndarray, objects: pl.Series,
+    columns: Mapping[str, tuple[pl.Series, bool]],
+) -> list[str]:
+    """For each too-large row: its size and its largest members (``notes (8,900)``), from
+    the property columns' JSON values or, for a column of dicts, the row's object."""
+    out: list[str] = []
+    for i in rows.tolist():
+        if columns:
+            sizes = {}
+            for key, (values, wrap) in columns.items():
+                v = values[i]
+                if v is not None:
+                    sizes[key] = len(orjson.dumps(key)) + 1 + len(v.encode()) + (2 if wrap else 0)
+        else:
+            sizes = member_sizes(orjson.loads(objects[i]))
+        out.append(too_large_message(int(size[i]), sizes))
+    return out
+
+
 # --------------------------------------------------------------------------- PII
 
 _PII_TOKENS: Final = frozenset({
@@ -995,6 +1058,15 @@ def detect_pii(
         if emails:
             found["properties"] = f"{emails} row(s) hold email-looking values"
     return found
+
+
+def check_missing_timestamp(missing_timestamp: str) -> None:
+    """Refuse a ``missing_timestamp`` option other than ``"invalid"`` or ``"server_time"``."""
+    if missing_timestamp not in ("invalid", "server_time"):
+        raise ConfigurationError(
+            f"missing_timestamp must be 'invalid' or 'server_time', not {missing_timestamp!r}",
+            code="invalid_missing_timestamp",
+        )
 
 
 def check_pii(pii: str) -> None:
@@ -1073,6 +1145,7 @@ def prepare_chunk(
     now: pd.Timestamp | None = None,
     ids: EventIdState | None = None,
     encode: bool = True,
+    missing_timestamp: MissingTimestamp = "invalid",
 ) -> PreparedChunk:
     """Validate (and encode) a chunk of rows column-wise.
 
@@ -1086,12 +1159,16 @@ def prepare_chunk(
         ids: the :class:`EventIdState` of the whole input, so derived ids do not
             depend on chunking (a fresh state is used when ``None``).
         encode: ``False`` validates only (no payloads, no derived ids).
+        missing_timestamp: when the mapping has a timestamp column, a row whose cell
+            is empty is invalid (rule ``required``) with ``"invalid"`` (the default),
+            or sent without a timestamp (stored at server time) with ``"server_time"``.
 
     Raises:
         ValidationError: ``invalid_mapping`` when a mapped column is missing or labels
             are duplicated; ``pii="error"`` and a property column looks personal.
     """
     check_pii(pii)
+    check_missing_timestamp(missing_timestamp)
     if not df.columns.is_unique:
         dupes = df.columns[df.columns.duplicated()].unique().tolist()
         raise _mapping_error(f"duplicate column label(s) {dupes!r}: each column must have a "
@@ -1131,7 +1208,7 @@ def prepare_chunk(
             continue
         s = df[label]
         if name == "timestamp":
-            fields[name] = _timestamp_field(s, label, probs, now_ts, warns)
+            fields[name] = _timestamp_field(s, label, probs, now_ts, warns, missing_timestamp)
         else:
             fields[name] = _string_field(s, name, contract.EVENT_FIELDS[name], label, probs)
     if "timestamp" not in mapping.columns and n:
@@ -1142,6 +1219,7 @@ def prepare_chunk(
     # properties
     pii_found: dict[str, str] = {}
     props_obj: pl.Series | None = None  # one JSON object per row, null = no properties
+    items_by_key: dict[str, tuple[pl.Series, bool]] = {}  # property columns' JSON values
     if mapping.properties_is_dict_column:
         label = mapping.properties
         props_obj, keys = _dict_properties(df[label], label, probs)
@@ -1156,6 +1234,7 @@ def prepare_chunk(
             (values, wrap), strings = _property_values(df[label], key, label, probs)
             cols[f"p{i}"] = values
             items.append((orjson.dumps(key).decode(), f"p{i}", values, wrap))
+            items_by_key[key] = (values, wrap)
             plain[key] = strings
         if pii != "ignore" and n:
             pii_found = detect_pii(plain)
@@ -1164,10 +1243,8 @@ def prepare_chunk(
         size = props_obj.str.len_bytes().fill_null(0).to_numpy()
         big = size > contract.PROPERTIES_MAX_BYTES
         if big.any():
-            probs.add(big, "properties", contract.RULE_TOO_LARGE, [
-                f"must be at most {contract.PROPERTIES_MAX_BYTES} bytes once JSON-encoded, "
-                f"got {k}" for k in size[big]
-            ])
+            probs.add(big, "properties", contract.RULE_TOO_LARGE,
+                      _too_large_messages(np.flatnonzero(big), size, props_obj, items_by_key))
     if pii_found:
         lines = [f"{k!r} ({why})" for k, why in sorted(pii_found.items())]
         msg = ("property column(s) that look like personal data, which Millimetric says not "
