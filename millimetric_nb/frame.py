@@ -64,6 +64,7 @@ from .errors import ConfigurationError, ValidationError
 
 __all__ = [
     "ERROR_COLUMNS",
+    "ROWS_WARNING",
     "RULE_PII",
     "DataWarning",
     "EventIdState",
@@ -79,6 +80,7 @@ __all__ = [
     "pii_columns",
     "prepare_chunk",
     "resolve_mapping",
+    "rows_phrase",
 ]
 
 #: Columns of every errors DataFrame, in order.
@@ -721,15 +723,28 @@ def _format_ts(ps: pl.Series) -> pl.Series:
     ).to_series()
 
 
-def _first_rows(index: pd.Index, where: np.ndarray, shown: int = 5) -> str:
-    """``rows 3, 17, 42 ... (9 in all) have`` / ``row 3 has`` (index labels of the first
-    rows of ``where``), to start a warning."""
+#: A warning that starts by naming rows (:func:`rows_phrase`): the engine merges those
+#: of successive chunks into one, with the first labels and the total.
+ROWS_WARNING: Final = re.compile(
+    r"^rows? (?P<labels>.+?)(?: \.\.\. \((?P<total>[\d,]+) in all\))? (?:has|have) "
+    r"(?P<rest>.*)$", re.S,
+)
+_ROWS_SHOWN: Final = 5
+
+
+def rows_phrase(labels: Sequence[str], total: int) -> str:
+    """``rows 3, 17, 42, 43, 44 ... (9 in all) have`` / ``row 3 has``: the start of a
+    warning naming the first rows concerned (their index labels)."""
+    shown = ", ".join(labels[:_ROWS_SHOWN])
+    if total == 1:
+        return f"row {shown} has"
+    more = f" ... ({total:,} in all)" if total > _ROWS_SHOWN else ""
+    return f"rows {shown}{more} have"
+
+
+def _first_rows(index: pd.Index, where: np.ndarray) -> str:
     pos = np.flatnonzero(where)
-    labels = ", ".join(str(x) for x in index.take(pos[:shown]))
-    if pos.size == 1:
-        return f"row {labels} has"
-    more = f" ... ({pos.size:,} in all)" if pos.size > shown else ""
-    return f"rows {labels}{more} have"
+    return rows_phrase([str(x) for x in index.take(pos[:_ROWS_SHOWN])], int(pos.size))
 
 
 def _missing_timestamps(

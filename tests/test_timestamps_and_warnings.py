@@ -46,7 +46,7 @@ def test_a_csv_with_empty_timestamps_rows_are_invalid_and_named(mm_server, csv_p
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         result = mm.backfill(csv_path, client=client, progress=False,
-                             journal=tmp_path / "j.sqlite")
+                             journal=tmp_path / "j.sqlite", chunksize=2)
     rows = result.rows
     assert rows["status"].tolist() == ["sent", "invalid", "sent", "invalid", "invalid", "sent"]
     errors = result.errors.set_index("row")
@@ -55,7 +55,7 @@ def test_a_csv_with_empty_timestamps_rows_are_invalid_and_named(mm_server, csv_p
     assert "looks like a Unix epoch" in errors.loc[4, "message"]
     stored = _stored(mm_server)
     assert sorted(e["anonymous_id"] for e in stored) == ["a1", "a3", "a6"]
-    # the warning names the rows, and points at this file's line
+    # one warning (merged over the chunks of 2 rows) names the rows, at this file's line
     (w,) = [w for w in rec if "no timestamp" in str(w.message)]
     assert str(w.message).startswith("rows 1, 3 have no timestamp in column 'timestamp'")
     assert w.filename == HERE and w.category is DataWarning
@@ -116,4 +116,19 @@ def test_every_face_points_its_warnings_at_the_callers_line(mm_server, tmp_path)
     _assert_here_once(_record(lambda: ids.millimetric.identify(
         traits=["phone"], client=client, progress=False)), 1)
     assert mm_server.count("dev") == 1 + 1 + 1 + 1  # one valid row per send, and the identify
+    client.close()
+
+
+def test_row_naming_warnings_merge_over_chunks_with_the_first_labels_and_the_total(mm_server):
+    n = 40
+    df = pd.DataFrame({"event": ["e"] * n, "anonymous_id": ["a"] * n,
+                       "timestamp": [None if i % 3 == 0 else "2026-01-01T00:00:00Z"
+                                     for i in range(n)]})
+    client = mm.Client(mm_server.keys["sk"], mm_server.url)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        result = df.millimetric.send_batch(client=client, progress=False, chunksize=4)
+    (w,) = [str(w.message) for w in rec if "no timestamp" in str(w.message)]
+    assert w.startswith("rows 0, 3, 6, 9, 12 ... (14 in all) have no timestamp in column")
+    assert result.counts["invalid"] == 14 and mm_server.count() == n - 14
     client.close()
