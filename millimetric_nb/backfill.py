@@ -91,7 +91,15 @@ from .progress import (
     Retrying,
     Waiting,
 )
-from .results import STATUS_CODES, STATUSES, Plan, SendResult, empty_rows
+from .results import (
+    STATUS_CODES,
+    STATUSES,
+    Plan,
+    SendResult,
+    empty_rows,
+    reason_columns,
+    reason_names,
+)
 
 log = logging.getLogger("millimetric_nb")
 
@@ -338,6 +346,7 @@ class _Chunk:
         "ambiguous",
         "attempts",
         "error",
+        "field",
         "frame",
         "keys",
         "message",
@@ -358,6 +367,7 @@ class _Chunk:
         self.ambiguous = np.zeros(n, dtype=bool)
         self.error = np.full(n, None, dtype=object)
         self.message = np.full(n, None, dtype=object)
+        self.field = np.full(n, None, dtype=object)  # the field at fault, for .failed
         self.keys = np.full(n, None, dtype=object)
         self.pending = 0
         self.sealed = False
@@ -496,7 +506,7 @@ class _Run:
         if unset.any():  # defensive: nothing may vanish
             chunk.mark(unset, _FAILED, error="not_sent", message="not sent")
         # compact pieces: codes and categoricals, no per-row Python objects kept
-        keys = chunk.keys
+        keys, error, message, fields = chunk.keys, chunk.error, chunk.message, chunk.field
         piece = _Piece(
             index=chunk.frame.index,
             status=chunk.status,
@@ -509,7 +519,7 @@ class _Run:
             ambiguous=chunk.ambiguous,
             message=_categorical(chunk.message),
         )
-        chunk.keys = chunk.error = chunk.message = np.empty(0, dtype=object)
+        chunk.keys = chunk.error = chunk.message = chunk.field = np.empty(0, dtype=object)
         self.rows.append((chunk.offset, piece))
         bad = np.isin(chunk.status, (_FAILED, _AMBIGUOUS, _INVALID))
         if bad.any():
@@ -517,6 +527,9 @@ class _Run:
             rows = chunk.frame.iloc[pos]
             if self.id_column is not None and self.show_keys:
                 rows = _with_ids(rows, self.id_column, keys[pos])
+            rows = _with_reasons(
+                rows, chunk.status[pos], error[pos], fields[pos], message[pos]
+            )
             self.failed.append((chunk.offset, rows))
         chunk.frame = chunk.frame.iloc[:0]  # let the chunk's data go
 
@@ -587,6 +600,8 @@ class _Run:
             # row is reported with it; nothing of this chunk is sent.
             self.warn(str(exc))
             chunk.mark(slice(None), _INVALID, error=exc.code, message=_short(str(exc)))
+            if isinstance(exc, ValidationError) and exc.problems:
+                chunk.field[:] = exc.problems[0][0]
             chunk.sealed = True
             self.emit(Planned(chunk.n, 0, chunk.n, total_rows=self.total_rows))
             self.settle(chunk)
@@ -620,6 +635,7 @@ class _Run:
                 fields = first["field"].to_numpy(dtype=object)[ok]
                 msgs = first["message"].to_numpy(dtype=object)[ok]
                 chunk.error[pos] = rules
+                chunk.field[pos] = fields
                 chunk.message[pos] = [
                     f"{f}: {r}: {m}" for f, r, m in zip(fields, rules, msgs, strict=True)
                 ]
@@ -928,6 +944,7 @@ class _Run:
             pos = int(req.positions[i])
             chunk.mark(np.array([pos]), _INVALID, error=rule, attempts=exc.attempts,
                        message=_short(f"{fld}: {rule}: {message} (refused by the server)"))
+            chunk.field[pos] = fld
             rows.append((chunk.frame.index[pos], chunk.offset + pos, fld, rule,
                          f"{message} (refused by the server)"))
         self.errors.append(pd.DataFrame(rows, columns=["row", "position", "field", "rule",
@@ -1005,11 +1022,14 @@ class _Run:
         # chunks finish out of order: put the pieces back in input order
         pieces = [p for _, p in sorted(self.rows, key=_first)]
         out_rows = _assemble(pieces) if pieces else empty_rows()
-        failed = (
-            pd.concat([p for _, p in sorted(self.failed, key=_first)])
-            if self.failed
-            else (self.template if self.template is not None else pd.DataFrame())
-        )
+        if self.failed:
+            failed = pd.concat([p for _, p in sorted(self.failed, key=_first)])
+        else:
+            empty = np.empty(0, dtype=object)
+            failed = _with_reasons(
+                self.template if self.template is not None else pd.DataFrame(),
+                np.empty(0, dtype=np.int8), empty, empty, empty,
+            )
         errors = (
             pd.concat(self.errors, ignore_index=True)
             .sort_values("position", kind="stable")
@@ -1071,6 +1091,34 @@ def _with_ids(rows: pd.DataFrame, column: Any, keys: np.ndarray) -> pd.DataFrame
     values[fill] = np.asarray(keys, dtype=object)[fill]
     out[column] = pd.Series(values, index=rows.index, dtype=current.dtype
                             if pd.api.types.is_string_dtype(current.dtype) else object)
+    return out
+
+
+def _with_reasons(
+    rows: pd.DataFrame,
+    status: np.ndarray,
+    error: np.ndarray,
+    fields: np.ndarray,
+    message: np.ndarray,
+) -> pd.DataFrame:
+    """``rows`` (the input's columns) followed by why each did not get in:
+    ``status``, ``error_code``, ``field``, ``message`` (see ``SendResult.failed``).
+
+    ``message`` drops the ``field: rule:`` prefix that ``.rows.message`` carries,
+    since those have columns of their own here.
+    """
+    names = reason_names(rows.columns)
+    texts = []
+    for f, code, m in zip(fields, error, message, strict=True):
+        prefix = f"{f}: {code}: "
+        texts.append(m[len(prefix):] if f is not None and m and m.startswith(prefix) else m)
+    out = rows.copy()
+    for name, values in zip(
+        names,
+        ([STATUSES[int(c)] for c in status], list(error), list(fields), texts),
+        strict=True,
+    ):
+        out[name] = pd.array(values, dtype="string")  # positional, as in _with_ids
     return out
 
 
@@ -1302,10 +1350,15 @@ def event_preparer(
     state: dict[str, Any] = {"mapping": None, "ids": EventIdState(), "columns": None}
     widened: dict[tuple[Hashable, ...], tuple[Any, list[str]]] = {}
 
+    def mappable(columns: list[Hashable]) -> list[Hashable]:
+        # a resent ``result.failed`` (or its CSV): its reason columns are no properties
+        reasons = reason_columns(columns)
+        return [c for c in columns if c not in reasons] if reasons else columns
+
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
         warns: list[str] = []
         if state["mapping"] is None:
-            state["mapping"], warns = resolve_mapping(list(frame.columns), **mapping)
+            state["mapping"], warns = resolve_mapping(mappable(list(frame.columns)), **mapping)
             state["columns"] = list(frame.columns)
         chunk_mapping = state["mapping"]
         known = state["columns"]
@@ -1314,7 +1367,7 @@ def event_preparer(
             # a column that appears in a later chunk (e.g. a newer export) is mapped
             # as it would be in the concatenated frame, where earlier rows lack it
             if extra not in widened:
-                widened[extra] = resolve_mapping([*known, *extra], **mapping)
+                widened[extra] = resolve_mapping(mappable([*known, *extra]), **mapping)
             chunk_mapping, more = widened[extra]
             warns = [*warns, *more]
         p = prepare_chunk(

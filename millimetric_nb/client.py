@@ -147,6 +147,33 @@ class SendOutcome:
     attempts: int
     ambiguous: bool
 
+    @property
+    def event_id(self) -> str | None:
+        """The stored event's id where the server returns one (``/v1/track``), else ``None``."""
+        value = self.body.get("event_id") if isinstance(self.body, dict) else None
+        return value if isinstance(value, str) else None
+
+    def _facts(self) -> list[str]:
+        facts = [f"/v1/{self.route}", str(self.status)]
+        if self.event_id is not None:
+            facts.append(f"event_id={self.event_id}")
+        elif isinstance(self.body, dict) and isinstance(self.body.get("count"), int):
+            facts.append(f"count={self.body['count']}")
+        if self.attempts > 1:
+            facts.append(f"{self.attempts} attempts")
+        if self.ambiguous:
+            facts.append("possible duplicate")
+        return facts
+
+    def __repr__(self) -> str:
+        return f"<SendOutcome {' '.join(self._facts())}>"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        cells = "".join(f"<td><code>{html.escape(f)}</code></td>" for f in self._facts())
+        return f"<table class='millimetric-outcome'><tr>{cells}</tr></table>"
+
 
 @dataclass(frozen=True, slots=True)
 class BatchRequest:

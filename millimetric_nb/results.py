@@ -42,6 +42,30 @@ from .errors import MillimetricError
 STATUSES: tuple[str, ...] = ("sent", "failed", "ambiguous", "invalid", "skipped", "planned")
 STATUS_CODES: dict[str, int] = {s: i for i, s in enumerate(STATUSES)}
 ROWS_COLUMNS: tuple[str, ...] = ("status", "event_id", "error", "attempts", "ambiguous", "message")
+#: The columns ``SendResult.failed`` adds after the input's: why each row did not get in.
+REASON_COLUMNS: tuple[str, ...] = ("status", "error_code", "field", "message")
+#: Their names when the input already has a column of one of those names.
+REASON_COLUMNS_PREFIXED: tuple[str, ...] = tuple(f"mm_{c}" for c in REASON_COLUMNS)
+
+
+def reason_names(columns: Any) -> tuple[str, ...]:
+    """The names the reason columns take next to ``columns`` (an input's labels)."""
+    taken = set(columns)
+    return REASON_COLUMNS_PREFIXED if taken & set(REASON_COLUMNS) else REASON_COLUMNS
+
+
+def reason_columns(columns: Any) -> list[str]:
+    """The reason columns of a ``SendResult.failed`` frame found among ``columns``.
+
+    A frame (or its CSV export) holding all four of :data:`REASON_COLUMNS` (or of
+    :data:`REASON_COLUMNS_PREFIXED`) is taken for a ``.failed`` frame being resent:
+    those columns are the account of the last run, not event properties.
+    """
+    labels = set(columns)
+    for names in (REASON_COLUMNS_PREFIXED, REASON_COLUMNS):
+        if labels.issuperset(names):
+            return list(names)
+    return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +145,12 @@ class SendResult:
             ``attempts`` (HTTP attempts of the row's request), ``ambiguous`` (flag),
             ``message``.
         failed: the input rows that did not get in (invalid, failed, ambiguous),
-            with the input's columns, ready to fix and resend. For event sends the
+            with the input's columns, ready to fix and resend, followed by why:
+            ``status``, ``error_code`` (the rule or error code), ``field`` (the field
+            at fault, when one is) and ``message`` (named ``mm_status``... when the
+            input has a column of one of those names). Export it, fix it, send it
+            again as it is: a send ignores these four columns (they never become
+            properties). For event sends the
             rows also carry their ids (an ``event_id`` column added at the end, or
             the missing cells of the mapped ``event_id`` column filled), so resending
             ``.failed`` reuses them: a derived id numbers repeats of identical
@@ -261,4 +290,14 @@ class SendResult:
         )
 
 
-__all__ = ["ROWS_COLUMNS", "STATUSES", "Plan", "SendResult", "empty_rows"]
+__all__ = [
+    "REASON_COLUMNS",
+    "REASON_COLUMNS_PREFIXED",
+    "ROWS_COLUMNS",
+    "STATUSES",
+    "Plan",
+    "SendResult",
+    "empty_rows",
+    "reason_columns",
+    "reason_names",
+]

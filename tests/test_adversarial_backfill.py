@@ -72,7 +72,9 @@ def test_failed_keeps_no_id_for_invalid_rows_and_the_input_columns_first(mm_serv
     client = mm.Client(key=mm_server.keys["sk"], host=mm_server.url, rate_limits="off")
     with client:
         res = df.millimetric.send_batch(client=client, progress=False)
-    assert list(res.failed.columns) == ["event", "user_id", "timestamp", "event_id"]
+    assert list(res.failed.columns) == [
+        "event", "user_id", "timestamp", "event_id", "status", "error_code", "field", "message"
+    ]
     assert res.failed.index.tolist() == [1]
     assert pd.isna(res.failed.loc[1, "event_id"])
     assert len(mm_server.stored_events()) == 2
@@ -437,7 +439,10 @@ def test_failed_rows_with_a_partly_empty_event_id_column_get_the_derived_ids(mm_
         first = df.millimetric.send_batch(client=client, progress=False)
         assert first.counts["ambiguous"] == 4
         failed = first.failed
-        assert list(failed.columns) == list(df.columns)  # no column added
+        # no id column added; the reasons follow the input's columns
+        assert list(failed.columns) == [*df.columns, "status", "error_code", "field", "message"]
+        assert set(failed["status"]) == {"ambiguous"}
+        assert set(failed["error_code"]) == {"upstream_failed"}
         assert failed["event_id"].tolist() == first.rows["event_id"].tolist()
         assert failed["event_id"].tolist()[0::2] == ["e0", "e2"]
         again = failed.millimetric.send_batch(client=client, progress=False)

@@ -177,7 +177,7 @@ def test_every_row_accounted_and_valid_ones_sent():
     assert res.rows.loc[103, "error"] == "required"
     assert "event" in res.rows.loc[103, "message"]
     assert list(res.failed.index) == [103, 1800]
-    assert list(res.failed.columns) == ["event", "x"]
+    assert list(res.failed.columns) == ["event", "x", "status", "error_code", "field", "message"]
     assert res.warnings == ["a warning"]
     assert len(res.errors) == 2
     assert str(res.rows["status"].dtype) == "category"
