@@ -56,8 +56,10 @@ def assert_no_key_and_no_error(nb: nbformat.NotebookNode) -> None:
 
 
 def progress_bars(nb: nbformat.NotebookNode) -> list[dict]:
+    """Progress bar widgets (tqdm's FloatProgress, or a panel's IntProgress), final state."""
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
-    return [w["state"] for w in state.values() if w["model_name"] == "FloatProgressModel"]
+    return [w["state"] for w in state.values()
+            if w["model_name"] in ("FloatProgressModel", "IntProgressModel")]
 
 
 def test_notebooks_are_stored_without_outputs_and_say_they_start_a_server():

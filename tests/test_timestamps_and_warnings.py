@@ -105,16 +105,17 @@ def test_every_face_points_its_warnings_at_the_callers_line(mm_server, tmp_path)
     df = pd.DataFrame({"event": ["a", "b"], "email": ["x@y.com", "z@w.org"],
                        "timestamp": ["2026-01-01", None]})
     client = mm.Client(mm_server.keys["sk"], mm_server.url)
-    _assert_here_once(_record(lambda: df.millimetric.validate()), 3)
-    _assert_here_once(_record(lambda: mm.validate_frame(df)), 3)
-    _assert_here_once(_record(lambda: df.millimetric.send_batch(client=client, progress=False)),
-                      3)
-    _assert_here_once(_record(lambda: mm.backfill(df, client=client, progress=False)), 3)
+    w = {"pii": "warn"}  # send personal-looking columns with a warning, whatever the default
+    _assert_here_once(_record(lambda: df.millimetric.validate(**w)), 3)
+    _assert_here_once(_record(lambda: mm.validate_frame(df, **w)), 3)
     _assert_here_once(
-        _record(lambda: df.millimetric.track(client=client, progress=False, event_col="event")), 3)
+        _record(lambda: df.millimetric.send_batch(client=client, progress=False, **w)), 3)
+    _assert_here_once(_record(lambda: mm.backfill(df, client=client, progress=False, **w)), 3)
+    _assert_here_once(_record(lambda: df.millimetric.track(
+        client=client, progress=False, event_col="event", **w)), 3)
     ids = pd.DataFrame({"anonymous_id": ["a1"], "user_id": ["u1"], "phone": ["+44 20 7946 0958"]})
     _assert_here_once(_record(lambda: ids.millimetric.identify(
-        traits=["phone"], client=client, progress=False)), 1)
+        traits=["phone"], client=client, progress=False, **w)), 1)
     assert mm_server.count("dev") == 1 + 1 + 1 + 1  # one valid row per send, and the identify
     client.close()
 
