@@ -9,6 +9,7 @@ and a resume from the journal does not store them again.
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from pathlib import Path
 
@@ -116,7 +117,13 @@ def test_every_face_points_its_warnings_at_the_callers_line(mm_server, tmp_path)
     ids = pd.DataFrame({"anonymous_id": ["a1"], "user_id": ["u1"], "phone": ["+44 20 7946 0958"]})
     _assert_here_once(_record(lambda: ids.millimetric.identify(
         traits=["phone"], client=client, progress=False, **w)), 1)
-    assert mm_server.count("dev") == 1 + 1 + 1 + 1  # one valid row per send, and the identify
+
+    async def awaited() -> None:  # as a notebook's top-level await: this line is the caller
+        async with mm.AsyncClient(mm_server.keys["sk"], mm_server.url) as ac:
+            await mm.abackfill(df, client=ac, progress=False, **w)
+
+    _assert_here_once(_record(lambda: asyncio.run(awaited())), 3)
+    assert mm_server.count("dev") == 1 + 1 + 1 + 1 + 1  # one valid row per send, and the identify
     client.close()
 
 
