@@ -42,6 +42,7 @@ from .frame import (
     ERROR_COLUMNS,
     PII_DEFAULT,
     DataWarning,
+    MissingTimestamp,
     check_pii,
     personal_data_error,
     pii_columns,
@@ -183,7 +184,8 @@ class MillimetricAccessor:
     # ------------------------------------------------------------------ validate
 
     def validate(
-        self, *, pii: str = PII_DEFAULT, now: Any = None, **mapping: Any
+        self, *, pii: str = PII_DEFAULT, now: Any = None,
+        missing_timestamp: MissingTimestamp = "invalid", **mapping: Any,
     ) -> ValidationReport:
         """Check every row against the contract, column-wise; nothing is sent.
 
@@ -192,9 +194,14 @@ class MillimetricAccessor:
 
         Returns a validation report: ``.ok``, ``.errors`` (one row per problem:
         row label, field, rule code, message), ``.summary`` and an HTML repr.
+        ``missing_timestamp``: an empty timestamp cell is ``invalid`` (default) or
+        ``"server_time"`` (sent without one); the warnings point at the caller's line.
         """
         check_pii(pii)
-        return validate_frame(self._df, pii=pii, now=now, **mapping)  # type: ignore[arg-type]
+        return validate_frame(
+            self._df, pii=pii, now=now, missing_timestamp=missing_timestamp,  # type: ignore[arg-type]
+            warn_stacklevel=3, **mapping,
+        )
 
     # ------------------------------------------------------------------ sends
 
@@ -211,6 +218,7 @@ class MillimetricAccessor:
         observer: Observer | None = None,
         chunksize: int = DEFAULT_CHUNKSIZE,
         on_ambiguous: OnAmbiguous = "verify",
+        missing_timestamp: MissingTimestamp = "invalid",
         **mapping: Any,
     ) -> SendResult:
         """Send every valid row as one event through ``/v1/batch`` (the backfill path).
@@ -224,7 +232,7 @@ class MillimetricAccessor:
             self._df, route="batch", stacklevel=3, event_col=event_col, client=client,
             dry_run=dry_run, progress=progress, journal=journal, concurrency=concurrency,
             pii=pii, observer=observer, chunksize=chunksize, on_ambiguous=on_ambiguous,
-            **mapping,
+            missing_timestamp=missing_timestamp, **mapping,
         )
 
     def track(
@@ -239,6 +247,7 @@ class MillimetricAccessor:
         concurrency: int = DEFAULT_CONCURRENCY,
         pii: str = PII_DEFAULT,
         observer: Observer | None = None,
+        missing_timestamp: MissingTimestamp = "invalid",
         **mapping: Any,
     ) -> SendResult:
         """Send every valid row through ``/v1/track``, one request per row.
@@ -254,7 +263,7 @@ class MillimetricAccessor:
         return send_sync(
             self._df, route="track", stacklevel=3, client=client, dry_run=dry_run,
             progress=progress, journal=journal, concurrency=concurrency, pii=pii,
-            observer=observer, **mapping,
+            observer=observer, missing_timestamp=missing_timestamp, **mapping,
         )
 
     def identify(

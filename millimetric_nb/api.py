@@ -32,7 +32,7 @@ from .backfill import (
     run_rows,
 )
 from .errors import ConfigurationError
-from .frame import PII_DEFAULT, RULE_PII, refuse_personal_data
+from .frame import PII_DEFAULT, RULE_PII, MissingTimestamp, refuse_personal_data
 from .journal import Journal
 from .progress import Emitter, Observer
 from .results import SendResult
@@ -123,6 +123,7 @@ async def abackfill(
     route: Literal["batch", "track"] = "batch",
     warn_stacklevel: int = 2,
     filter: Any = None,
+    missing_timestamp: MissingTimestamp = "invalid",
     **mapping: Any,
 ) -> SendResult:
     """Send every valid row of ``source`` as events; the ``await``-able backfill.
@@ -175,6 +176,10 @@ async def abackfill(
         filter: a ``pyarrow.compute`` Expression, pushed down to the scan of a
             Parquet dataset (or applied to an Arrow Table), e.g.
             ``pc.field("day") >= "2026-11-01"``.
+        missing_timestamp: with a timestamp column, a row whose cell is empty (or
+            ``NaN``, ``NaT``: e.g. "N/A" read by ``read_csv``) is ``invalid`` (rule
+            ``required``) by default; ``"server_time"`` sends it without a timestamp,
+            stored at the time it arrives. The warning names the first such rows.
         **mapping: ``event``, ``event_col``, ``event_id_col``, ``timestamp_col``,
             ``anonymous_id_col``, ``user_id_col``, ``session_id_col``, ``url_col``,
             ``path_col``, ``referrer_col``, ``properties``.
@@ -192,7 +197,7 @@ async def abackfill(
         raise ConfigurationError(
             f"route must be 'batch' or 'track', not {route!r}", code="invalid_route"
         )
-    prepare = event_preparer(mapping, pii, now)
+    prepare = event_preparer(mapping, pii, now, missing_timestamp)
     if pii == "error" and isinstance(source, pd.DataFrame):
         refuse_personal_data(source, mapping)  # every row, before any request
     chunks, total = iter_source(source, chunksize, field_columns(mapping), filter)
@@ -265,6 +270,7 @@ def backfill(
     on_ambiguous: OnAmbiguous = "verify",
     now: dt.datetime | None = None,
     filter: Any = None,
+    missing_timestamp: MissingTimestamp = "invalid",
     **mapping: Any,
 ) -> SendResult:
     """Send every valid row of ``source`` through ``/v1/batch``; see :func:`abackfill`.
@@ -274,7 +280,8 @@ def backfill(
     return send_sync(
         source, route="batch", stacklevel=3, client=client, journal=journal, dry_run=dry_run,
         progress=progress, observer=observer, concurrency=concurrency, chunksize=chunksize,
-        pii=pii, on_ambiguous=on_ambiguous, now=now, filter=filter, **mapping,
+        pii=pii, on_ambiguous=on_ambiguous, now=now, filter=filter,
+        missing_timestamp=missing_timestamp, **mapping,
     )
 
 

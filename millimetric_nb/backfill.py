@@ -116,6 +116,7 @@ _BODY_TAIL = b"]}"
 
 _UNSET = -1
 _COUNTED = re.compile(r"^(\d[\d,]*)( .*)$", re.DOTALL)
+_ROWS_KEY = "\x00rows "  # marks a merged row-naming warning in RunState.warnings
 _SENT = STATUS_CODES["sent"]
 _FAILED = STATUS_CODES["failed"]
 _AMBIGUOUS = STATUS_CODES["ambiguous"]
@@ -300,6 +301,7 @@ class _Run:
     bytes: int = 0
     seen_warnings: set[str] = field(default_factory=set)
     counted_warnings: dict[str, int] = field(default_factory=dict)
+    listed_warnings: dict[str, tuple[list[str], int]] = field(default_factory=dict)
     template: pd.DataFrame | None = None  # the input's columns, no rows
     id_column: Any = None  # see PreparedRows.id_column
     recipe_checked: bool = False
@@ -320,7 +322,22 @@ class _Run:
 
     def warn(self, message: str) -> None:
         # chunk warnings that start with a row count ("12 row(s) have ...") are summed
-        # over the chunks into one message; others are kept once each
+        # over the chunks into one message, those naming rows ("rows 3, 17 have ...")
+        # merged into one naming the first; others are kept once each
+        from .frame import ROWS_WARNING
+
+        named = ROWS_WARNING.match(message)
+        if named:
+            labels = named["labels"].split(", ")
+            total = int(named["total"].replace(",", "")) if named["total"] else len(labels)
+            key = _ROWS_KEY + named["rest"]
+            if key in self.listed_warnings:
+                before, n = self.listed_warnings[key]
+                self.listed_warnings[key] = ([*before, *labels][:5], n + total)
+                return
+            self.listed_warnings[key] = (labels, total)
+            self.warnings.append(key)
+            return
         m = _COUNTED.match(message)
         if m:
             rest = m.group(2)
@@ -335,10 +352,18 @@ class _Run:
             self.warnings.append(message)
 
     def rendered_warnings(self) -> list[str]:
-        return [
-            f"{self.counted_warnings[w]:,}{w}" if w in self.counted_warnings else w
-            for w in self.warnings
-        ]
+        from .frame import rows_phrase
+
+        out = []
+        for w in self.warnings:
+            if w in self.listed_warnings:
+                labels, total = self.listed_warnings[w]
+                out.append(f"{rows_phrase(labels, total)} {w[len(_ROWS_KEY):]}")
+            elif w in self.counted_warnings:
+                out.append(f"{self.counted_warnings[w]:,}{w}")
+            else:
+                out.append(w)
+        return out
 
     def finish_chunk(self, chunk: _Chunk) -> None:
         """All of the chunk's rows have a status: move them to the result pieces."""
@@ -1301,25 +1326,29 @@ async def run_rows(
 
 
 def event_preparer(
-    mapping: dict[str, Any], pii: str = PII_DEFAULT, now: dt.datetime | None = None
+    mapping: dict[str, Any], pii: str = PII_DEFAULT, now: dt.datetime | None = None,
+    missing_timestamp: str = "invalid",
 ) -> Preparer:
     """The preparer of event sends (``/v1/batch``, ``/v1/track``) for :func:`run_rows`.
 
     ``mapping``: the column mapping keywords (``event_col``, ``timestamp_col``...,
     see :func:`millimetric_nb.abackfill`), resolved against the first chunk's columns.
     Each chunk is validated and encoded column-wise by the frame layer; ids stay
-    stable across chunks.
+    stable across chunks. ``missing_timestamp``: see
+    :func:`~millimetric_nb.frame.prepare_chunk`.
     """
     check_pii(pii)
     from .frame import (
         EventIdState,
         check_mapping_keywords,
+        check_missing_timestamp,
         id_recipe,
         prepare_chunk,
         resolve_mapping,
     )
 
     check_mapping_keywords(mapping)
+    check_missing_timestamp(missing_timestamp)
 
     state: dict[str, Any] = {"mapping": None, "ids": EventIdState(), "columns": None}
     widened: dict[tuple[Hashable, ...], tuple[Any, list[str]]] = {}
@@ -1347,6 +1376,7 @@ def event_preparer(
             warns = [*warns, *more]
         p = prepare_chunk(
             frame, chunk_mapping, offset=offset, pii=pii, now=now, ids=state["ids"],
+            missing_timestamp=missing_timestamp,  # type: ignore[arg-type]
         )
         return PreparedRows(
             valid=np.asarray(p.valid, dtype=bool),

@@ -60,7 +60,9 @@ __all__ = [
     "encoded_size",
     "is_missing",
     "json_default",
+    "member_sizes",
     "to_utc_iso",
+    "too_large_message",
 ]
 
 #: Options every encode uses: datetimes come to :func:`json_default` (one format),
@@ -165,16 +167,56 @@ def to_utc_iso(value: Any) -> str:
         if text.endswith(("z", "Z")):
             text = text[:-1] + "+00:00"
         if not _ISO_HEAD.match(text):
-            raise ValueError(f"{_short(value)} is not an ISO 8601 date-time")
+            raise ValueError(f"{_short(value)} is not an ISO 8601 date-time{_epoch_hint(text)}")
         try:
             parsed = dt.datetime.fromisoformat(text)
         except ValueError as exc:
-            raise ValueError(f"{_short(value)} is not an ISO 8601 date-time") from exc
+            raise ValueError(
+                f"{_short(value)} is not an ISO 8601 date-time{_epoch_hint(text)}"
+            ) from exc
         return _format_utc(parsed)
     raise ValueError(
         f"a timestamp must be a datetime, pandas Timestamp, numpy datetime64 or ISO 8601 "
         f"string, not {type(value).__name__}"
     )
+
+
+_DIGITS = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+
+
+def _epoch_hint(text: str) -> str:
+    """For a string of digits: how to read it as a Unix epoch (seconds, or milliseconds
+    from 13 digits up, the length of epoch milliseconds since 2001)."""
+    if not _DIGITS.match(text):
+        return ""
+    unit = "ms" if len(text.split(".")[0]) >= 12 else "s"
+    return (f"; it looks like a Unix epoch; convert with "
+            f"pd.to_datetime(pd.to_numeric(col), unit='{unit}', utc=True)")
+
+
+def member_sizes(obj: Any) -> dict[str, int]:
+    """Bytes each member ``"key":value`` of a mapping takes in its compact JSON."""
+    if not isinstance(obj, Mapping):
+        return {}
+    out: dict[str, int] = {}
+    for key, value in obj.items():
+        try:
+            out[str(key)] = len(dumps(str(key))) + 1 + len(dumps(value, nan_as_null=True))
+        except EncodeError:
+            continue
+    return out
+
+
+def too_large_message(size: int, members: Mapping[str, int], limit: int | None = None,
+                      shown: int = 3) -> str:
+    """The ``too_large`` message of an object: its size, the limit and its largest
+    members, e.g. ``is 9,062 bytes once JSON-encoded (limit 8,192); largest: notes
+    (8,900), tags (80)``."""
+    cap = contract.PROPERTIES_MAX_BYTES if limit is None else limit
+    top = sorted(members.items(), key=lambda kv: (-kv[1], kv[0]))[:shown]
+    largest = ", ".join(f"{k} ({v:,})" for k, v in top)
+    return (f"is {size:,} bytes once JSON-encoded (limit {cap:,})"
+            + (f"; largest: {largest}" if largest else ""))
 
 
 def _short(text: str, limit: int = 60) -> str:

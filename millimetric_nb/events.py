@@ -4,7 +4,9 @@ Each body is checked against the contract's field table (``contract.EVENT_FIELDS
 ``IDENTIFY_FIELDS``, ``FORGET_FIELDS``) before anything is sent:
 
 * missing values (``None``, NaN, ``NaT``, ``pd.NA``) are dropped; a dropped
-  *required* field is a ``required`` problem;
+  *required* field is a ``required`` problem, and so is a ``timestamp`` given as a
+  missing value unless ``missing_timestamp="server_time"`` (as for a frame with a
+  timestamp column: an empty cell is a mistake, not "now");
 * strings must be ``str`` (``numpy.str_`` is accepted) within the length limits,
   counted in characters, and encodable as UTF-8 (no lone surrogates);
 * timestamps are converted to UTC ``...Z`` strings (naive = UTC, see ``encode``);
@@ -30,7 +32,14 @@ import numpy as np
 import orjson
 
 from . import contract
-from .encode import EncodeError, dumps, is_missing, to_utc_iso
+from .encode import (
+    EncodeError,
+    dumps,
+    is_missing,
+    member_sizes,
+    to_utc_iso,
+    too_large_message,
+)
 from .errors import ValidationError
 
 __all__ = [
@@ -98,7 +107,7 @@ def _check_object(
     if spec.max_bytes is not None and len(raw) > spec.max_bytes:
         return None, (
             path, contract.RULE_TOO_LARGE,
-            f"must be at most {spec.max_bytes} bytes once JSON-encoded, got {len(raw)}",
+            too_large_message(len(raw), member_sizes(value), spec.max_bytes),
         )
     return raw, None
 
@@ -110,8 +119,12 @@ def _prepare(
     prefix: str = "",
     drop_enriched: bool = False,
     fragments: bool = False,
+    missing_timestamp: str = "invalid",
 ) -> tuple[dict[str, Any], list[Problem], list[str]]:
     """Normalise ``fields``; return ``(body, problems, dropped enriched names)``.
+
+    A timestamp field given with a missing value is a ``required`` problem unless
+    ``missing_timestamp="server_time"`` (then it is omitted), as in the frame layer.
 
     With ``fragments=True`` objects are kept as ``orjson.Fragment`` of their
     checked encoding (so they are not encoded twice); else as plain dicts.
@@ -136,6 +149,11 @@ def _prepare(
             ))
             continue
         if is_missing(value):
+            if spec.kind == "timestamp" and missing_timestamp != "server_time":
+                problems.append((path, contract.RULE_REQUIRED,
+                                 f"is required: it was given as {value!r} (leave it out, or "
+                                 "pass missing_timestamp='server_time', to store the event at "
+                                 "the time it is sent)"))
             continue  # omitted; required fields are checked below
         if spec.kind == "string":
             s, problem = _check_string(path, value, spec)
@@ -185,32 +203,41 @@ def _raise(what: str, problems: list[Problem]) -> None:
 
 
 def check_event(
-    fields: Mapping[str, Any], *, prefix: str = ""
+    fields: Mapping[str, Any], *, prefix: str = "", missing_timestamp: str = "invalid"
 ) -> tuple[bytes | None, list[Problem], list[str]]:
     """Validate and encode one event without raising or warning.
 
     Returns ``(encoded event bytes or None, problems, dropped enriched fields)``;
     problem paths start with ``prefix`` (e.g. ``"events[3]."``). For callers that
     account for many events at once (``AsyncClient.batch``, the backfill).
+    ``missing_timestamp``: ``"invalid"`` (default) makes a ``timestamp`` given as a
+    missing value a ``required`` problem; ``"server_time"`` omits it.
     """
     body, problems, dropped = _prepare(
-        fields, contract.EVENT_FIELDS, prefix=prefix, drop_enriched=True, fragments=True
+        fields, contract.EVENT_FIELDS, prefix=prefix, drop_enriched=True, fragments=True,
+        missing_timestamp=missing_timestamp,
     )
     if problems:
         return None, problems, dropped
     return orjson.dumps(body), [], dropped
 
 
-def prepare_event(fields: Mapping[str, Any]) -> dict[str, Any]:
+def prepare_event(
+    fields: Mapping[str, Any], *, missing_timestamp: str = "invalid"
+) -> dict[str, Any]:
     """The normalised event body for ``fields`` (one ``/v1/track`` body).
 
-    Missing values are dropped, timestamps become UTC ``...Z`` strings, enriched
-    fields are dropped with an :class:`EnrichedFieldWarning`.
+    Missing values are dropped (a ``timestamp`` given as a missing value is a
+    ``required`` problem unless ``missing_timestamp="server_time"``), timestamps
+    become UTC ``...Z`` strings, enriched fields are dropped with an
+    :class:`EnrichedFieldWarning`.
 
     Raises:
         ValidationError: naming every field and rule broken.
     """
-    body, problems, dropped = _prepare(fields, contract.EVENT_FIELDS, drop_enriched=True)
+    body, problems, dropped = _prepare(
+        fields, contract.EVENT_FIELDS, drop_enriched=True, missing_timestamp=missing_timestamp
+    )
     warn_enriched(dropped, stacklevel=2)
     if problems:
         _raise("the event", problems)

@@ -25,8 +25,11 @@ Choices (documented, and tested):
   ``encode.to_utc_iso`` (a vectorised fast path for the common shapes, the exact
   per-value parser for the rest). Output is ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``,
   nanoseconds truncated. Numbers in a timestamp column are ``invalid_timestamp``
-  (epoch seconds and milliseconds cannot be told apart). A missing timestamp omits
-  the field (the server uses its own time) and is warned about.
+  (epoch seconds and milliseconds cannot be told apart); so are strings of digits,
+  with a hint on converting epochs. When the mapping has a timestamp column, an
+  empty cell makes the row invalid (rule ``required``), unless
+  ``missing_timestamp="server_time"`` (then the field is omitted and the server
+  uses its own time); either way a warning names the first such rows.
 * **Properties**: keys are the column labels (``str(label)`` for non-string labels),
   written in sorted key order. Integers beyond +-(2**53 - 1) are
   ``int_out_of_range`` errors (never rounded, never silently turned into strings:
@@ -57,20 +60,23 @@ import pandas as pd
 import polars as pl
 
 from . import contract
-from .encode import EncodeError, dumps, is_missing, to_utc_iso
+from .encode import EncodeError, dumps, is_missing, member_sizes, to_utc_iso, too_large_message
 from .errors import ConfigurationError, MillimetricError, ValidationError
 
 __all__ = [
     "ERROR_COLUMNS",
     "PII_DEFAULT",
+    "ROWS_WARNING",
     "RULE_PII",
     "RULE_UNENCODABLE",
     "DataWarning",
     "EventIdState",
     "FieldMapping",
+    "MissingTimestamp",
     "PiiMode",
     "PreparedChunk",
     "check_mapping_keywords",
+    "check_missing_timestamp",
     "check_pii",
     "describe_recipe_change",
     "detect_pii",
@@ -78,6 +84,7 @@ __all__ = [
     "pii_columns",
     "prepare_chunk",
     "resolve_mapping",
+    "rows_phrase",
 ]
 
 #: Columns of every errors DataFrame, in order.
@@ -97,6 +104,10 @@ COLUMN_FIELDS: Final = (
 _ID_PREFIX: Final = "mm_"
 _ID_REPEAT: Final = b"mm-nb-repeat\x00"  # domain tag for the n-th repeat of a content
 _MAX_SAFE: Final = contract.MAX_SAFE_INTEGER
+
+
+#: What a row with an empty cell in the timestamp column becomes (see :func:`prepare_chunk`).
+MissingTimestamp = Literal["invalid", "server_time"]
 
 
 class DataWarning(UserWarning):
@@ -811,14 +822,66 @@ def _format_ts(ps: pl.Series) -> pl.Series:
     ).to_series()
 
 
+#: A warning that starts by naming rows (:func:`rows_phrase`): the engine merges those
+#: of successive chunks into one, with the first labels and the total.
+ROWS_WARNING: Final = re.compile(
+    r"^rows? (?P<labels>.+?)(?: \.\.\. \((?P<total>[\d,]+) in all\))? (?:has|have) "
+    r"(?P<rest>.*)$", re.S,
+)
+_ROWS_SHOWN: Final = 5
+
+
+def rows_phrase(labels: Sequence[str], total: int) -> str:
+    """``rows 3, 17, 42, 43, 44 ... (9 in all) have`` / ``row 3 has``: the start of a
+    warning naming the first rows concerned (their index labels)."""
+    shown = ", ".join(labels[:_ROWS_SHOWN])
+    if total == 1:
+        return f"row {shown} has"
+    more = f" ... ({total:,} in all)" if total > _ROWS_SHOWN else ""
+    return f"rows {shown}{more} have"
+
+
+def _first_rows(index: pd.Index, where: np.ndarray) -> str:
+    pos = np.flatnonzero(where)
+    return rows_phrase([str(x) for x in index.take(pos[:_ROWS_SHOWN])], int(pos.size))
+
+
+def _missing_timestamps(
+    s: pd.Series, label: Hashable, probs: _Problems, warns: list[str],
+    missing_timestamp: MissingTimestamp,
+) -> np.ndarray:
+    """Rows whose timestamp cell is empty: invalid (``required``) unless
+    ``missing_timestamp="server_time"``; a warning names the first of them."""
+    miss = _missing_mask(s)
+    if not miss.any():
+        return miss
+    where = f"column {_col_name(label)}"
+    rows = _first_rows(s.index, miss)
+    if missing_timestamp == "server_time":
+        warns.append(
+            f"{rows} no timestamp in {where}: stored at server time (when sent), as "
+            "missing_timestamp='server_time' asks"
+        )
+        return miss
+    probs.add(miss, "timestamp", contract.RULE_REQUIRED,
+              f"is required: {where} is empty in this row (fill it, or pass "
+              "missing_timestamp='server_time' to store such rows at the time they are sent)")
+    warns.append(
+        f"{rows} no timestamp in {where}: invalid (rule 'required'); fill them in, "
+        "or pass missing_timestamp='server_time' to store them at the time they are sent"
+    )
+    return miss
+
+
 def _timestamp_field(
-    s: pd.Series, label: Hashable, probs: _Problems, now: pd.Timestamp, warns: list[str]
+    s: pd.Series, label: Hashable, probs: _Problems, now: pd.Timestamp, warns: list[str],
+    missing_timestamp: MissingTimestamp = "invalid",
 ) -> pl.Series:
     """Timestamps as UTC ISO strings (null = omitted or invalid)."""
     n = len(s)
     name = "timestamp"
     where = f"column {_col_name(label)}"
-    miss = _missing_mask(s)
+    miss = _missing_timestamps(s, label, probs, warns, missing_timestamp)
     dtype = s.dtype
     s = _plain(s)
     dtype = s.dtype
@@ -891,11 +954,6 @@ def _timestamp_field(
             text = text.scatter(good_i, pl.Series(good_v, dtype=pl.String))
         probs.add(np.asarray(bad_i, dtype=np.int64), name, contract.RULE_TIMESTAMP, bad_m)
     present = ~text.is_null().to_numpy()
-    if (miss).any():
-        warns.append(
-            f"{int(miss.sum())} row(s) have no timestamp in {where}: they will be stored at "
-            "server time (when they are sent)"
-        )
     now_s = _format_ts(pl.Series([now.tz_convert("UTC").tz_localize(None)]).cast(
         pl.Datetime("us")))[0]
     # same format, so comparing the seconds part as text compares instants
@@ -1039,6 +1097,26 @@ def _dict_properties(
     return pl.Series(values=out, dtype=pl.String), keys
 
 
+def _too_large_messages(
+    rows: np.ndarray, size: np.ndarray, objects: pl.Series,
+    columns: Mapping[str, tuple[pl.Series, bool]],
+) -> list[str]:
+    """For each too-large row: its size and its largest members (``notes (8,900)``), from
+    the property columns' JSON values or, for a column of dicts, the row's object."""
+    out: list[str] = []
+    for i in rows.tolist():
+        if columns:
+            sizes = {}
+            for key, (values, wrap) in columns.items():
+                v = values[i]
+                if v is not None:
+                    sizes[key] = len(orjson.dumps(key)) + 1 + len(v.encode()) + (2 if wrap else 0)
+        else:
+            sizes = member_sizes(orjson.loads(objects[i]))
+        out.append(too_large_message(int(size[i]), sizes))
+    return out
+
+
 # --------------------------------------------------------------------------- PII
 
 _PII_TOKENS: Final = frozenset({
@@ -1094,6 +1172,15 @@ def detect_pii(
         if emails:
             found["properties"] = f"{emails} row(s) hold email-looking values"
     return found
+
+
+def check_missing_timestamp(missing_timestamp: str) -> None:
+    """Refuse a ``missing_timestamp`` option other than ``"invalid"`` or ``"server_time"``."""
+    if missing_timestamp not in ("invalid", "server_time"):
+        raise ConfigurationError(
+            f"missing_timestamp must be 'invalid' or 'server_time', not {missing_timestamp!r}",
+            code="invalid_missing_timestamp",
+        )
 
 
 def check_pii(pii: str) -> None:
@@ -1218,6 +1305,7 @@ def prepare_chunk(
     now: pd.Timestamp | None = None,
     ids: EventIdState | None = None,
     encode: bool = True,
+    missing_timestamp: MissingTimestamp = "invalid",
 ) -> PreparedChunk:
     """Validate (and encode) a chunk of rows column-wise.
 
@@ -1231,6 +1319,9 @@ def prepare_chunk(
         ids: the :class:`EventIdState` of the whole input, so derived ids do not
             depend on chunking (a fresh state is used when ``None``).
         encode: ``False`` validates only (no payloads, no derived ids).
+        missing_timestamp: when the mapping has a timestamp column, a row whose cell
+            is empty is invalid (rule ``required``) with ``"invalid"`` (the default),
+            or sent without a timestamp (stored at server time) with ``"server_time"``.
 
     A cell that breaks the column-wise code in a way no rule foresaw (a bug, or a
     value stranger than any the rules know) never takes its chunk down: the chunk
@@ -1243,17 +1334,18 @@ def prepare_chunk(
             a property column that looks personal.
     """
     check_pii(pii)
+    check_missing_timestamp(missing_timestamp)
     saved = ids.snapshot() if ids is not None else None
     try:
         return _prepare_chunk(df, mapping, offset=offset, pii=pii, now=now, ids=ids,
-                              encode=encode)
+                              encode=encode, missing_timestamp=missing_timestamp)
     except MillimetricError:
         raise
     except Exception as exc:  # not bad input we know: find the rows, keep the others
         if ids is not None and saved is not None:
             ids.restore(saved)
         return _prepare_rows_alone(df, mapping, exc, offset=offset, pii=pii, now=now, ids=ids,
-                                   encode=encode)
+                                   encode=encode, missing_timestamp=missing_timestamp)
 
 
 def _prepare_rows_alone(
@@ -1266,6 +1358,7 @@ def _prepare_rows_alone(
     now: pd.Timestamp | None,
     ids: EventIdState | None,
     encode: bool,
+    missing_timestamp: MissingTimestamp = "invalid",
 ) -> PreparedChunk:
     """:func:`prepare_chunk` one row at a time, after the chunk as a whole raised ``first``.
 
@@ -1286,7 +1379,7 @@ def _prepare_rows_alone(
         row = df.iloc[i : i + 1]
         try:
             one = _prepare_chunk(row, mapping, offset=offset + i, pii=pii, now=now, ids=ids,
-                                 encode=encode)
+                                 encode=encode, missing_timestamp=missing_timestamp)
         except MillimetricError:
             raise
         except Exception as exc:
@@ -1362,6 +1455,7 @@ def _prepare_chunk(
     now: pd.Timestamp | None,
     ids: EventIdState | None,
     encode: bool,
+    missing_timestamp: MissingTimestamp = "invalid",
 ) -> PreparedChunk:
     """The column-wise work of :func:`prepare_chunk`."""
     _refuse_multiindex(df.columns)
@@ -1405,7 +1499,7 @@ def _prepare_chunk(
             continue
         s = df[label]
         if name == "timestamp":
-            fields[name] = _timestamp_field(s, label, probs, now_ts, warns)
+            fields[name] = _timestamp_field(s, label, probs, now_ts, warns, missing_timestamp)
         else:
             fields[name] = _string_field(s, name, contract.EVENT_FIELDS[name], label, probs)
     if "timestamp" not in mapping.columns and n:
@@ -1416,6 +1510,7 @@ def _prepare_chunk(
     # properties
     pii_found: dict[str, str] = {}
     props_obj: pl.Series | None = None  # one JSON object per row, null = no properties
+    items_by_key: dict[str, tuple[pl.Series, bool]] = {}  # property columns' JSON values
     if mapping.properties_is_dict_column:
         label = mapping.properties
         props_obj, keys = _dict_properties(df[label], label, probs)
@@ -1430,6 +1525,7 @@ def _prepare_chunk(
             (values, wrap), strings = _property_values(df[label], key, label, probs)
             cols[f"p{i}"] = values
             items.append((orjson.dumps(key).decode(), f"p{i}", values, wrap))
+            items_by_key[key] = (values, wrap)
             plain[key] = strings
         if pii in ("warn", "error") and n:
             pii_found = detect_pii(plain)
@@ -1438,10 +1534,8 @@ def _prepare_chunk(
         size = props_obj.str.len_bytes().fill_null(0).to_numpy()
         big = size > contract.PROPERTIES_MAX_BYTES
         if big.any():
-            probs.add(big, "properties", contract.RULE_TOO_LARGE, [
-                f"must be at most {contract.PROPERTIES_MAX_BYTES} bytes once JSON-encoded, "
-                f"got {k}" for k in size[big]
-            ])
+            probs.add(big, "properties", contract.RULE_TOO_LARGE,
+                      _too_large_messages(np.flatnonzero(big), size, props_obj, items_by_key))
     if pii_found:
         if pii == "error":
             raise personal_data_error(pii_found)

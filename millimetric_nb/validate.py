@@ -20,6 +20,7 @@ from .frame import (
     ERROR_COLUMNS,
     PII_DEFAULT,
     EventIdState,
+    MissingTimestamp,
     PiiMode,
     check_mapping_keywords,
     emit_warnings,
@@ -147,6 +148,8 @@ def validate_frame(
     pii: PiiMode = PII_DEFAULT,
     now: pd.Timestamp | None = None,
     warn: bool = True,
+    missing_timestamp: MissingTimestamp = "invalid",
+    warn_stacklevel: int = 2,
     **mapping_kwargs: Any,
 ) -> ValidationReport:
     """Check every row of ``df`` against the contract, column-wise; send nothing.
@@ -159,6 +162,11 @@ def validate_frame(
         now: reference time for "timestamp in the future" (default: now).
         warn: also issue each warning with :func:`warnings.warn`
             (:class:`~millimetric_nb.frame.DataWarning`), once per kind.
+        missing_timestamp: with a timestamp column, an empty cell makes the row
+            invalid (``"invalid"``, rule ``required``) or is sent without a timestamp
+            (``"server_time"``).
+        warn_stacklevel: where the warnings point, counted from this function's
+            caller (``2``); a face calling this on the user's behalf passes ``3``.
         **mapping_kwargs: the column mapping (``event=``, ``event_col=``,
             ``user_id_col=``, ``properties=``...), as for
             :func:`~millimetric_nb.frame.resolve_mapping`.
@@ -172,8 +180,9 @@ def validate_frame(
         raise TypeError(f"validate_frame needs a pandas DataFrame, not {type(df).__name__}")
     check_mapping_keywords(mapping_kwargs)
     mapping, mwarns = resolve_mapping(df.columns, **mapping_kwargs)
-    chunk = prepare_chunk(df, mapping, pii=pii, now=now, ids=EventIdState(), encode=False)
+    chunk = prepare_chunk(df, mapping, pii=pii, now=now, ids=EventIdState(), encode=False,
+                          missing_timestamp=missing_timestamp)
     warns = [*mwarns, *chunk.warnings]
     if warn:
-        emit_warnings(warns, stacklevel=2)
+        emit_warnings(warns, stacklevel=warn_stacklevel)
     return ValidationReport(errors=chunk.errors, n_rows=len(df), warnings=warns)

@@ -102,6 +102,31 @@ def test_properties_limit_is_bytes_of_utf8_not_characters():
     assert rules(info.value) == {"properties": contract.RULE_TOO_LARGE}
 
 
+def test_a_timestamp_given_as_missing_is_required_unless_server_time():
+    for missing in (None, float("nan"), pd.NaT, pd.NA):
+        with pytest.raises(ValidationError) as info:
+            prepare_event({"event": "x", "timestamp": missing})
+        assert rules(info.value) == {"timestamp": contract.RULE_REQUIRED}
+        assert "missing_timestamp='server_time'" in str(info.value.problems[0][2])
+        body = prepare_event({"event": "x", "timestamp": missing}, missing_timestamp="server_time")
+        assert body == {"event": "x"}
+    assert prepare_event({"event": "x"}) == {"event": "x"}  # no timestamp given: server time
+    raw, problems, _ = check_event({"event": "x", "timestamp": None}, prefix="events[2].")
+    assert raw is None and [p[:2] for p in problems] == [("events[2].timestamp", "required")]
+
+
+def test_a_string_of_digits_gets_the_epoch_hint_and_too_large_names_the_largest_keys():
+    with pytest.raises(ValidationError) as info:
+        prepare_event({"event": "x", "timestamp": "1731600000"})
+    msg = info.value.problems[0][2]
+    assert "looks like a Unix epoch" in msg and "unit='s'" in msg
+    with pytest.raises(ValidationError) as info:
+        prepare_event({"event": "x", "properties": {"notes": "n" * 8900, "tags": ["a", "b"]}})
+    size = len(orjson.dumps({"notes": "n" * 8900, "tags": ["a", "b"]}))
+    assert info.value.problems[0][2] == (
+        f"is {size:,} bytes once JSON-encoded (limit 8,192); largest: notes (8,910), tags (16)")
+
+
 def test_every_problem_is_reported_not_only_the_first():
     with pytest.raises(ValidationError) as info:
         prepare_event({"event": None, "user_id": 5, "timestamp": "no", "properties": []})

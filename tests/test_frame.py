@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from millimetric_nb import contract
-from millimetric_nb.errors import ValidationError
+from millimetric_nb.errors import ConfigurationError, ValidationError
 from millimetric_nb.frame import (
     ERROR_COLUMNS,
     EventIdState,
@@ -26,9 +26,10 @@ NOW = pd.Timestamp("2026-06-01T00:00:00Z")
 
 
 def prep(df: pd.DataFrame, *, pii: str = "ignore", ids: EventIdState | None = None,
-         offset: int = 0, encode: bool = True, **mapping):
+         offset: int = 0, encode: bool = True, missing_timestamp: str = "invalid", **mapping):
     m, _ = resolve_mapping(list(df.columns), **mapping)
-    return prepare_chunk(df, m, pii=pii, now=NOW, ids=ids, offset=offset, encode=encode)
+    return prepare_chunk(df, m, pii=pii, now=NOW, ids=ids, offset=offset, encode=encode,
+                         missing_timestamp=missing_timestamp)
 
 
 def events_of(chunk) -> dict[int, dict]:
@@ -179,16 +180,55 @@ def test_timestamps_naive_aware_strings_and_bad_values():
     ]})
     c = prep(strs)
     assert errs(c) == {(3, "timestamp", "invalid_timestamp"), (4, "timestamp", "invalid_timestamp"),
-                       (6, "timestamp", "invalid_timestamp")}
+                       (5, "timestamp", "required"), (6, "timestamp", "invalid_timestamp")}
     ev = events_of(c)
     assert ev[0]["timestamp"] == "2026-03-01T12:00:00Z"
     assert ev[1]["timestamp"] == "2026-03-01T10:00:00Z"
     assert ev[2]["timestamp"] == "2026-03-01T00:00:00Z"
-    assert "timestamp" not in ev[5]  # missing: server time
     assert ev[7]["timestamp"] == "2026-03-01T12:00:00Z"
     assert ev[8]["timestamp"] == "2026-03-01T17:00:00Z"
-    assert any("no timestamp" in w and "1 row" in w for w in c.warnings)
+    assert any("row 5 has no timestamp" in w and "invalid" in w for w in c.warnings)
     assert "epoch" in c.errors.set_index("row").loc[6, "message"]
+    # missing_timestamp="server_time": the empty row is sent without a timestamp
+    st = prep(strs, missing_timestamp="server_time")
+    assert (5, "timestamp", "required") not in errs(st)
+    assert "timestamp" not in events_of(st)[5]
+    assert any("row 5 has no timestamp" in w and "server time" in w for w in st.warnings)
+
+
+def test_empty_timestamps_are_invalid_and_the_warning_names_the_first_rows():
+    ts = ["2026-03-01T12:00:00Z"] * 50
+    for i in (3, 17, 42, 43, 44, 45, 46):
+        ts[i] = None
+    df = pd.DataFrame({"event": ["e"] * 50, "timestamp": ts}, index=range(100, 150))
+    c = prep(df)
+    bad = [100 + i for i in (3, 17, 42, 43, 44, 45, 46)]
+    assert errs(c) == {(r, "timestamp", "required") for r in bad}
+    assert c.valid.sum() == 43 and len(c.payloads) == 43
+    msg = c.errors["message"].iloc[0]
+    assert "column 'timestamp' is empty" in msg and "missing_timestamp='server_time'" in msg
+    (w,) = [w for w in c.warnings if "no timestamp" in w]
+    assert w.startswith("rows 103, 117, 142, 143, 144 ... (7 in all) have no timestamp")
+    # a datetime column's NaT and a float column's NaN count the same
+    nat = pd.DataFrame({"event": ["e", "e"], "timestamp": pd.to_datetime(["2026-01-01", None])})
+    assert errs(prep(nat)) == {(1, "timestamp", "required")}
+    num = pd.DataFrame({"event": ["e", "e"], "timestamp": [1.5e9, float("nan")]})
+    assert errs(prep(num)) == {(0, "timestamp", "invalid_timestamp"), (1, "timestamp", "required")}
+    assert errs(prep(num, missing_timestamp="server_time")) == {
+        (0, "timestamp", "invalid_timestamp")}
+    with pytest.raises(ConfigurationError, match="missing_timestamp must be"):
+        prep(nat, missing_timestamp="now")
+
+
+def test_a_string_of_digits_gets_the_epoch_hint():
+    df = pd.DataFrame({"event": ["e"] * 3,
+                       "timestamp": ["1731600000", "1731600000123", "N/A"]})
+    c = prep(df)
+    assert errs(c) == {(i, "timestamp", "invalid_timestamp") for i in range(3)}
+    msgs = c.errors.set_index("row")["message"]
+    assert "looks like a Unix epoch" in msgs[0] and "unit='s'" in msgs[0]
+    assert "unit='ms'" in msgs[1]
+    assert "epoch" not in msgs[2]
 
 
 def test_numeric_timestamp_column_and_future_and_missing_timestamp_column_warnings():
@@ -261,6 +301,8 @@ def test_properties_larger_than_8kb_are_too_large():
     df = pd.DataFrame({"event": ["e", "e"], "blob": ["x" * 8000, "x" * 8200]})
     c = prep(df)
     assert errs(c) == {(1, "properties", "too_large")}
+    assert c.errors["message"].iloc[0] == (
+        "is 8,211 bytes once JSON-encoded (limit 8,192); largest: blob (8,209)")
     raw = orjson.dumps({"blob": "x" * 8000})
     assert len(raw) <= contract.PROPERTIES_MAX_BYTES
     assert orjson.loads(c.payloads[0])["properties"] == {"blob": "x" * 8000}
@@ -580,3 +622,19 @@ def test_unknown_pii_mode_is_a_typed_refusal():
     with pytest.raises(ConfigurationError) as exc:
         prepare_chunk(df, mapping, pii="maybe")
     assert exc.value.code == "invalid_pii" and "pii" in str(exc.value)
+
+
+def test_too_large_names_the_largest_property_columns_of_that_row():
+    df = pd.DataFrame({"event": ["e"] * 2, "notes": ["n" * 8900, "short"],
+                       "tags": ["t" * 72, "t"], "n": [1, 2], "q": ['"quoted"' * 3, None]})
+    c = prep(df)
+    (msg,) = c.errors["message"].tolist()
+    row = {"notes": "n" * 8900, "tags": "t" * 72, "n": 1, "q": '"quoted"' * 3}
+    sizes = {k: len(orjson.dumps({k: v})) - 2 for k, v in row.items()}
+    total = len(orjson.dumps(row))
+    assert msg == (f"is {total:,} bytes once JSON-encoded (limit 8,192); largest: "
+                   f"notes ({sizes['notes']:,}), tags ({sizes['tags']}), q ({sizes['q']})")
+    # a column of dicts: the keys of that row's object
+    d = pd.DataFrame({"event": ["e"], "properties": [{"a": "x" * 9000, "b": [1, 2]}]})
+    (msg,) = prep(d).errors["message"].tolist()
+    assert msg.endswith("largest: a (9,006), b (9)")

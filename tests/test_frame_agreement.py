@@ -1,7 +1,8 @@
 """The column-wise validator and the single-event validator must agree.
 
 For generated rows, ``prepare_chunk`` flags a row invalid iff
-``events.prepare_event`` raises for the same event, and a valid row's payload
+``events.prepare_event`` raises for the same event (with either
+``missing_timestamp`` option; the timestamp's rule the same), and a valid row's payload
 decodes to exactly ``prepare_event``'s output (with the row's event_id).
 
 The one documented difference is normalised before comparing: the frame layer
@@ -116,10 +117,11 @@ def _missing_cell(v: Any) -> bool:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frames())
-def test_prepare_chunk_agrees_with_prepare_event(df: pd.DataFrame) -> None:
+@given(frames(), st.sampled_from(["invalid", "server_time"]))
+def test_prepare_chunk_agrees_with_prepare_event(df: pd.DataFrame, missing_ts: str) -> None:
     m, _ = resolve_mapping(list(df.columns))
-    chunk = prepare_chunk(df, m, pii="ignore", now=NOW, ids=EventIdState())
+    chunk = prepare_chunk(df, m, pii="ignore", now=NOW, ids=EventIdState(),
+                          missing_timestamp=missing_ts)
     payloads = iter(chunk.payloads)
     bad_rows = set(chunk.errors["position"].tolist())
     for i in range(len(df)):
@@ -127,13 +129,18 @@ def test_prepare_chunk_agrees_with_prepare_event(df: pd.DataFrame) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                expected = prepare_event(ev)
+                expected = prepare_event(ev, missing_timestamp=missing_ts)
         except ValidationError as exc:
             assert not chunk.valid[i], (ev, exc.problems)
             assert i in bad_rows
             # both name the same fields
-            got = set(chunk.errors.loc[chunk.errors["position"] == i, "field"])
+            here = chunk.errors[chunk.errors["position"] == i]
+            got = set(here["field"])
             assert {p[0] for p in exc.problems} <= got | {"properties"}, (got, exc.problems)
+            # and the same rule for the timestamp (required / invalid_timestamp)
+            ts_rules = {p[1] for p in exc.problems if p[0] == "timestamp"}
+            assert ts_rules == set(here.loc[here["field"] == "timestamp", "rule"]), (
+                ts_rules, here.to_dict("records"))
             continue
         assert chunk.valid[i], (ev, chunk.errors[chunk.errors["position"] == i].to_dict("records"))
         decoded = orjson.loads(next(payloads))

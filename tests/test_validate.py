@@ -34,6 +34,7 @@ def test_report_errors_and_counts():
     assert got == {
         ("r2", "event", "required"), ("r3", "event", "too_long"),
         ("r3", "timestamp", "invalid_timestamp"), ("r4", "properties.amount", "not_json"),
+        ("r4", "timestamp", "required"),  # an empty cell in the timestamp column
         ("r5", "event", "required"), ("r5", "timestamp", "invalid_timestamp"),
     }
     assert r.invalid_rows() == ["r2", "r3", "r4", "r5"]
