@@ -1347,7 +1347,8 @@ def _culprit(row: pd.DataFrame, mapping: FieldMapping, *, pii: PiiMode,
                         if name.startswith("properties.") else []),
         )
         try:
-            _prepare_chunk(row, only, pii="ignore", now=now, ids=EventIdState(), encode=True)
+            _prepare_chunk(row, only, offset=0, pii="ignore", now=now, ids=EventIdState(),
+                           encode=True)
         except Exception:
             return name
     return "event"
