@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint bench browser clean
+.PHONY: venv demo test lint bench browser clean stress
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ lint: venv
 
 test: venv lint
 	$(BIN)/python -m pytest -q
+
+# The hostile-frames property tests at 10,000 examples (CI runs 2,000; the dry-run test a fifth).
+stress: venv
+	HYPOTHESIS_PROFILE=stress $(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=3600 \
+		tests/test_hostile_frames.py
 
 bench: venv
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
