@@ -27,11 +27,11 @@ test: venv lint
 # The long proofs of RELIABILITY.md (`pytest -m slow`; `make test` runs them too, at
 # their CI size) and every Hypothesis test (pytest's `hypothesis` mark) under the
 # "stress" profile (tests/conftest.py: 10,000 examples where a test does not fix its
-# own number), and
+# own number, the hostile frames included), and
 # schemathesis at 500 generated requests per operation and mode.
 stress: venv
 	HYPOTHESIS_PROFILE=stress MM_SCHEMATHESIS_EXAMPLES=500 \
-	  $(BIN)/python -m pytest -q -m "slow or hypothesis"
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=3600 -m "slow or hypothesis"
 
 bench: venv
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

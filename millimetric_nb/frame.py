@@ -1344,21 +1344,14 @@ def prepare_chunk(
     except Exception as exc:  # not bad input we know: find the rows, keep the others
         if ids is not None and saved is not None:
             ids.restore(saved)
-        return _prepare_rows_alone(df, mapping, exc, offset=offset, pii=pii, now=now, ids=ids,
-                                   encode=encode, missing_timestamp=missing_timestamp)
+        return _prepare_rows_alone(df, mapping, exc, {
+            "offset": offset, "pii": pii, "now": now, "ids": ids or EventIdState(),
+            "encode": encode, "missing_timestamp": missing_timestamp,
+        })
 
 
 def _prepare_rows_alone(
-    df: pd.DataFrame,
-    mapping: FieldMapping,
-    first: Exception,
-    *,
-    offset: int,
-    pii: PiiMode,
-    now: pd.Timestamp | None,
-    ids: EventIdState | None,
-    encode: bool,
-    missing_timestamp: MissingTimestamp = "invalid",
+    df: pd.DataFrame, mapping: FieldMapping, first: Exception, opts: dict[str, Any]
 ) -> PreparedChunk:
     """:func:`prepare_chunk` one row at a time, after the chunk as a whole raised ``first``.
 
@@ -1367,7 +1360,7 @@ def _prepare_rows_alone(
     reached when a cell defeats the column-wise code.
     """
     n = len(df)
-    ids = ids if ids is not None else EventIdState()
+    offset = opts["offset"]
     valid = np.zeros(n, dtype=bool)
     event_ids = np.full(n, None, dtype=object)
     payloads: list[bytes] = []
@@ -1378,12 +1371,11 @@ def _prepare_rows_alone(
     for i in range(n):
         row = df.iloc[i : i + 1]
         try:
-            one = _prepare_chunk(row, mapping, offset=offset + i, pii=pii, now=now, ids=ids,
-                                 encode=encode, missing_timestamp=missing_timestamp)
+            one = _prepare_chunk(row, mapping, **{**opts, "offset": offset + i})
         except MillimetricError:
             raise
         except Exception as exc:
-            field_name = _culprit(row, mapping, pii=pii, now=now)
+            field_name = _culprit(row, mapping, opts["now"])
             probs.add(np.asarray([i]), field_name, RULE_UNENCODABLE,
                       f"this value cannot be checked or encoded ({type(exc).__name__}); "
                       "convert it to a plain str, number, bool, datetime or dict first")
@@ -1421,8 +1413,7 @@ def _sum_counted(messages: list[str]) -> list[str]:
     return [f"{counts[k]}{k}" if k.startswith(" row(s)") else k for k in out]
 
 
-def _culprit(row: pd.DataFrame, mapping: FieldMapping, *, pii: PiiMode,
-             now: pd.Timestamp | None) -> str:
+def _culprit(row: pd.DataFrame, mapping: FieldMapping, now: pd.Timestamp | None) -> str:
     """The field of the first mapped cell of ``row`` that raises when checked alone."""
     fields: list[tuple[str, Hashable]] = []
     if mapping.event_col is not None:
@@ -1440,7 +1431,8 @@ def _culprit(row: pd.DataFrame, mapping: FieldMapping, *, pii: PiiMode,
                         if name.startswith("properties.") else []),
         )
         try:
-            _prepare_chunk(row, only, pii="ignore", now=now, ids=EventIdState(), encode=True)
+            _prepare_chunk(row, only, offset=0, pii="ignore", now=now, ids=EventIdState(),
+                           encode=True)
         except Exception:
             return name
     return "event"
