@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from . import accessor as accessor  # registers df.millimetric
 from . import contract
-from .api import abackfill, backfill
+from .api import SendHandle, SendInterrupted, abackfill, backfill
+from .backfill import StopSignal
 from .client import AsyncClient
 from .datasources import sql, validate  # mm.validate: this function, not the submodule
 from .errors import (
@@ -49,9 +50,12 @@ __all__ = [
     "MillimetricError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "SendHandle",
+    "SendInterrupted",
     "SendResult",
     "ServerError",
     "SourceError",
+    "StopSignal",
     "TransportError",
     "ValidationError",
     "ValidationReport",

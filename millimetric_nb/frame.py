@@ -413,7 +413,6 @@ def describe_recipe_change(old: str, new: str) -> str:
     return "; ".join(parts) or "the content's shape differs"
 
 
-
 class EventIdState:
     """Occurrence counts of event contents already seen in one input.
 

@@ -127,6 +127,8 @@ def test_backfill_notebook_fixes_interrupts_resumes_verifies_and_charts(tmp_path
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                for o in c.outputs)
     assert any(b.get("value") == b.get("max") == valid for b in progress_bars(nb))
+    # in a kernel, progress=True is the live panel (its bar carries the panel's class)
+    assert any("mm-panel-bar" in b.get("_dom_classes", []) for b in progress_bars(nb))
     assert_no_key_and_no_error(nb)
 
 
