@@ -24,8 +24,13 @@ lint: venv
 test: venv lint
 	$(BIN)/python -m pytest -q
 
+# only the real-browser tests (JupyterLab + Playwright + /usr/bin/chromium); `test` runs them too.
+# Screenshots land in artifacts/browser/.
+browser: venv
+	$(BIN)/python -m pytest -q tests/browser
+
 bench: venv
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .millimetric .pytest_cache
+	rm -rf $(VENV) .millimetric .pytest_cache artifacts
