@@ -147,6 +147,34 @@ class Lab:
             timeout=timeout_ms,
         )
 
+    def kernel_run(self, page: Any, code: str, timeout_ms: float = 30_000) -> str:
+        """Run ``code`` in the current notebook's kernel (no cell); return its stdout.
+
+        For checking, from the kernel's side, what a click in the page did. An error
+        in ``code`` raises here with its ``ename: evalue``.
+        """
+        answer = page.evaluate(
+            """async ([code, timeoutMs]) => {
+                const w = window.jupyterapp.shell.currentWidget;
+                const kernel = w.sessionContext.session.kernel;
+                const future = kernel.requestExecute({code, store_history: false});
+                let out = '', err = null;
+                future.onIOPub = (msg) => {
+                    const t = msg.header.msg_type;
+                    if (t === 'stream' && msg.content.name === 'stdout') out += msg.content.text;
+                    if (t === 'error') err = msg.content.ename + ': ' + msg.content.evalue;
+                };
+                const timer = new Promise((_, reject) => setTimeout(
+                    () => reject(new Error('kernel_run timed out')), timeoutMs));
+                await Promise.race([future.done, timer]);
+                return {out, err};
+            }""",
+            [code, timeout_ms],
+        )
+        if answer["err"]:
+            raise AssertionError(f"kernel code failed: {answer['err']}")
+        return str(answer["out"])
+
     def cell_errors(self, page: Any) -> list[str]:
         """``ename: evalue`` of every error output in the current notebook's model."""
         return page.evaluate(

@@ -47,8 +47,10 @@ def test_a_click_in_chromium_runs_the_kernels_handler(lab, page, shot):
     panel.locator(".mm-harness-out", has_text="clicked 1 in pid").wait_for()
     panel.locator("button.mm-harness-button").click()
     panel.locator(".mm-harness-out", has_text="clicked 2 in pid").wait_for()
-    # the handler ran in the kernel: the pid it printed is not the server's
-    assert f"pid {lab.proc.pid}" not in out.inner_text()
+    # the handler ran in the kernel: the pid it printed is the kernel's, not the server's
+    kernel_pid = lab.kernel_run(page, "print(os.getpid(), len(clicks))").split()
+    assert out.inner_text() == f"clicked 2 in pid {kernel_pid[0]}"
+    assert kernel_pid[1] == "2" and kernel_pid[0] != str(lab.proc.pid)
 
     path = shot(panel.locator(".jp-Cell").first, "clicked")
     assert path.stat().st_size > 1000  # a real PNG, not an empty file
