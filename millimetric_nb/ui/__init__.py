@@ -1,9 +1,14 @@
-"""Displays of progress events. Presentation only: observers, never senders.
+"""The notebook and terminal displays, and the notebook forms.
 
-:class:`TqdmProgress` renders the engine's progress events with ``tqdm.auto``
-(a widget bar in a notebook, a text bar in a terminal): rows done, the sent /
+Displays of progress events are observers, never senders. :class:`TqdmProgress`
+renders the engine's progress events with ``tqdm.auto`` (a widget bar in a notebook, a text bar in a terminal): rows done, the sent /
 failed / invalid / skipped counts, retries, the rate, and a note while waiting
 on the rate limit or a Retry-After. ``tqdm`` is imported lazily.
+
+The forms (:func:`track_form`, :func:`identify_form`, :func:`forget_form`,
+:func:`connect_form`, :func:`backfill_panel`) live in their own modules, which send
+through the package's faces; they are loaded on first use (this module's
+``__getattr__``), so importing the displays never imports ipywidgets or the faces.
 """
 
 from __future__ import annotations
@@ -112,4 +117,34 @@ def progress_observer(enabled: bool, desc: str = "millimetric") -> TqdmProgress 
     return TqdmProgress(desc) if enabled else None
 
 
-__all__ = ["TqdmProgress", "progress_observer"]
+def __getattr__(name: str) -> Any:
+    """``ui.track_form`` and the other forms, imported on first use."""
+    if name in ("Form", "forget_form", "identify_form", "track_form"):
+        from .forms import Form, forget_form, identify_form, track_form
+
+        found: dict[str, Any] = {
+            "Form": Form, "forget_form": forget_form, "identify_form": identify_form,
+            "track_form": track_form,
+        }
+        return found[name]
+    if name == "connect_form":
+        from .connect import connect_form
+
+        return connect_form
+    if name == "backfill_panel":
+        from .backfill_form import backfill_panel
+
+        return backfill_panel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "Form",
+    "TqdmProgress",
+    "backfill_panel",
+    "connect_form",
+    "forget_form",
+    "identify_form",
+    "progress_observer",
+    "track_form",
+]
