@@ -1,9 +1,10 @@
 """The notebook and terminal displays, and the notebook forms.
 
 Displays of progress events are observers, never senders. :class:`TqdmProgress`
-renders the engine's progress events with ``tqdm.auto`` (a widget bar in a notebook, a text bar in a terminal): rows done, the sent /
-failed / invalid / skipped counts, retries, the rate, and a note while waiting
-on the rate limit or a Retry-After. ``tqdm`` is imported lazily.
+renders the engine's progress events with ``tqdm.auto`` (a widget bar in a
+notebook, a text bar in a terminal): rows done, the sent / failed / invalid /
+skipped counts, retries, the rate, and a note while waiting on the rate limit or
+a Retry-After. ``tqdm`` is imported lazily.
 
 The forms (:func:`track_form`, :func:`identify_form`, :func:`forget_form`,
 :func:`connect_form`, :func:`backfill_panel`) live in their own modules, which send
