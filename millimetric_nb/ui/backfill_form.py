@@ -9,11 +9,12 @@ one dropdown per field, ``mm-backfill-event``, ``mm-backfill-event_id``,
 every row, instead of a column), ``mm-backfill-properties`` (the property
 columns), ``mm-backfill-journal`` (the journal path). Buttons:
 ``mm-backfill-validate``, ``mm-backfill-dryrun``, ``mm-backfill-send``,
-``mm-backfill-cancel``, ``mm-backfill-export``. Outputs: ``mm-backfill-report``
-(the validation table or the plan), ``mm-backfill-progress`` (the live display of
-a send), ``mm-backfill-chart`` (rows per day), ``mm-backfill-failed`` (the rows
-that did not get in), ``mm-backfill-answer``, ``mm-backfill-history``. The note
-beside an input is ``mm-backfill-<field>-msg``.
+``mm-backfill-export``. Outputs: ``mm-backfill-report`` (the validation table or
+the plan), ``mm-backfill-progress`` (holds the live
+:class:`~millimetric_nb.ui.panel.SendPanel` of a send, class ``mm-panel``, whose
+Cancel button is ``mm-panel-cancel``), ``mm-backfill-chart`` (rows per day),
+``mm-backfill-failed`` (the rows that did not get in), ``mm-backfill-answer``,
+``mm-backfill-history``. The note beside an input is ``mm-backfill-<field>-msg``.
 
 The dropdowns are pre-filled by the accessor's own mapping rules
 (:func:`millimetric_nb.frame.resolve_mapping`: a column named like a field feeds
@@ -21,8 +22,8 @@ it; every other column, except those named like server-enriched fields, is a
 property). Validate and Dry run are dry runs of :func:`millimetric_nb.abackfill`
 (no client, no request: the plan's duration is at the production ceiling).
 Send runs :func:`millimetric_nb.abackfill` as an ``asyncio`` task on the running
-loop (the kernel's, in a notebook): the click returns at once, the display
-updates while the cell is idle, and Cancel cancels the task. Without a running
+loop (the kernel's, in a notebook): the click returns at once, the live panel
+updates while the cell is idle, and its Cancel cancels the task. Without a running
 loop (a plain script) Send runs to the end before returning.
 """
 
@@ -41,10 +42,9 @@ import pandas as pd
 
 from ..errors import MillimetricError
 from ..frame import COLUMN_FIELDS, resolve_mapping
-from ..progress import Acknowledged, Done, Failed, Planned, ProgressEvent, Waiting
 from ..results import SendResult
 from .charts import chart_html
-from .forms import Form, check_key
+from .forms import Form, check_key, resolve_client
 
 __all__ = ["BackfillPanel", "backfill_panel"]
 
@@ -80,44 +80,6 @@ def backfill_panel(
         source, client=client, journal=journal, pii=pii, chunksize=chunksize,
         concurrency=concurrency,
     )
-
-
-class _SimpleProgress:
-    """The send's display while the live panel is not available: an ``IntProgress`` of
-    rows done and a line of counts, fed by the progress events."""
-
-    def __init__(self, w: Any) -> None:
-        self.bar = w.IntProgress(min=0, max=1, value=0, description="rows")
-        self.bar.add_class("mm-backfill-bar")
-        self.line = w.HTML()
-        self.line.add_class("mm-backfill-counts")
-        note = w.HTML("<small>(simple progress bar)</small>")
-        self.widget = w.VBox([note, self.bar, self.line])
-        self.counts = {"sent": 0, "failed": 0, "invalid": 0, "skipped": 0}
-        self.total = 0
-        self.final: dict[str, int] | None = None
-
-    def __call__(self, event: ProgressEvent) -> None:
-        c = self.counts
-        if isinstance(event, Planned):
-            self.total = event.total_rows if event.total_rows is not None else (
-                self.total + event.rows)
-            c["invalid"] += event.invalid
-            c["skipped"] += event.skipped
-        elif isinstance(event, Acknowledged):
-            c["sent"] += event.events
-        elif isinstance(event, Failed):
-            c["failed"] += event.events
-        elif isinstance(event, Done):
-            self.final = dict(event.counts)
-        note = ""
-        if isinstance(event, Waiting) and event.seconds >= 1:
-            note = f" — waiting {event.seconds:.1f} s: {event.reason.replace('_', ' ')}"
-        self.bar.max = max(1, self.total)
-        self.bar.value = min(self.bar.max, sum(c.values()))
-        self.line.value = html.escape(
-            ", ".join(f"{k} {v:,}" for k, v in c.items()) + f" of {self.total:,}" + note
-        )
 
 
 class BackfillPanel(Form):
@@ -181,7 +143,6 @@ class BackfillPanel(Form):
             self.button("validate", "Validate", self.validate),
             self.button("dryrun", "Dry run", self.dry_run),
             self.button("send", "Send", self.send, button_style="primary"),
-            self.button("cancel", "Cancel", self.cancel, button_style="warning", disabled=True),
             self.button("export", "Write failed rows to CSV", self.export, disabled=True),
         ])
 
@@ -419,8 +380,13 @@ class BackfillPanel(Form):
         """Whether a send of this panel is running."""
         return self.task is not None and not self.task.done()
 
-    def _make_display(self) -> Any:
-        display = _SimpleProgress(self._w)
+    def _make_display(self, client: Any, journal: str | None) -> Any:
+        from ..backfill import route_limit
+        from .panel import SendPanel
+
+        display = SendPanel(
+            "batch", limit=route_limit(client, "batch"), journal=journal, title="backfill"
+        )
         self.progress_box.children = (display.widget,)
         return display
 
@@ -437,17 +403,18 @@ class BackfillPanel(Form):
         from ..sync import run_sync
 
         try:
-            check_key(self.client, "ingest")  # the default client, a refused key: now
+            client = resolve_client(self.client)  # the default one, if none was given
+            check_key(client, "ingest")  # a refused key: now, before anything is read
         except MillimetricError as exc:
             self.show_error(exc)
             return
         journal = self.fields["journal"].value.strip() or None
-        self.display = self._make_display()
+        self.display = self._make_display(client, journal)
         self.result = self.failed = None
         self.buttons["export"].disabled = True
         self.failed_view.value = ""
         coro = abackfill(
-            self.source, client=self.client, journal=journal, progress=self.display,
+            self.source, client=client, journal=journal, progress=self.display,
             warn_stacklevel=0, pii=self.pii, **self.options, **self.mapping(),
         )
         self.show_answer("sending…", "color:#1565c0")
@@ -455,7 +422,8 @@ class BackfillPanel(Form):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if loop is None:  # a script: run to the end here
+        if loop is None:  # a script: run to the end here (no click can come meanwhile)
+            self.display.set_cancel(None)
             task_result: SendResult | BaseException
             try:
                 task_result = run_sync(coro)
@@ -464,7 +432,7 @@ class BackfillPanel(Form):
             self._settled(task_result, journal)
             return
         self.task = loop.create_task(coro)
-        self.buttons["cancel"].disabled = False
+        self.display.set_cancel(self.cancel)  # the live panel's Cancel button
         self.check()
         self.task.add_done_callback(lambda t: self._safe(lambda: self._task_done(t, journal)))
 
@@ -486,8 +454,9 @@ class BackfillPanel(Form):
             self._settled(task.result(), journal)
 
     def _settled(self, outcome: SendResult | BaseException | None, journal: str | None) -> None:
-        self.buttons["cancel"].disabled = True
         self.check()
+        if isinstance(outcome, SendResult) and self.display.result is None:
+            self.display.set_result(outcome)  # when the engine's Done did not carry it
         resume = (f"To resume, click Send again with the journal {journal!r}: the rows it "
                   "holds as sent are skipped" if journal
                   else "No journal was kept: a rerun sends every row again")

@@ -25,9 +25,10 @@ from typing import Any
 from .. import contract
 from ..errors import MillimetricError
 from ..keys import ApiKey
+from . import in_jupyter
 from .forms import Form
 
-__all__ = ["connect", "connect_form", "in_notebook"]
+__all__ = ["connect", "connect_form"]
 
 _USES = (("send events (sk_ key)", "ingest"), ("read only (sk_ or rk_ key)", "read"))
 
@@ -89,16 +90,6 @@ def _connect(form: Form, options: dict[str, Any]) -> None:
     )
 
 
-def in_notebook() -> bool:
-    """Whether this code runs in a Jupyter kernel (where a form can be shown)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython comes with ipywidgets
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
 def connect(key: str | None = None, host: str | None = None, **kwargs: Any) -> Any:
     """Build a :class:`~millimetric_nb.sync.Client` and make it the default client.
 
@@ -109,7 +100,7 @@ def connect(key: str | None = None, host: str | None = None, **kwargs: Any) -> A
     """
     from ..sync import connect as sync_connect
 
-    if key is None and not os.environ.get(contract.ENV_KEY) and in_notebook():
+    if key is None and not os.environ.get(contract.ENV_KEY) and in_jupyter():
         from IPython.display import display
 
         display(connect_form(host, **kwargs))

@@ -52,6 +52,7 @@ __all__ = [
     "forget_form",
     "identify_form",
     "import_widgets",
+    "resolve_client",
     "track_form",
 ]
 
@@ -269,7 +270,7 @@ def parse_object(text: str, what: str) -> tuple[dict[str, Any] | None, str]:
     return value, ""
 
 
-def _client_of(client: Any) -> Any:
+def resolve_client(client: Any) -> Any:
     """The client a form sends with: the one given, else the default one (at send time)."""
     if client is not None:
         return client
@@ -281,7 +282,7 @@ def _client_of(client: Any) -> Any:
 def call(client: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     """``client.<method>(...)`` on a Client, or run through the package's one bridge for
     an AsyncClient (whose methods are coroutines)."""
-    result = getattr(_client_of(client), method)(*args, **kwargs)
+    result = getattr(resolve_client(client), method)(*args, **kwargs)
     if inspect.iscoroutine(result):
         from ..sync import run_sync
 
@@ -291,7 +292,7 @@ def call(client: Any, method: str, *args: Any, **kwargs: Any) -> Any:
 
 def check_key(client: Any, use: str) -> None:
     """Refuse, before any request, a client whose key may not ``use`` (keys.py's rules)."""
-    c = _client_of(client)
+    c = resolve_client(client)
     getattr(c, "async_client", c).check_key(use)
 
 
