@@ -714,8 +714,14 @@ async def averify(
     timestamps: Iterable[Any] | None = None,
 ) -> Verification:
     """Async :func:`verify`."""
-    ids = [str(e) for e in event_ids]
-    expected = set(ids)
+    sent_ids = [str(e) for e in event_ids]
+    expected = set(sent_ids)
+    stamps = None if timestamps is None else list(timestamps)
+    if stamps is not None and len(stamps) != len(sent_ids):  # refused before any read
+        raise ValidationError(
+            f"timestamps has {len(stamps)} values for {len(sent_ids)} event ids",
+            code="invalid_params",
+        )
     stored = await aquery_all(from_, to, event=event, client=client)
     ids = stored["event_id"]
     if len(stored) and ids.isna().all():
@@ -732,23 +738,18 @@ async def averify(
         unexpected=sorted(set(counts.index) - expected),
         duplicated={str(k): int(v) for k, v in counts[counts > 1].items()},
         complete=bool(stored.attrs.get("complete", True)),
-        per_day=_sent_and_stored(ids, timestamps, stored),
+        per_day=_sent_and_stored(sent_ids, stamps, stored),
     )
 
 
 def _sent_and_stored(
-    ids: list[str], timestamps: Iterable[Any] | None, stored: pd.DataFrame
+    ids: list[str], timestamps: list[Any] | None, stored: pd.DataFrame
 ) -> pd.DataFrame:
     """Rows per day: the expected ids (``sent``) and every stored row (``stored``)."""
     from .ui.charts import per_day
 
     if timestamps is not None:
-        sent_days = list(timestamps)
-        if len(sent_days) != len(ids):
-            raise ValidationError(
-                f"timestamps has {len(sent_days)} values for {len(ids)} event ids",
-                code="invalid_params",
-            )
+        sent_days = timestamps
     else:  # dated by where they were stored; missing ones have no day to show
         first = stored.dropna(subset=["event_id"]).drop_duplicates("event_id")
         when = dict(zip(first["event_id"], first["timestamp"], strict=True))
