@@ -36,6 +36,7 @@ from .journal import Journal
 from .progress import Emitter, Observer
 from .results import SendResult
 from .ui import progress_observer
+from .ui.charts import frame_timestamps
 
 _TRACK_NOTE = "track sends one request per row"
 
@@ -184,6 +185,8 @@ async def abackfill(
         total_rows=total,
         warnings=[slow] if slow else (),
     )
+    if isinstance(source, pd.DataFrame):  # for result.per_day() and its chart (no copy)
+        result.timestamps = frame_timestamps(source, mapping)
     if warn_stacklevel:
         issue_warnings(result, warn_stacklevel)
     return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger("millimetric_nb")
 
@@ -80,14 +81,31 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Stopping:
+    """A stop was asked for (``reason``: ``"cancel"`` or ``"interrupt"``): nothing new
+    leaves; the ``in_flight`` requests already on the wire are awaited."""
+
+    route: str
+    reason: str
+    in_flight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
-    """The whole send finished (also on cancellation or error)."""
+    """The whole send finished (also on cancellation or error).
+
+    ``result`` is the run's account (a ``SendResult``) when one was built; ``None``
+    when the run ended by an exception (an interrupt that stopped it at once).
+    """
 
     counts: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    result: Any = None
 
 
-ProgressEvent = Planned | RequestSent | Acknowledged | Retrying | Waiting | Failed | Done
+ProgressEvent = (
+    Planned | RequestSent | Acknowledged | Retrying | Waiting | Failed | Stopping | Done
+)
 Observer = Callable[[ProgressEvent], None]
 
 
@@ -124,5 +142,6 @@ __all__ = [
     "ProgressEvent",
     "RequestSent",
     "Retrying",
+    "Stopping",
     "Waiting",
 ]

@@ -40,7 +40,16 @@ from typing import Literal
 from . import contract
 from .contract import RateLimit
 
-__all__ = ["Clock", "RateLimiter", "RateLimitsArg", "Sleep", "TokenBucket", "WaitHook"]
+__all__ = [
+    "ROUND_TRIP_S",
+    "Clock",
+    "RateLimiter",
+    "RateLimitsArg",
+    "Sleep",
+    "TokenBucket",
+    "WaitHook",
+    "estimate_seconds",
+]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -54,6 +63,43 @@ RateLimitsArg = Mapping[str, RateLimit] | Literal["off", "production"] | None
 _EPS = 1e-9
 #: How often a held bucket looks for the server's first answer.
 _HOLD_POLL_S = 0.005
+
+
+#: The assumed time one request takes from leaving to its answer, for estimates made
+#: before any answer came back (a dry run's plan): a 1000-event batch on a good link.
+ROUND_TRIP_S = 0.5
+
+
+def estimate_seconds(
+    requests: int,
+    limit: RateLimit | None,
+    *,
+    tokens_available: float | None = None,
+    round_trip_s: float = ROUND_TRIP_S,
+    concurrency: int | None = None,
+) -> float:
+    """Seconds until the last of ``requests`` is answered, at a token bucket's pace.
+
+    The bucket's model, not the rate so far (which a burst inflates): the first
+    ``tokens_available`` requests leave at once (default: a full bucket, ``burst``),
+    each later one when a token has refilled (``1 / refill`` s apart), and the last
+    one is answered ``round_trip_s`` after it leaves. So 20 requests against the
+    batch limit (burst 20, then 5/s) take one round trip, never 0 s; 100 take
+    ``80 / 5 + round_trip_s``. With ``concurrency``, at most that many are in
+    flight at once (each holds its place for a round trip). ``limit=None``
+    (unlimited) leaves only the round trips.
+    """
+    if requests <= 0:
+        return 0.0
+    rounds = 0.0
+    if concurrency is not None and concurrency > 0:
+        rounds = ((requests - 1) // concurrency) * round_trip_s
+    if limit is None:
+        return rounds + round_trip_s
+    tokens = float(limit.burst) if tokens_available is None else max(0.0, tokens_available)
+    tokens = min(tokens, float(limit.burst))
+    last_leaves = max(0.0, requests - tokens) / limit.refill
+    return max(last_leaves, rounds) + round_trip_s
 
 
 class TokenBucket:

@@ -37,7 +37,9 @@ from typing import Any
 
 import pandas as pd
 
+from .contract import RateLimit
 from .errors import MillimetricError
+from .ratelimit import estimate_seconds
 
 STATUSES: tuple[str, ...] = ("sent", "failed", "ambiguous", "invalid", "skipped", "planned")
 STATUS_CODES: dict[str, int] = {s: i for i, s in enumerate(STATUSES)}
@@ -57,10 +59,15 @@ class Plan:
 
     @property
     def estimated_s(self) -> float:
-        """Seconds at the route's rate limit: the burst at once, then the sustained rate."""
-        if not self.refill_per_s or self.burst is None:
-            return 0.0
-        return max(0, self.requests - self.burst) / self.refill_per_s
+        """Seconds at the route's rate limit, from a full bucket: the burst at once, then
+        the sustained rate, plus the last request's round trip
+        (:func:`~millimetric_nb.ratelimit.estimate_seconds`); 0 for no request."""
+        limit = (
+            RateLimit(self.refill_per_s, self.burst)
+            if self.refill_per_s and self.burst is not None
+            else None
+        )
+        return estimate_seconds(self.requests, limit)
 
     def as_dict(self) -> dict[str, Any]:
         """The plan as plain data."""
@@ -136,6 +143,8 @@ class SendResult:
         dry_run: nothing was sent.
         error: the error that stopped the run early (401/403, refused key), if any;
             rows not sent because of it are ``failed`` with its code.
+        timestamps: the input's ``timestamp`` column, row for row, when the source was
+            one DataFrame with one (for :meth:`per_day` and the chart in the HTML repr).
     """
 
     rows: pd.DataFrame
@@ -147,6 +156,7 @@ class SendResult:
     dry_run: bool = False
     route: str = "batch"
     error: MillimetricError | None = None
+    timestamps: pd.Series | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ counts
 
@@ -239,6 +249,17 @@ class SendResult:
             lines.append(f"  .failed holds {len(self.failed):,} row(s) to fix and resend")
         return "\n".join(lines)
 
+    def per_day(self) -> pd.DataFrame:
+        """Rows per UTC day (of their ``timestamp``) and status; empty without timestamps.
+
+        Rows with no timestamp (the server gives them its own time) are not counted.
+        """
+        from .ui.charts import per_day
+
+        if self.timestamps is None or len(self.timestamps) != len(self.rows):
+            return per_day([], [])
+        return per_day(self.timestamps.to_numpy(), self.rows["status"].to_numpy())
+
     def _repr_html_(self) -> str:
         e = html.escape
         c = self.counts
@@ -254,11 +275,71 @@ class SendResult:
             sample = "<details><summary>rows that did not get in</summary>" + (
                 bad.head(20).to_html(escape=True)
             ) + "</details>"
+        chart = ""
+        if self.timestamps is not None:
+            from .ui.charts import chart_html
+
+            chart = chart_html(self.per_day(), title="rows per day")
         return (
             "<div class='millimetric-result'>"
             f"<p>{e(self._headline())}</p><table><tr>{cells}</tr></table>"
-            f"<ul>{notes}</ul>{sample}</div>"
+            f"<ul>{notes}</ul>{chart}{sample}</div>"
         )
 
 
-__all__ = ["ROWS_COLUMNS", "STATUSES", "Plan", "SendResult", "empty_rows"]
+
+
+#: ``result.error.code`` of a run stopped on request: the Cancel button / ``.cancel()``
+#: (``"cancelled"``) or the first Ctrl-C / kernel interrupt (``"interrupted"``).
+STOP_CODES: tuple[str, ...] = ("cancelled", "interrupted")
+
+
+def stopped_by(result: SendResult) -> str | None:
+    """``"cancelled"`` or ``"interrupted"`` when the run was stopped on request, else None."""
+    code = result.error.code if result.error is not None else None
+    return code if code in STOP_CODES else None
+
+
+def resume_hint(journal: Any = None) -> str:
+    """One sentence on how to send what is left without sending anything twice."""
+    if journal is not None:
+        where = getattr(journal, "path", journal)
+        return (f"to resume, run the same call again with journal={str(where)!r}: "
+                "the rows it stored are skipped")
+    return ("to resume, send result.failed (it keeps each row's event_id); pass journal=... "
+            "so that a rerun skips what was stored")
+
+
+def account_line(result: SendResult, journal: Any = None) -> str:
+    """The account of a send in one line; for a stopped run: stored, cut off in flight,
+    never sent, and how to resume (``journal``: its path, if the run had one)."""
+    c = result.counts
+    how = stopped_by(result)
+    if how is None:
+        return result._headline()
+    never = int(((result.rows["status"] == "failed") & (result.rows["error"] == how)).sum())
+    parts = [f"{c['sent']:,} rows stored", f"{c['ambiguous']:,} cut off in flight (may be stored)",
+             f"{never:,} never sent"]
+    other = c["failed"] - never
+    if other:
+        parts.append(f"{other:,} failed")
+    for k in ("invalid", "skipped"):
+        if c[k]:
+            parts.append(f"{c[k]:,} {k}")
+    what = "Cancelled" if how == "cancelled" else "Interrupted"
+    return f"{what} after {result.elapsed_s:.1f} s: " + ", ".join(parts) + "; " + resume_hint(
+        journal
+    )
+
+
+__all__ = [
+    "ROWS_COLUMNS",
+    "STATUSES",
+    "STOP_CODES",
+    "Plan",
+    "SendResult",
+    "account_line",
+    "empty_rows",
+    "resume_hint",
+    "stopped_by",
+]

@@ -16,6 +16,7 @@ from millimetric_nb.contract import RateLimit
 from millimetric_nb.errors import ConfigurationError, KeyRefusedError
 from millimetric_nb.frame import RULE_PII, DataWarning
 from millimetric_nb.progress import Acknowledged, Done, Failed, RequestSent, Retrying, Waiting
+from millimetric_nb.ratelimit import ROUND_TRIP_S
 from millimetric_nb.results import SendResult
 from millimetric_nb.sync import Client
 from millimetric_nb.ui import TqdmProgress
@@ -114,7 +115,7 @@ def test_track_constant_event_and_large_frame_warning(mm_server, client):
     with pytest.warns(UserWarning, match="send_batch would take"):
         big = events(2500).millimetric.track(dry_run=True, progress=False)
     assert big.counts["planned"] == 2500 and big.plan.requests == 2500
-    assert big.plan.estimated_s == pytest.approx((2500 - 200) / 50)
+    assert big.plan.estimated_s == pytest.approx((2500 - 200) / 50 + ROUND_TRIP_S)
     assert any("send_batch" in w for w in big.warnings)
 
 

@@ -23,6 +23,7 @@ from millimetric_nb.errors import (
 )
 from millimetric_nb.journal import Journal
 from millimetric_nb.progress import Acknowledged, Done, Failed, Planned
+from millimetric_nb.ratelimit import ROUND_TRIP_S
 
 # --------------------------------------------------------------------------- packing
 
@@ -268,7 +269,7 @@ def test_dry_run_sends_nothing_and_plans():
     assert res.counts["planned"] == 24_999 and res.counts["invalid"] == 1
     assert res.plan.requests == 25 and res.plan.events == 24_999
     assert res.plan.bytes > 24_999 * 20
-    assert res.plan.estimated_s == pytest.approx((25 - 20) / 5.0)
+    assert res.plan.estimated_s == pytest.approx((25 - 20) / 5.0 + ROUND_TRIP_S)
     assert "Dry run" in repr(res)
 
 

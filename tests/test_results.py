@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from millimetric_nb.errors import AuthenticationError
+from millimetric_nb.ratelimit import ROUND_TRIP_S
 from millimetric_nb.results import STATUSES, Plan, SendResult, empty_rows
 
 
@@ -61,11 +62,15 @@ def test_html_is_escaped():
 def test_dry_run_plan_estimates_burst_then_sustained():
     plan = Plan("batch", requests=100, events=100_000, bytes=25_000_000, refill_per_s=5.0,
                 burst=20)
-    assert plan.estimated_s == pytest.approx(16.0)
-    assert Plan("batch", 10, 10_000, 1, 5.0, 20).estimated_s == 0.0
-    assert Plan("batch", 10, 10_000, 1, None, None).estimated_s == 0.0
-    assert "100 request(s)" in str(plan) and "16.0 s" in str(plan)
-    assert plan.as_dict()["estimated_s"] == pytest.approx(16.0)
+    # 80 requests after the burst at 5/s, then the last one's round trip
+    assert plan.estimated_s == pytest.approx(16.0 + ROUND_TRIP_S)
+    # within the burst: one round, never "about 0.0 s"
+    assert Plan("batch", 20, 20_000, 1, 5.0, 20).estimated_s == pytest.approx(ROUND_TRIP_S)
+    assert Plan("batch", 10, 10_000, 1, None, None).estimated_s == pytest.approx(ROUND_TRIP_S)
+    assert Plan("batch", 0, 0, 0, 5.0, 20).estimated_s == 0.0
+    assert "100 request(s)" in str(plan) and "16.5 s" in str(plan)
+    assert "about 0.0 s" not in str(Plan("batch", 20, 20_000, 1, 5.0, 20))
+    assert plan.as_dict()["estimated_s"] == pytest.approx(16.0 + ROUND_TRIP_S)
     r = result(["planned"] * 3, dry_run=True, plan=plan)
     assert r.planned == 3 and "Dry run" in repr(r) and "Plan:" in repr(r)
 
