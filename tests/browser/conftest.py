@@ -71,6 +71,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the item, so ``page`` can tell that its test failed."""
+    report = yield
+    setattr(item, f"mm_report_{report.when}", report)
+    return report
+
+
 def in_ci() -> bool:
     """True on a CI machine (``CI=true``, ``1`` or ``yes``), where nothing may be skipped."""
     return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
@@ -282,13 +290,19 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, lab: Lab) -> Iterator[Any]:
-    """A fresh page (own context, 1400x1000) for one test."""
+def page(browser: Any, lab: Lab, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh page (own context, 1400x1000) for one test; when the test fails, the
+    whole page is saved as ``artifacts/browser/<test>-FAILED.png``."""
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(30_000)
     page_ = context.new_page()
     try:
         yield page_
+        report = getattr(request.node, "mm_report_call", None)
+        if report is not None and report.failed:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+            page_.screenshot(path=str(ARTIFACTS / f"{name}-FAILED.png"), full_page=True)
     finally:
         context.close()
 

@@ -68,7 +68,7 @@ def test_forms_and_a_cancelled_backfill_in_jupyterlab(lab, page, shot):
     answer = track.locator(".mm-track-answer")
     answer.filter(has_text=EVENT_ID).wait_for()
     (event_id,) = EVENT_ID.findall(answer.inner_text())
-    shot(track, "2-track-answer")
+    shot(track, "2-track-answer")  # also the README's picture of the track form
     stored = json.loads(lab.kernel_run(page, (
         "import json; print(json.dumps([[r['event_id'], r['event_name'], r['source']] "
         "for r in server.stored_events() if r['event_name'] == 'browser_signup']))"
@@ -79,16 +79,17 @@ def test_forms_and_a_cancelled_backfill_in_jupyterlab(lab, page, shot):
     limits = lab.kernel_run(page, "print(server.config.limits)").strip()
     assert limits == "production"
     backfill = panel.locator(".mm-backfill")
+    shot(backfill, "form-backfill")
     page.evaluate(WATCH_BAR)
     backfill.locator("button.mm-backfill-send").click()
     bar = backfill.locator(".mm-panel-bar .progress-bar")
     bar.wait_for()
     page.wait_for_function(MOVING, arg=3, timeout=60_000)
-    shot(backfill, "3-mid-backfill")
+    shot(backfill.locator(".mm-panel"), "3-mid-backfill")
     backfill.locator("button.mm-panel-cancel").click()
     summary = backfill.locator(".mm-panel-summary")
     summary.filter(has_text="Cancelled").wait_for(timeout=60_000)
-    shot(backfill, "4-after-cancel")
+    shot(backfill.locator(".mm-panel"), "4-after-cancel")
 
     widths = page.evaluate("() => window.__mmWidths")
     moving = sorted({w for w in widths if 0 < w < 100})
