@@ -140,6 +140,9 @@ class Form:
         self.answer = self.html("answer")
         self.history_view = self.html("history")
         self.widget: Any = None
+        #: The client the form sends with (``None``: the default one, at send time).
+        self.client: Any = None
+        self._checker: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -194,13 +197,19 @@ class Form:
         self.widget.add_class(f"mm-{self.name}")
         return self
 
-    def watch(self, check: Callable[[], None]) -> None:
-        """Run ``check`` now and on every change of any input."""
+    def check(self) -> bool:
+        """Check every input and say what is wrong beside it; ``True`` when all is well."""
+        return self._checker() if self._checker is not None else True
+
+    def watch(self, check: Callable[[], bool]) -> None:
+        """Make ``check`` the form's :meth:`check`; run it now and on every change of any
+        input."""
+        self._checker = check
         for widget in self.fields.values():
             widget.observe(lambda _change: self._safe(check), names="value")
         self._safe(check)
 
-    def _safe(self, fn: Callable[[], None]) -> None:
+    def _safe(self, fn: Callable[[], object]) -> None:
         try:
             fn()
         except Exception as exc:
@@ -345,7 +354,6 @@ def track_form(client: Any = None, *, event: str = "") -> Form:
         send.disabled = bool(problems)
         return not problems
 
-    form.check = check  # type: ignore[attr-defined]
     form.watch(check)
     return form.finish("Send one event (/v1/track)", [*rows, send])
 
@@ -379,7 +387,7 @@ def _track_fields(form: Form) -> tuple[dict[str, Any], dict[str, list[str]]]:
 def _send_track(form: Form, client: Any) -> None:
     fields, problems = _track_fields(form)
     if problems or "event" not in fields:
-        form.check()  # type: ignore[attr-defined]
+        form.check()
         form.show_answer("nothing was sent: fix the fields marked in red", _RED)
         return
     event = fields.pop("event")
@@ -446,7 +454,6 @@ def identify_form(client: Any = None) -> Form:
         send.disabled = bool(problems)
         return not problems
 
-    form.check = check  # type: ignore[attr-defined]
     form.watch(check)
     return form.finish("Identify a user (/v1/identify)", [*rows, send])
 
@@ -471,7 +478,7 @@ def _identify_body(form: Form) -> tuple[dict[str, Any] | None, dict[str, list[st
 def _send_identify(form: Form, client: Any) -> None:
     body, _, _ = _identify_body(form)
     if body is None:
-        form.check()  # type: ignore[attr-defined]
+        form.check()
         form.show_answer("nothing was sent: fix the fields marked in red", _RED)
         return
     what = f"{body['anonymous_id']} → {body['user_id']}"
@@ -521,7 +528,6 @@ def forget_form(client: Any = None) -> Form:
         send.disabled = bool(problems)
         return not problems
 
-    form.check = check  # type: ignore[attr-defined]
     form.watch(check)
     return form.finish("Forget a user (/v1/forget)", [*rows, send])
 
@@ -546,7 +552,7 @@ def _forget_target(form: Form) -> tuple[str | None, dict[str, list[str]]]:
 def _send_forget(form: Form, client: Any) -> None:
     user, problems = _forget_target(form)
     if user is None:
-        form.check()  # type: ignore[attr-defined]
+        form.check()
         form.show_answer("nothing was sent: " + "; ".join(
             m for msgs in problems.values() for m in msgs
         ), _RED)
