@@ -209,6 +209,27 @@ class Form:
             widget.observe(lambda _change: self._safe(check), names="value")
         self._safe(check)
 
+    def watch_problems(
+        self,
+        problems_of: Callable[[], dict[str, list[str]]],
+        button: Any,
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        """:meth:`watch` with a check made of ``problems_of()`` (input name -> what is
+        wrong): each input's note is rewritten, then ``after()`` runs, and ``button`` is
+        disabled while anything is wrong."""
+
+        def check() -> bool:
+            problems = problems_of()
+            for part in self.fields:
+                self.say(part, "; ".join(problems.get(part, [])))
+            if after is not None:
+                after()
+            button.disabled = bool(problems)
+            return not problems
+
+        self.watch(check)
+
     def _safe(self, fn: Callable[[], object]) -> None:
         try:
             fn()
@@ -347,14 +368,7 @@ def track_form(client: Any = None, *, event: str = "") -> Form:
     f["event"].value = event
     send = form.button("send", "Send", lambda: _send_track(form, client), button_style="primary")
 
-    def check() -> bool:
-        _, problems = _track_fields(form)
-        for part in f:
-            form.say(part, "; ".join(problems.get(part, [])))
-        send.disabled = bool(problems)
-        return not problems
-
-    form.watch(check)
+    form.watch_problems(lambda: _track_fields(form)[1], send)
     return form.finish("Send one event (/v1/track)", [*rows, send])
 
 
@@ -440,21 +454,16 @@ def identify_form(client: Any = None) -> Form:
         form.text("user_id", "user_id"),
         form.json_editor("traits", "traits", '{"plan": "pro"}'),
     ]
-    f = form.fields
     send = form.button(
         "send", "Identify", lambda: _send_identify(form, client), button_style="primary"
     )
 
-    def check() -> bool:
-        _, problems, warning = _identify_body(form)
-        for part in f:
-            form.say(part, "; ".join(problems.get(part, [])))
-        if warning and "traits" not in problems:
+    def warn_traits() -> None:  # the personal-data warning: beside the editor, in amber
+        _, found, warning = _identify_body(form)
+        if warning and "traits" not in found:
             form.say("traits", warning, _AMBER)
-        send.disabled = bool(problems)
-        return not problems
 
-    form.watch(check)
+    form.watch_problems(lambda: _identify_body(form)[1], send, after=warn_traits)
     return form.finish("Identify a user (/v1/identify)", [*rows, send])
 
 
@@ -515,20 +524,12 @@ def forget_form(client: Any = None) -> Form:
         form.text("confirm", "type it again"),
         form.html("statement", _html_lines(_FORGET_STATEMENT, _AMBER)),
     ]
-    f = form.fields
     send = form.button(
         "send", "Delete this user's events", lambda: _send_forget(form, client),
         button_style="danger",
     )
 
-    def check() -> bool:
-        _, problems = _forget_target(form)
-        for part in f:
-            form.say(part, "; ".join(problems.get(part, [])))
-        send.disabled = bool(problems)
-        return not problems
-
-    form.watch(check)
+    form.watch_problems(lambda: _forget_target(form)[1], send)
     return form.finish("Forget a user (/v1/forget)", [*rows, send])
 
 
