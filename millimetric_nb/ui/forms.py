@@ -12,7 +12,10 @@ imported when a form is built.
 
 CSS classes (stable; the browser tests and any custom stylesheet rely on them):
 every form's box has ``mm-<form>``, every input and button ``mm-<form>-<field>``,
-and the note beside an input ``mm-<form>-<field>-msg``.
+and the note beside an input ``mm-<form>-<field>-msg``. ipywidgets puts the class
+on the widget's outer element: a button is the ``<button>`` itself; a text field's
+``<input>`` (a JSON editor's ``<textarea>``, a dropdown's ``<select>``) is inside
+it, e.g. ``.mm-track-event input``, ``.mm-track-properties textarea``.
 
 ``track_form()`` -> ``mm-track``
     inputs ``mm-track-event``, ``mm-track-anonymous_id``, ``mm-track-user_id``,
