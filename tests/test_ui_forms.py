@@ -94,6 +94,14 @@ def test_track_form_bad_input_is_said_beside_the_field_and_sends_nothing(
     assert form.history == []
 
 
+def test_track_form_sends_through_an_async_client_too(mm_server):
+    aclient = mm.AsyncClient(mm_server.keys["sk"], mm_server.url)
+    form = ui.track_form(aclient, event="from_async")
+    form.buttons["send"].click()
+    assert [r["event_name"] for r in mm_server.stored_events()] == ["from_async"]
+    assert mm_server.stored_events()[0]["event_id"] in form.answer.value
+
+
 def test_track_form_shows_a_server_refusal_with_its_code_and_what_to_do(mm_server):
     # a key of the right shape that the server does not know: a 401, shown, not raised
     with mm.Client("sk_live_abcdefgh_notAKnownSecret", mm_server.url) as c:
@@ -298,6 +306,8 @@ def test_backfill_panel_dry_run_shows_the_plan_and_a_chart(mm_server, client):
         ("notes.txt-not-a-format", "[unknown_source_format]"),
         ("empty.csv", "[EmptyDataError]"),
         ("folder.csv", "[IsADirectoryError]"),
+        ("latin1.csv", "[UnicodeDecodeError]"),
+        ("broken.parquet", "[ArrowInvalid]"),
     ],
 )
 def test_backfill_panel_bad_path_is_said_beside_it_and_sends_nothing(
@@ -306,6 +316,8 @@ def test_backfill_panel_bad_path_is_said_beside_it_and_sends_nothing(
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "notes.txt-not-a-format").write_text("event\na\n")
     (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "latin1.csv").write_bytes("event,city\nvisit,Montr\xe9al\n".encode("latin-1"))
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
     panel = ui.backfill_panel(tmp_path / source, client=client)
     assert says in panel.messages["source"].value
     assert panel.buttons["send"].disabled

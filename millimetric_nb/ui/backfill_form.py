@@ -368,8 +368,12 @@ class BackfillPanel(Form):
     def _draw(self, result: SendResult, title: str) -> None:
         table = result.per_day()
         if table.empty:
-            self.chart.value = "<small>no chart: the rows have no timestamp column</small>" \
-                if result.timestamps is None else ""
+            why = (
+                "the source is a file (a DataFrame gets one)" if self.frame is None
+                else "no column is mapped to timestamp" if result.timestamps is None
+                else "no row has a timestamp"
+            )
+            self.chart.value = f"<small>no chart of rows per day: {html.escape(why)}</small>"
             return
         self.chart.value = chart_html(table, title=title) or html.escape(table.to_string())
 
@@ -448,8 +452,8 @@ class BackfillPanel(Form):
     def _task_done(self, task: asyncio.Task[SendResult], journal: str | None) -> None:
         if task.cancelled():
             self._settled(None, journal)
-        elif task.exception() is not None:
-            self._settled(task.exception(), journal)  # type: ignore[arg-type]
+        elif (error := task.exception()) is not None:
+            self._settled(error, journal)
         else:
             self._settled(task.result(), journal)
 

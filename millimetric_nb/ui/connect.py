@@ -52,7 +52,6 @@ def connect_form(host: str | None = None, **client_options: Any) -> Form:
     ]
     w.fields["key"].layout.width = "420px"
     w.fields["host"].value = host or os.environ.get(contract.ENV_HOST) or contract.DEFAULT_HOST
-    w.client = None  # type: ignore[attr-defined]
     button = w.button(
         "connect", "Connect", lambda: _connect(w, client_options), button_style="primary"
     )
@@ -82,7 +81,7 @@ def _connect(form: Form, options: dict[str, Any]) -> None:
         return
     finally:
         del raw
-    form.client = client  # type: ignore[attr-defined]
+    form.client = client
     what = "send events and read" if key.kind == "sk" else "read"
     form.show_answer(
         f"connected as {key.masked} to {client.host} (this key may {what}); "

@@ -12,7 +12,10 @@ imported when a form is built.
 
 CSS classes (stable; the browser tests and any custom stylesheet rely on them):
 every form's box has ``mm-<form>``, every input and button ``mm-<form>-<field>``,
-and the note beside an input ``mm-<form>-<field>-msg``.
+and the note beside an input ``mm-<form>-<field>-msg``. ipywidgets puts the class
+on the widget's outer element: a button is the ``<button>`` itself; a text field's
+``<input>`` (a JSON editor's ``<textarea>``, a dropdown's ``<select>``) is inside
+it, e.g. ``.mm-track-event input``, ``.mm-track-properties textarea``.
 
 ``track_form()`` -> ``mm-track``
     inputs ``mm-track-event``, ``mm-track-anonymous_id``, ``mm-track-user_id``,
@@ -140,6 +143,9 @@ class Form:
         self.answer = self.html("answer")
         self.history_view = self.html("history")
         self.widget: Any = None
+        #: The client the form sends with (``None``: the default one, at send time).
+        self.client: Any = None
+        self._checker: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -194,13 +200,40 @@ class Form:
         self.widget.add_class(f"mm-{self.name}")
         return self
 
-    def watch(self, check: Callable[[], None]) -> None:
-        """Run ``check`` now and on every change of any input."""
+    def check(self) -> bool:
+        """Check every input and say what is wrong beside it; ``True`` when all is well."""
+        return self._checker() if self._checker is not None else True
+
+    def watch(self, check: Callable[[], bool]) -> None:
+        """Make ``check`` the form's :meth:`check`; run it now and on every change of any
+        input."""
+        self._checker = check
         for widget in self.fields.values():
             widget.observe(lambda _change: self._safe(check), names="value")
         self._safe(check)
 
-    def _safe(self, fn: Callable[[], None]) -> None:
+    def watch_problems(
+        self,
+        problems_of: Callable[[], dict[str, list[str]]],
+        button: Any,
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        """:meth:`watch` with a check made of ``problems_of()`` (input name -> what is
+        wrong): each input's note is rewritten, then ``after()`` runs, and ``button`` is
+        disabled while anything is wrong."""
+
+        def check() -> bool:
+            problems = problems_of()
+            for part in self.fields:
+                self.say(part, "; ".join(problems.get(part, [])))
+            if after is not None:
+                after()
+            button.disabled = bool(problems)
+            return not problems
+
+        self.watch(check)
+
+    def _safe(self, fn: Callable[[], object]) -> None:
         try:
             fn()
         except Exception as exc:
@@ -338,15 +371,7 @@ def track_form(client: Any = None, *, event: str = "") -> Form:
     f["event"].value = event
     send = form.button("send", "Send", lambda: _send_track(form, client), button_style="primary")
 
-    def check() -> bool:
-        _, problems = _track_fields(form)
-        for part in f:
-            form.say(part, "; ".join(problems.get(part, [])))
-        send.disabled = bool(problems)
-        return not problems
-
-    form.check = check  # type: ignore[attr-defined]
-    form.watch(check)
+    form.watch_problems(lambda: _track_fields(form)[1], send)
     return form.finish("Send one event (/v1/track)", [*rows, send])
 
 
@@ -379,7 +404,7 @@ def _track_fields(form: Form) -> tuple[dict[str, Any], dict[str, list[str]]]:
 def _send_track(form: Form, client: Any) -> None:
     fields, problems = _track_fields(form)
     if problems or "event" not in fields:
-        form.check()  # type: ignore[attr-defined]
+        form.check()
         form.show_answer("nothing was sent: fix the fields marked in red", _RED)
         return
     event = fields.pop("event")
@@ -432,22 +457,16 @@ def identify_form(client: Any = None) -> Form:
         form.text("user_id", "user_id"),
         form.json_editor("traits", "traits", '{"plan": "pro"}'),
     ]
-    f = form.fields
     send = form.button(
         "send", "Identify", lambda: _send_identify(form, client), button_style="primary"
     )
 
-    def check() -> bool:
-        _, problems, warning = _identify_body(form)
-        for part in f:
-            form.say(part, "; ".join(problems.get(part, [])))
-        if warning and "traits" not in problems:
+    def warn_traits() -> None:  # the personal-data warning: beside the editor, in amber
+        _, found, warning = _identify_body(form)
+        if warning and "traits" not in found:
             form.say("traits", warning, _AMBER)
-        send.disabled = bool(problems)
-        return not problems
 
-    form.check = check  # type: ignore[attr-defined]
-    form.watch(check)
+    form.watch_problems(lambda: _identify_body(form)[1], send, after=warn_traits)
     return form.finish("Identify a user (/v1/identify)", [*rows, send])
 
 
@@ -471,7 +490,7 @@ def _identify_body(form: Form) -> tuple[dict[str, Any] | None, dict[str, list[st
 def _send_identify(form: Form, client: Any) -> None:
     body, _, _ = _identify_body(form)
     if body is None:
-        form.check()  # type: ignore[attr-defined]
+        form.check()
         form.show_answer("nothing was sent: fix the fields marked in red", _RED)
         return
     what = f"{body['anonymous_id']} → {body['user_id']}"
@@ -508,21 +527,12 @@ def forget_form(client: Any = None) -> Form:
         form.text("confirm", "type it again"),
         form.html("statement", _html_lines(_FORGET_STATEMENT, _AMBER)),
     ]
-    f = form.fields
     send = form.button(
         "send", "Delete this user's events", lambda: _send_forget(form, client),
         button_style="danger",
     )
 
-    def check() -> bool:
-        _, problems = _forget_target(form)
-        for part in f:
-            form.say(part, "; ".join(problems.get(part, [])))
-        send.disabled = bool(problems)
-        return not problems
-
-    form.check = check  # type: ignore[attr-defined]
-    form.watch(check)
+    form.watch_problems(lambda: _forget_target(form)[1], send)
     return form.finish("Forget a user (/v1/forget)", [*rows, send])
 
 
@@ -546,7 +556,7 @@ def _forget_target(form: Form) -> tuple[str | None, dict[str, list[str]]]:
 def _send_forget(form: Form, client: Any) -> None:
     user, problems = _forget_target(form)
     if user is None:
-        form.check()  # type: ignore[attr-defined]
+        form.check()
         form.show_answer("nothing was sent: " + "; ".join(
             m for msgs in problems.values() for m in msgs
         ), _RED)
