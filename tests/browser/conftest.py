@@ -155,6 +155,19 @@ class Lab:
             timeout=timeout_ms,
         )
 
+    def shutdown_kernels(self) -> None:
+        """End every session (and its kernel) the tests opened."""
+        auth = {"Authorization": f"token {self.token}"}
+        req = urllib.request.Request(f"{self.url}api/sessions", headers=auth)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            sessions = json.load(resp)
+        for session in sessions:
+            req = urllib.request.Request(
+                f"{self.url}api/sessions/{session['id']}", headers=auth, method="DELETE"
+            )
+            with urllib.request.urlopen(req, timeout=30):
+                pass
+
     def kernel_run(self, page: Any, code: str, timeout_ms: float = 30_000) -> str:
         """Run ``code`` in the current notebook's kernel (no cell); return its stdout.
 
@@ -305,6 +318,7 @@ def page(browser: Any, lab: Lab, request: pytest.FixtureRequest) -> Iterator[Any
             page_.screenshot(path=str(ARTIFACTS / f"{name}-FAILED.png"), full_page=True)
     finally:
         context.close()
+        lab.shutdown_kernels()  # the next test starts from an idle server
 
 
 @pytest.fixture
