@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from . import accessor as accessor  # registers df.millimetric
 from . import contract
-from .api import abackfill, backfill
+from .api import SendHandle, SendInterrupted, abackfill, backfill
+from .backfill import StopSignal
 from .client import AsyncClient
 from .errors import (
     APIError,
@@ -48,8 +49,11 @@ __all__ = [
     "MillimetricError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "SendHandle",
+    "SendInterrupted",
     "SendResult",
     "ServerError",
+    "StopSignal",
     "TransportError",
     "ValidationError",
     "ValidationReport",

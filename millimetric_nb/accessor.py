@@ -24,7 +24,15 @@ import numpy as np
 import pandas as pd
 
 from . import contract
-from .api import observer_for, run_sync_call, send_sync, sync_client
+from .api import (
+    SendHandle,
+    abackfill,
+    observer_for,
+    run_blocking,
+    send_sync,
+    start_background,
+    sync_client,
+)
 from .backfill import (
     DEFAULT_CHUNKSIZE,
     DEFAULT_CONCURRENCY,
@@ -199,20 +207,62 @@ class MillimetricAccessor:
         observer: Observer | None = None,
         chunksize: int = DEFAULT_CHUNKSIZE,
         on_ambiguous: OnAmbiguous = "resend",
+        background: bool = False,
         **mapping: Any,
-    ) -> SendResult:
+    ) -> SendResult | SendHandle:
         """Send every valid row as one event through ``/v1/batch`` (the backfill path).
 
         Mapping keywords: ``event`` (a constant name), ``event_id_col``,
         ``timestamp_col``, ``anonymous_id_col``, ``user_id_col``, ``session_id_col``,
         ``url_col``, ``path_col``, ``referrer_col``, ``properties``. See
         :func:`millimetric_nb.backfill` for the other arguments.
+
+        Blocks until done; the first kernel interrupt / Ctrl-C stops it after the
+        requests in flight and raises ``SendInterrupted`` (its ``.result`` is the
+        account). ``background=True`` returns a ``SendHandle`` at once (``.result()``,
+        ``await``, ``.cancel()``; the panel's Cancel works); so does
+        :meth:`asend_batch` awaited in a cell.
         """
+        if background:
+            return start_background(
+                self._df, route="batch", event_col=event_col, client=client,
+                dry_run=dry_run, progress=progress, journal=journal,
+                concurrency=concurrency, pii=pii, observer=observer, chunksize=chunksize,
+                on_ambiguous=on_ambiguous, **mapping,
+            )
         return send_sync(
             self._df, route="batch", stacklevel=3, event_col=event_col, client=client,
             dry_run=dry_run, progress=progress, journal=journal, concurrency=concurrency,
             pii=pii, observer=observer, chunksize=chunksize, on_ambiguous=on_ambiguous,
             **mapping,
+        )
+
+    async def asend_batch(
+        self,
+        event_col: str = "event",
+        *,
+        client: Any = None,
+        dry_run: bool = False,
+        progress: bool | str | Observer = True,
+        journal: JournalArg = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        pii: str = "warn",
+        observer: Observer | None = None,
+        chunksize: int = DEFAULT_CHUNKSIZE,
+        on_ambiguous: OnAmbiguous = "resend",
+        **mapping: Any,
+    ) -> SendResult:
+        """:meth:`send_batch`, awaited: ``result = await df.millimetric.asend_batch(...)``.
+
+        In a notebook the panel's Cancel works while it runs (the cell awaits); Cancel
+        or a first interrupt stop it after the requests in flight and the result is
+        returned with ``result.error.code`` ``"cancelled"`` / ``"interrupted"``.
+        """
+        return await abackfill(
+            self._df, event_col=event_col, client=client, dry_run=dry_run,
+            progress=progress, journal=journal, concurrency=concurrency, pii=pii,
+            observer=observer, chunksize=chunksize, on_ambiguous=on_ambiguous,
+            warn_stacklevel=3, **mapping,
         )
 
     def track(
@@ -334,21 +384,24 @@ class MillimetricAccessor:
         """identify / forget: one call per unit the preparer plans, through the engine."""
         df = self._df
         chunks, total = iter_source(df, max(1, len(df)) if whole else DEFAULT_CHUNKSIZE)
-        return run_sync_call(
+        return run_blocking(
             client,
-            run_rows(
+            lambda stop: run_rows(
                 chunks,
                 route=route,
                 prepare=prepare,
                 client=client,
                 journal=journal,
                 dry_run=dry_run,
-                observer=observer_for(progress, observer, route),
+                observer=observer_for(progress, observer, route, dry_run=dry_run,
+                                      journal=journal, client=client),
                 concurrency=concurrency,
                 total_rows=total,
                 warnings=warnings,
                 show_keys=False,
+                stop=stop,
             ),
+            journal,
         )
 
 

@@ -12,10 +12,16 @@ engine to synchronous code, and issues the data warnings with
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import datetime as dt
 import os
+import signal
+import sys
+import threading
 import warnings as _warnings
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from typing import Any, Literal
 
 import pandas as pd
@@ -26,32 +32,124 @@ from .backfill import (
     DEFAULT_CONCURRENCY,
     OnAmbiguous,
     Source,
+    StopSignal,
     event_preparer,
     field_columns,
     iter_source,
+    route_limit,
     run_rows,
 )
 from .errors import ConfigurationError
 from .journal import Journal
-from .progress import Emitter, Observer
-from .results import SendResult
-from .ui import progress_observer
+from .progress import Emitter, Observer, ProgressEvent, Stopping
+from .results import SendResult, account_line, stopped_by
+from .ui import choose_display, display_kind
 from .ui.charts import frame_timestamps
 
 _TRACK_NOTE = "track sends one request per row"
+Progress = bool | str | Observer
+#: How a send runs: awaited by the caller, blocking its (sync) caller, or as a task /
+#: thread whose handle the caller got at once. Decides whether Cancel can work.
+Mode = Literal["await", "blocking", "background"]
 
 
 def observer_for(
-    progress: bool | Observer, observer: Observer | None, route: str
+    progress: Progress,
+    observer: Observer | None,
+    route: str,
+    *,
+    dry_run: bool = False,
+    journal: Any = None,
+    client: Any = None,
+    cancel: Callable[[], Any] | None = None,
 ) -> Observer | None:
     """The observer of one send: ``observer`` plus the display ``progress`` asks for.
 
-    ``progress=True`` attaches the tqdm bar (:class:`~millimetric_nb.ui.TqdmProgress`),
-    a callable is attached as is, ``False`` attaches nothing.
+    ``progress=True`` picks the display (:func:`millimetric_nb.ui.choose_display`: the
+    live panel inside Jupyter, shown here, a tqdm text bar elsewhere; ``"widget"`` /
+    ``"text"`` / ``$MILLIMETRIC_PROGRESS`` choose), a callable is attached as is,
+    ``False`` attaches nothing. A panel gets a Cancel button calling ``cancel``, or,
+    without one (a send that blocks its cell), a line saying how to stop it.
     """
-    display = progress if callable(progress) else progress_observer(progress, f"/v1/{route}")
+    display = choose_display(
+        progress, route=route, limit=route_limit(client, route), dry_run=dry_run,
+        journal=journal,
+    )
+    if display is not None and display is not progress and hasattr(display, "show"):
+        display.show()
+    if hasattr(display, "set_cancel"):
+        display.set_cancel(cancel)  # type: ignore[union-attr]
     emitter = Emitter([observer, display])
     return emitter if emitter else None
+
+
+class SendInterrupted(KeyboardInterrupt):
+    """A synchronous send stopped by the first Ctrl-C / kernel interrupt, after its
+    requests in flight: ``.result`` is the full :class:`SendResult`.
+
+    A ``KeyboardInterrupt``, so a script still stops; its message is the account in one
+    line (stored, cut off in flight, never sent, how to resume). In a notebook it is
+    shown as that line alone, not as a traceback.
+    """
+
+    def __init__(self, result: SendResult, journal: Any = None) -> None:
+        self.result = result
+        self.line = account_line(result, journal)
+        super().__init__(self.line)
+        self.add_note("millimetric_nb: the exception's .result is the account of every row")
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows these lines instead
+        return [f"SendInterrupted: {self.line}",
+                "(the account of every row: sys.last_value.result)"]
+
+
+@contextlib.contextmanager
+def interrupts_drain(stop: StopSignal) -> Iterator[None]:
+    """While a send runs: the first SIGINT (Ctrl-C, a kernel interrupt) asks ``stop``
+    for a graceful stop; a second one goes to the handler that was there before
+    (a ``KeyboardInterrupt``, or ipykernel's cancel of an awaited cell): it stops at once.
+
+    Only in the main thread, and only over a Python-level handler (an ignored or
+    default SIGINT is left alone).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
+        yield
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if not stop.requested:
+            stop.request("interrupt")  # thread- and signal-safe: wakes the loop
+            return
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, previous)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _shows_panel(progress: Progress) -> bool:
+    if callable(progress):
+        return hasattr(progress, "set_cancel")
+    return display_kind(progress) == "widget"
+
+
+def _say_stopping(event: ProgressEvent) -> None:
+    """Without a panel: say on stderr that an interrupt is draining, and what a second does."""
+    if isinstance(event, Stopping) and event.reason == "interrupt":
+        print(
+            f"millimetric_nb: stopping: nothing new is sent; waiting for {event.in_flight} "
+            "request(s) in flight (interrupt again to stop at once)",
+            file=sys.stderr, flush=True,
+        )
 
 
 def track_warning(total: int | None) -> str | None:
@@ -122,6 +220,8 @@ async def abackfill(
     now: dt.datetime | None = None,
     route: Literal["batch", "track"] = "batch",
     warn_stacklevel: int = 2,
+    stop: StopSignal | None = None,
+    _mode: Mode = "await",
     **mapping: Any,
 ) -> SendResult:
     """Send every valid row of ``source`` as events; the ``await``-able backfill.
@@ -143,7 +243,9 @@ async def abackfill(
         journal: a path (or :class:`~millimetric_nb.journal.Journal`): acknowledged
             ids are recorded there and skipped on the next run.
         dry_run: validate and plan only; no request is made (no client needed).
-        progress: draw a tqdm bar (or pass an observer callable).
+        progress: ``True``: the live panel inside Jupyter (with Cancel, since the send
+            is awaited), a tqdm text bar elsewhere; ``"widget"`` / ``"text"`` choose
+            (``$MILLIMETRIC_PROGRESS`` too); a callable is an observer; ``False``: none.
         observer: a callable receiving every progress event.
         concurrency: requests in flight at once (the client's bucket sets the pace).
         chunksize: rows validated and encoded at a time.
@@ -156,6 +258,12 @@ async def abackfill(
         route: ``"batch"`` (default) or ``"track"`` (one request per row).
         warn_stacklevel: where the data warnings (also in ``result.warnings``) point;
             ``0`` issues none (the synchronous faces issue them themselves).
+        stop: a :class:`~millimetric_nb.backfill.StopSignal`; ``stop.request()`` stops
+            the send gracefully. The panel's Cancel and the first Ctrl-C / kernel
+            interrupt do the same: nothing new leaves, the requests in flight are
+            awaited, and the result (returned, not raised) accounts for every row,
+            with ``result.error.code`` ``"cancelled"`` / ``"interrupted"``. A second
+            interrupt stops at once.
         **mapping: ``event``, ``event_col``, ``event_id_col``, ``timestamp_col``,
             ``anonymous_id_col``, ``user_id_col``, ``session_id_col``, ``url_col``,
             ``path_col``, ``referrer_col``, ``properties``.
@@ -172,24 +280,160 @@ async def abackfill(
     slow = track_warning(total) if route == "track" else None
     if slow and warn_stacklevel:
         _warnings.warn(slow, UserWarning, stacklevel=warn_stacklevel)
-    result = await run_rows(
-        chunks,
-        route=route,
-        prepare=prepare,
-        client=client,
-        journal=journal,
-        dry_run=dry_run,
-        observer=observer_for(progress, observer, route),
-        concurrency=concurrency,
-        on_ambiguous=on_ambiguous,
-        total_rows=total,
-        warnings=[slow] if slow else (),
+    stop = stop if stop is not None else StopSignal()
+    display = observer_for(
+        progress, observer, route, dry_run=dry_run, journal=journal, client=client,
+        cancel=None if _mode == "blocking" else stop.request,
     )
+    # "blocking": the synchronous face installed the interrupt handler around the bridge
+    drain = interrupts_drain(stop) if _mode == "await" else contextlib.nullcontext()
+    with drain:
+        result = await run_rows(
+            chunks,
+            route=route,
+            prepare=prepare,
+            client=client,
+            journal=journal,
+            dry_run=dry_run,
+            observer=Emitter([display, None if _shows_panel(progress) else _say_stopping]),
+            concurrency=concurrency,
+            on_ambiguous=on_ambiguous,
+            total_rows=total,
+            warnings=[slow] if slow else (),
+            stop=stop,
+        )
     if isinstance(source, pd.DataFrame):  # for result.per_day() and its chart (no copy)
         result.timestamps = frame_timestamps(source, mapping)
     if warn_stacklevel:
         issue_warnings(result, warn_stacklevel)
     return result
+
+
+def run_blocking(
+    client: Any,
+    start: Callable[[StopSignal], Coroutine[Any, Any, SendResult]],
+    journal: Any = None,
+) -> SendResult:
+    """Run a send to its end from synchronous code, the first interrupt draining it.
+
+    ``start(stop)`` makes the send's coroutine. The first Ctrl-C / kernel interrupt
+    stops the send after its requests in flight and raises :class:`SendInterrupted`
+    carrying the full account; a second one stops at once (a plain
+    ``KeyboardInterrupt``, through :func:`run_sync_call`).
+    """
+    stop = StopSignal()
+    with interrupts_drain(stop):
+        result = run_sync_call(client, start(stop))
+    if stopped_by(result) == "interrupted":
+        raise SendInterrupted(result, journal)
+    return result
+
+
+_RUNNING: set[asyncio.Task[SendResult]] = set()
+
+
+class SendHandle:
+    """A send started with ``background=True``: it runs as a task on the running event
+    loop (in Jupyter: the kernel's, so the cell returns and widget clicks work) or,
+    outside one, on a background thread.
+
+    ``.result()`` (blocks) or ``await handle`` gives the :class:`SendResult`;
+    ``.cancel()`` stops it gracefully (nothing new leaves, the requests in flight are
+    awaited, every row accounted for), as the panel's Cancel button does; ``.done()``.
+    While ``await handle`` waits, the first interrupt cancels the same way.
+    """
+
+    def __init__(
+        self,
+        future: asyncio.Future[SendResult] | concurrent.futures.Future[SendResult],
+        stop: StopSignal,
+        panel: Any = None,
+        route: str = "batch",
+    ) -> None:
+        self._future = future
+        self._stop = stop
+        self.panel = panel
+        self.route = route
+
+    def cancel(self) -> None:
+        """Stop the send after its requests in flight (the result still accounts for all)."""
+        self._stop.request("cancel")
+
+    def done(self) -> bool:
+        """Whether the send ended (its result is ready)."""
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> SendResult:
+        """The :class:`SendResult`, waiting for the send to end (``timeout`` seconds at most)."""
+        fut = self._future
+        if isinstance(fut, concurrent.futures.Future):
+            return fut.result(timeout)
+        if fut.done():
+            return fut.result()
+        from .sync import run_sync
+
+        async def wait() -> SendResult:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+
+        return run_sync(wait())
+
+    def __await__(self) -> Generator[Any, None, SendResult]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> SendResult:
+        fut = self._future
+        waited = asyncio.wrap_future(fut) if isinstance(fut, concurrent.futures.Future) else fut
+        with interrupts_drain(self._stop):
+            return await asyncio.shield(waited)
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "running"
+        return (f"<SendHandle /v1/{self.route} {state}: .cancel() stops it, .result() or "
+                "await it for the SendResult>")
+
+
+def start_background(
+    source: Source,
+    *,
+    route: Literal["batch", "track"],
+    client: Any = None,
+    dry_run: bool = False,
+    progress: Progress = True,
+    journal: Any = None,
+    **options: Any,
+) -> SendHandle:
+    """Start a send and return its :class:`SendHandle` at once (``background=True``)."""
+    client = sync_client(client, dry_run)
+    stop = StopSignal()
+    panel = choose_display(progress, route=route, limit=route_limit(client, route),
+                           dry_run=dry_run, journal=journal)
+    if panel is not None and panel is not progress and hasattr(panel, "show"):
+        panel.show()
+    coro = abackfill(
+        source, route=route, client=client, dry_run=dry_run, journal=journal,
+        progress=panel if panel is not None else False, stop=stop, warn_stacklevel=0,
+        _mode="background", **options,
+    )
+    shown = panel if hasattr(panel, "set_cancel") else None
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        task = loop.create_task(coro)
+        _RUNNING.add(task)  # the loop keeps only a weak reference to its tasks
+        task.add_done_callback(_RUNNING.discard)
+        return SendHandle(task, stop, shown, route)
+    future: concurrent.futures.Future[SendResult] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(run_sync_call(client, coro))
+        except BaseException as exc:  # handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="millimetric-send", daemon=False).start()
+    return SendHandle(future, stop, shown, route)
 
 
 def send_sync(
@@ -205,18 +449,21 @@ def send_sync(
 
     Works in a script and inside Jupyter's running loop. ``stacklevel`` counts from
     here: the track-throughput warning is issued before the run, the data warnings
-    after it, both pointing at the user's line.
+    after it, both pointing at the user's line. The first interrupt drains the send
+    and raises :class:`SendInterrupted` (see :func:`run_blocking`).
     """
     if route == "track" and isinstance(source, pd.DataFrame):
         slow = track_warning(len(source))
         if slow:
             _warnings.warn(slow, UserWarning, stacklevel=stacklevel)
     client = sync_client(client, dry_run)
-    result = run_sync_call(
+    result = run_blocking(
         client,
-        abackfill(
-            source, route=route, warn_stacklevel=0, client=client, dry_run=dry_run, **options
+        lambda stop: abackfill(
+            source, route=route, warn_stacklevel=0, client=client, dry_run=dry_run,
+            stop=stop, _mode="blocking", **options,
         ),
+        options.get("journal"),
     )
     issue_warnings(result, stacklevel)
     return result
@@ -235,12 +482,23 @@ def backfill(
     pii: str = "warn",
     on_ambiguous: OnAmbiguous = "resend",
     now: dt.datetime | None = None,
+    background: bool = False,
     **mapping: Any,
-) -> SendResult:
+) -> SendResult | SendHandle:
     """Send every valid row of ``source`` through ``/v1/batch``; see :func:`abackfill`.
 
-    The synchronous face (works in a script and inside Jupyter's running loop).
+    The synchronous face (works in a script and inside Jupyter's running loop). The
+    first Ctrl-C / kernel interrupt stops it after its requests in flight and raises
+    :class:`SendInterrupted` (a ``KeyboardInterrupt``) whose ``.result`` is the
+    account; a second one stops at once. ``background=True`` returns a
+    :class:`SendHandle` at once instead (the panel's Cancel then works).
     """
+    if background:
+        return start_background(
+            source, route="batch", client=client, journal=journal, dry_run=dry_run,
+            progress=progress, observer=observer, concurrency=concurrency,
+            chunksize=chunksize, pii=pii, on_ambiguous=on_ambiguous, now=now, **mapping,
+        )
     return send_sync(
         source, route="batch", stacklevel=3, client=client, journal=journal, dry_run=dry_run,
         progress=progress, observer=observer, concurrency=concurrency, chunksize=chunksize,
@@ -249,12 +507,17 @@ def backfill(
 
 
 __all__ = [
+    "SendHandle",
+    "SendInterrupted",
     "abackfill",
     "backfill",
+    "interrupts_drain",
     "issue_warnings",
     "observer_for",
+    "run_blocking",
     "run_sync_call",
     "send_sync",
+    "start_background",
     "sync_client",
     "track_warning",
 ]

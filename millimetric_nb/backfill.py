@@ -34,9 +34,11 @@ already sent is not lost) with ``result.error`` set, shown at the top of its rep
 cannot be written stops the run the same way (``journal_failed``). A source that
 cannot be read further (a corrupt line, an item that is not a DataFrame) ends the
 reading: the rows read so far are sent and accounted, and ``result.error`` says
-where it stopped. An interruption
-(KeyboardInterrupt, task cancellation) propagates; the journal holds what was
-acknowledged, and running again with it resumes.
+where it stopped. A graceful stop (``stop=``, a :class:`StopSignal`: the Cancel
+button, the first Ctrl-C) sends nothing new, awaits the requests on the wire, and
+returns the full account (rows never sent are ``failed`` with ``cancelled`` /
+``interrupted``). A hard interruption (KeyboardInterrupt, task cancellation)
+propagates; the journal holds what was acknowledged, and running again with it resumes.
 
 Ambiguity: see :mod:`millimetric_nb.results` (statuses) and
 :mod:`millimetric_nb.journal` (resume policy: uncertain ids are resent by
@@ -89,6 +91,7 @@ from .progress import (
     ProgressEvent,
     RequestSent,
     Retrying,
+    Stopping,
     Waiting,
 )
 from .results import STATUS_CODES, STATUSES, Plan, SendResult, empty_rows
@@ -400,6 +403,61 @@ SendFn = Callable[[_Request, Observer], Awaitable[Any]]
 Preparer = Callable[[pd.DataFrame, int], PreparedRows]
 
 
+class StopSignal:
+    """Asks a running send to stop gracefully: nothing new leaves, the requests already
+    on the wire are awaited (bounded by the client's timeouts) and journaled, and the
+    run returns its full account (``result.error.code``: ``"cancelled"`` or
+    ``"interrupted"``; the rows never sent are ``failed`` with that code).
+
+    Pass one as ``stop=`` to :func:`run_rows` (or ``millimetric_nb.abackfill``) and
+    call :meth:`request` from anywhere: the loop's thread (a Cancel button), another
+    thread, or a signal handler. A request made before the run starts stops it at once.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._target: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was asked for."""
+        return self.reason is not None
+
+    def request(self, reason: str = "cancel") -> None:
+        """Ask for the stop (``reason``: ``"cancel"`` or ``"interrupt"``; the first wins)."""
+        if self.reason is None:
+            self.reason = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        target = self._target
+        if target is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
+                target[0].call_soon_threadsafe(target[1])
+
+    def bind(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        """Attach a running send (done by :func:`run_rows`)."""
+        self._target = (loop, callback)
+        if self.reason is not None:
+            self._wake()
+
+    def unbind(self) -> None:
+        """Detach the send (it ended)."""
+        self._target = None
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One request being sent, as its own task, so that a stop can call it off."""
+
+    on_wire: bool  # an attempt left and has not been answered yet
+    left: bool = False  # some attempt left (its ids were journaled pending)
+    maybe_written: bool = False  # an earlier attempt may have been written
+    called_off: bool = False  # cancelled by a stop before (again) leaving
+    attempts: int = 0
+    task: asyncio.Future[Any] | None = None
+
+
 def _is_fatal(exc: MillimetricError) -> bool:
     return isinstance(exc, (KeyRefusedError, ConfigurationError)) or exc.status in (401, 403)
 
@@ -440,6 +498,8 @@ class _Run:
     announces_sends: bool = False
     resent_uncertain: int = 0
     skipped_uncertain: int = 0
+    stopping: str | None = None  # a graceful stop was asked for ("cancel" / "interrupt")
+    flight_of: dict[int, _Flight] = field(default_factory=dict)  # requests being sent
 
     # ---------------------------------------------------------------- bookkeeping
 
@@ -767,6 +827,77 @@ class _Run:
         if isinstance(event, (RequestSent, Retrying, Waiting)):
             self.emit(event)
 
+    def request_stop(self, reason: str) -> None:
+        """A graceful stop (Cancel, a first interrupt): nothing new leaves, the requests
+        on the wire are awaited, every other row ends ``failed`` (not sent)."""
+        if self.stopping is not None:
+            return
+        self.stopping = reason
+        if reason == "interrupt":
+            err = MillimetricError(
+                "the send was interrupted (Ctrl-C or a kernel interrupt): nothing new was "
+                "sent after it, the requests in flight were awaited", code="interrupted")
+        else:
+            err = MillimetricError(
+                "the send was cancelled: nothing new was sent after it, the requests in "
+                "flight were awaited", code="cancelled")
+        if self.stop_error is None:  # the account says it; no warning about it
+            self.stop_error = err
+        flights = list(self.flight_of.values())
+        for flight in flights:
+            if not flight.on_wire and flight.task is not None:
+                flight.called_off = True
+                flight.task.cancel()
+        self.emit(Stopping(self.route, reason, sum(f.on_wire for f in flights)))
+
+    async def fly(self, req: _Request, observer: Observer, flight: _Flight) -> Any:
+        """Send ``req`` as its own task; a stop calls it off unless an attempt is on the
+        wire (then it is awaited). Raises ``_NotBegun`` when called off."""
+        assert self.send is not None
+
+        def watch(event: ProgressEvent) -> None:
+            if isinstance(event, RequestSent):
+                if self.stopping is not None:
+                    raise _NotBegun  # nothing new leaves once a stop was asked for
+                observer(event)  # journals the ids pending (or raises _NotBegun)
+                flight.left = flight.on_wire = True
+                flight.attempts += 1
+                return
+            if isinstance(event, Retrying):
+                flight.on_wire = False
+                flight.maybe_written = flight.maybe_written or event.ambiguous
+                if self.stopping is not None and flight.task is not None:
+                    flight.called_off = True
+                    flight.task.cancel()  # no retry after a stop: ends the backoff sleep
+            observer(event)
+
+        flight.task = asyncio.ensure_future(self.send(req, watch))
+        self.flight_of[id(flight)] = flight
+        try:
+            return await flight.task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if flight.called_off and (me is None or not me.cancelling()):
+                raise _NotBegun from None
+            raise
+        finally:
+            del self.flight_of[id(flight)]
+
+    async def call_off(self, req: _Request, flight: _Flight) -> None:
+        """A request kept from leaving (again) by a stop: ``failed`` (not sent), or
+        ``ambiguous`` when an earlier attempt may have been written."""
+        err = self.stop_error
+        assert err is not None
+        if flight.maybe_written:
+            cut = MillimetricError(
+                f"the run stopped ({err.code}) between attempts; an earlier attempt may have "
+                "been written", code=err.code, ambiguous=True, attempts=flight.attempts)
+            await self.record_failure(req, cut)
+            return
+        if flight.left and self.journal is not None and req.keys:
+            await self.journal_call("fail", req.keys, ambiguous=False)  # certainly not written
+        self.fail_request(req, err, stopped=True)
+
     def stop(self, err: MillimetricError) -> None:
         """Stop the run (the first reason wins): rows not yet sent end ``failed``."""
         if self.stop_error is None:
@@ -829,11 +960,12 @@ class _Run:
                     assert self.stop_error is not None
                     self.fail_request(req, self.stop_error, stopped=True)
                     return
+        flight = _Flight(on_wire=not self.announces_sends)
         try:
-            outcome = await self.send(req, observer)
+            outcome = await self.fly(req, observer, flight)
         except _NotBegun:
             assert self.stop_error is not None
-            self.fail_request(req, self.stop_error, stopped=True)
+            await self.call_off(req, flight)
             return
         except MillimetricError as exc:
             await self.record_failure(req, exc)
@@ -1196,6 +1328,7 @@ async def run_rows(
     total_rows: int | None = None,
     warnings: Sequence[str] = (),
     show_keys: bool = True,
+    stop: StopSignal | None = None,
 ) -> SendResult:
     """The one engine under every send: prepare each chunk, send, account for each row.
 
@@ -1203,6 +1336,7 @@ async def run_rows(
     one request (default: :func:`route_sender` over ``client``, a Client or
     AsyncClient; ``None``: the default client, unless a dry run). ``observer``
     receives every progress event; the engine never knows what displays them.
+    ``stop``: a :class:`StopSignal` whose request stops the run gracefully.
     Used by :func:`millimetric_nb.abackfill` (with :func:`event_preparer`) and by
     the accessor's identify and forget.
     """
@@ -1235,7 +1369,10 @@ async def run_rows(
     )
     for w in warnings:
         run.warn(w)
+    if stop is not None:
+        stop.bind(asyncio.get_running_loop(), lambda: run.request_stop(stop.reason or "cancel"))
     started = time.perf_counter()
+    result: SendResult | None = None
     try:
         await run.run(chunks)
         result = run.result(time.perf_counter() - started)
@@ -1244,7 +1381,9 @@ async def run_rows(
                 await asyncio.to_thread(jr.finish_run, result.counts)
         return result
     finally:
-        emit(Done(run.current_counts(), time.perf_counter() - started))
+        if stop is not None:
+            stop.unbind()
+        emit(Done(run.current_counts(), time.perf_counter() - started, result=result))
         if owned and jr is not None:
             jr.close()
 
@@ -1308,6 +1447,7 @@ __all__ = [
     "DEFAULT_CHUNKSIZE",
     "DEFAULT_CONCURRENCY",
     "PreparedRows",
+    "StopSignal",
     "body_of",
     "event_preparer",
     "field_columns",

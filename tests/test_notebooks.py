@@ -65,11 +65,12 @@ def test_quickstart_runs_against_its_own_server(tmp_path, monkeypatch):
     assert "sk_dev_" in text and "…" in text
     assert not re.search(r"sk_dev_[A-Za-z0-9]{8}_[A-Za-z0-9_\-]{4,}", text)
 
-    # the progress bar was a widget (tqdm.auto in a kernel) that reached the end
+    # the progress display was the live panel (in a kernel), its bar at the end
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     bars = [
         w["state"]
         for w in state.values()
-        if w["model_name"] == "FloatProgressModel"
+        if w["model_name"] == "IntProgressModel"
+        and "mm-panel-bar" in w["state"].get("_dom_classes", [])
     ]
     assert any(b.get("value") == b.get("max") == len(sample.events) for b in bars), bars
