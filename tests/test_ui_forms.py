@@ -370,7 +370,7 @@ def test_backfill_panel_send_runs_as_a_task_and_accounts_for_every_row(
     assert panel.result.counts["skipped"] == 1498 and mm_server.count() == 1498
 
 
-def test_backfill_panel_cancel_stops_the_send_and_a_rerun_resumes(
+def test_backfill_panel_cancel_stops_the_send_accounts_for_every_row_and_a_rerun_resumes(
     mm_server, tmp_path
 ):
     df = _events(12_000)
@@ -386,16 +386,24 @@ def test_backfill_panel_cancel_stops_the_send_and_a_rerun_resumes(
                     break
                 await asyncio.sleep(0.01)
             panel.display.cancel_button.click()  # the live panel's Cancel
-            with pytest.raises(asyncio.CancelledError):
-                await panel.task
+            await panel.task  # the send ends with its account, not an exception
             await asyncio.sleep(0)
 
         asyncio.run(cancel_midway())
-        assert panel.task.cancelled() and panel.result is None
-        assert "cancelled" in panel.answer.value and "cancel.sqlite" in panel.answer.value
+        result = panel.result
+        assert result.error is not None and result.error.code == "cancelled"
+        c1 = result.counts
+        assert c1["total"] == 12_000 and 2000 <= c1["sent"] < 12_000
+        assert c1["sent"] + c1["failed"] + c1["ambiguous"] == 12_000  # every row, one status
+        never_sent = (result.rows["status"] == "failed") & (result.rows["error"] == "cancelled")
+        assert int(never_sent.sum()) == c1["failed"] > 0
+        assert panel.display.result is result  # the live panel shows the final account
+        answer = html.unescape(panel.answer.value)
+        assert "Cancelled after" in answer
+        assert f"{c1['sent']:,} rows stored" in answer and "cancel.sqlite" in answer
         stored_at_cancel = mm_server.count()
-        assert 2000 <= stored_at_cancel < 12_000
-        asyncio.run(asyncio.sleep(0.6))  # more than one refill: nothing leaves after the cancel
+        assert c1["sent"] <= stored_at_cancel <= c1["sent"] + c1["ambiguous"]
+        asyncio.run(asyncio.sleep(0.6))  # more than one refill: nothing leaves after it
         assert mm_server.count() == stored_at_cancel
 
         async def resume() -> None:
@@ -403,7 +411,8 @@ def test_backfill_panel_cancel_stops_the_send_and_a_rerun_resumes(
             await panel.task
 
         asyncio.run(resume())
-    c = panel.result.counts
-    assert c["sent"] + c["skipped"] == 12_000 and c["failed"] == c["ambiguous"] == 0
+    c2 = panel.result.counts
+    assert c2["skipped"] == c1["sent"] and c2["sent"] + c2["skipped"] == 12_000
+    assert c2["failed"] == c2["ambiguous"] == 0
     stored_ids = {r["event_id"] for r in mm_server.stored_events()}
     assert stored_ids == set(panel.result.rows["event_id"])  # every row got in, once resumed

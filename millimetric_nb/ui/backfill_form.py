@@ -23,8 +23,10 @@ property). Validate and Dry run are dry runs of :func:`millimetric_nb.abackfill`
 (no client, no request: the plan's duration is at the production ceiling).
 Send runs :func:`millimetric_nb.abackfill` as an ``asyncio`` task on the running
 loop (the kernel's, in a notebook): the click returns at once, the live panel
-updates while the cell is idle, and its Cancel cancels the task. Without a running
-loop (a plain script) Send runs to the end before returning.
+updates while the cell is idle, and its Cancel stops the send gracefully (a
+:class:`~millimetric_nb.backfill.StopSignal`: nothing new leaves, the requests in
+flight are awaited and journaled, and the account covers every row). Without a
+running loop (a plain script) Send runs to the end before returning.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ from typing import Any
 
 import pandas as pd
 
+from ..backfill import StopSignal
 from ..errors import MillimetricError
 from ..frame import COLUMN_FIELDS, resolve_mapping
-from ..results import SendResult
+from ..results import SendResult, account_line, resume_hint, stopped_by
 from .charts import chart_html
 from .forms import Form, check_key, resolve_client
 
@@ -93,6 +96,7 @@ class BackfillPanel(Form):
         result: the last send's :class:`SendResult`, once it ended.
         failed: the rows of the last send that did not get in (a DataFrame).
         task: the running (or last) send's ``asyncio.Task``.
+        stop: its :class:`~millimetric_nb.backfill.StopSignal` (Cancel requests it).
         display: the progress display of the running (or last) send.
     """
 
@@ -122,6 +126,7 @@ class BackfillPanel(Form):
         self.result: SendResult | None = None
         self.failed: pd.DataFrame | None = None
         self.task: asyncio.Task[SendResult] | None = None
+        self.stop: StopSignal | None = None
         self.display: Any = None
         self._dict_props: Hashable | None = None
         self._refreshing = False
@@ -417,9 +422,13 @@ class BackfillPanel(Form):
         self.result = self.failed = None
         self.buttons["export"].disabled = True
         self.failed_view.value = ""
+        self.stop = StopSignal()
+        # "background": the cell has returned, so a later kernel interrupt belongs to
+        # whatever cell runs then, not to this send (Cancel is how to stop it)
         coro = abackfill(
             self.source, client=client, journal=journal, progress=self.display,
-            warn_stacklevel=0, pii=self.pii, **self.options, **self.mapping(),
+            warn_stacklevel=0, pii=self.pii, stop=self.stop, _mode="background",
+            **self.options, **self.mapping(),
         )
         self.show_answer("sending…", "color:#1565c0")
         try:
@@ -428,65 +437,63 @@ class BackfillPanel(Form):
             loop = None
         if loop is None:  # a script: run to the end here (no click can come meanwhile)
             self.display.set_cancel(None)
-            task_result: SendResult | BaseException
+            outcome: SendResult | BaseException
             try:
-                task_result = run_sync(coro)
-            except (MillimetricError, OSError, ValueError) as exc:
-                task_result = exc
-            self._settled(task_result, journal)
+                outcome = run_sync(coro)
+            except _ERRORS as exc:
+                outcome = exc
+            self._settled(outcome, journal)
             return
-        self.task = loop.create_task(coro)
-        self.display.set_cancel(self.cancel)  # the live panel's Cancel button
+        self.task = loop.create_task(coro)  # the live panel's Cancel asks self.stop
         self.check()
         self.task.add_done_callback(lambda t: self._safe(lambda: self._task_done(t, journal)))
 
     def cancel(self) -> None:
-        """Stop the running send (after the requests in flight); the account is shown."""
+        """Stop the running send gracefully, as the live panel's Cancel does: nothing new
+        leaves, the requests in flight are awaited, and the account covers every row."""
         if not self.running:
             self.show_answer("no send is running", "color:#8a5a00")
             return
-        assert self.task is not None
-        self.task.cancel()
+        self.display.cancel()  # the panel shows "stopping", then asks self.stop
+        if self.stop is not None:  # in case the run had not yet given the panel its stop
+            self.stop.request("cancel")
         self.show_answer("cancelling: waiting for the requests in flight…", "color:#8a5a00")
 
     def _task_done(self, task: asyncio.Task[SendResult], journal: str | None) -> None:
-        if task.cancelled():
-            self._settled(None, journal)
+        if task.cancelled():  # cancelled from outside (the loop closing): no account
+            self.show_answer("the send's task was cancelled before it gave an account; "
+                             f"{resume_hint(journal)}", "color:#b00020")
+            self.record("backfill", "task cancelled", ok=False)
         elif (error := task.exception()) is not None:
             self._settled(error, journal)
         else:
             self._settled(task.result(), journal)
 
-    def _settled(self, outcome: SendResult | BaseException | None, journal: str | None) -> None:
+    def _settled(self, outcome: SendResult | BaseException, journal: str | None) -> None:
         self.check()
-        if isinstance(outcome, SendResult) and self.display.result is None:
-            self.display.set_result(outcome)  # when the engine's Done did not carry it
-        resume = (f"To resume, click Send again with the journal {journal!r}: the rows it "
-                  "holds as sent are skipped" if journal
-                  else "No journal was kept: a rerun sends every row again")
-        if outcome is None:
-            counts = getattr(self.display, "final", None) or getattr(self.display, "counts", {})
-            shown = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total")
-            self.show_answer(f"cancelled: {shown}. {resume}", "color:#8a5a00")
-            self.record("backfill", "cancelled", ok=False)
-            return
         if isinstance(outcome, BaseException):
             self.show_error(outcome)
             self.record("backfill", f"error {getattr(outcome, 'code', type(outcome).__name__)}",
                         ok=False)
             return
+        if self.display.result is None:
+            self.display.set_result(outcome)  # when the engine's Done did not carry it
         self.result = outcome
         self.failed = outcome.failed
         self._draw(outcome, "rows per day by outcome")
         c = outcome.counts
-        headline = outcome._headline()
         ok = outcome.ok
-        self.show_answer(
-            headline if ok else f"{headline}. The rows that did not get in are below: fix "
-            "them and send them again, or write them to a CSV.",
-            "color:#1b5e20" if ok else "color:#b00020",
-        )
-        self.record("backfill", f"sent {c['sent']:,} of {c['total']:,}", ok=ok)
+        line = account_line(outcome, journal)
+        if stopped_by(outcome) is not None:
+            self.show_answer(line, "color:#8a5a00")
+            self.record("backfill", f"cancelled: sent {c['sent']:,} of {c['total']:,}", ok=False)
+        else:
+            self.show_answer(
+                line if ok else f"{line}. The rows that did not get in are below: fix them "
+                "and send them again, or write them to a CSV.",
+                "color:#1b5e20" if ok else "color:#b00020",
+            )
+            self.record("backfill", f"sent {c['sent']:,} of {c['total']:,}", ok=ok)
         if len(self.failed):
             self.failed_view.value = (
                 f"<b>{len(self.failed):,} row(s) did not get in</b> (<code>panel.failed</code>)"
