@@ -73,16 +73,6 @@ print('BAD', json.dumps({**bad, 'added': server.count() - before}))
 """
 
 
-def _execute(nb: Any, tmp_path: Path) -> None:
-    nbclient.NotebookClient(
-        nb,
-        timeout=180,
-        kernel_name="python3",
-        store_widget_state=True,
-        resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
-
-
 def _printed(nb: Any, tag: str) -> dict[str, Any]:
     for cell in nb.cells:
         for out in cell.get("outputs", []):
@@ -107,7 +97,9 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, str]:
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MILLIMETRIC_HOST", raising=False)
         mp.setenv("MILLIMETRIC_KEY", key)
-        _execute(nb, tmp_path)
+        from notebook_run import execute
+
+        execute(nb, tmp_path)
     return nb, key
 
 

@@ -22,15 +22,9 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 def _execute(path: Path, tmp_path: Path) -> nbformat.NotebookNode:
-    nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(
-        nb,
-        timeout=180,
-        kernel_name="python3",
-        store_widget_state=True,
-        resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
-    return nb
+    from notebook_run import execute
+
+    return execute(nbformat.read(path, as_version=4), tmp_path)
 
 
 def _stdout(nb: nbformat.NotebookNode) -> str:
