@@ -32,9 +32,13 @@ test: venv lint
 stress: venv
 	HYPOTHESIS_PROFILE=stress MM_SCHEMATHESIS_EXAMPLES=500 \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=3600 -m "slow or hypothesis"
+# only the real-browser tests (JupyterLab + Playwright + /usr/bin/chromium); `test` runs them too.
+# Screenshots land in artifacts/browser/.
+browser: venv
+	$(BIN)/python -m pytest -q tests/browser
 
 bench: venv
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .millimetric .pytest_cache
+	rm -rf $(VENV) .millimetric .pytest_cache artifacts

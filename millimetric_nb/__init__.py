@@ -31,7 +31,8 @@ from .journal import Journal
 from .keys import ApiKey, mask
 from .read import query, query_all, sources, stats
 from .results import SendResult
-from .sync import Client, connect, default_client
+from .sync import Client, default_client
+from .ui.connect import connect  # sync.connect, or the connect form in a notebook without a key
 from .validate import ValidationReport, validate_frame
 
 __version__ = "0.1.0"

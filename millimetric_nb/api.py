@@ -45,6 +45,7 @@ from .journal import Journal
 from .progress import Emitter, Observer, ProgressEvent, Stopping
 from .results import SendResult, account_line, stopped_by
 from .ui import choose_display, display_kind
+from .ui.charts import frame_timestamps
 
 _TRACK_NOTE = "track sends one request per row"
 Progress = bool | str | Observer
@@ -334,6 +335,8 @@ async def abackfill(
             warnings=[slow] if slow else (),
             stop=stop,
         )
+    if isinstance(source, pd.DataFrame):  # for result.per_day() and its chart (no copy)
+        result.timestamps = frame_timestamps(source, mapping)
     refused = result.error
     if (refused is not None and refused.code == RULE_PII
             and result.counts["sent"] + result.counts["ambiguous"] == 0):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -655,6 +655,9 @@ class Verification:
         unexpected: ids the server holds that were not expected (each once).
         duplicated: ids stored more than once, with their count.
         complete: ``False`` if the read could not see every stored row.
+        per_day: rows per UTC day: ``sent`` (the expected ids, dated by the
+            ``timestamps`` given to :func:`verify`, else by their stored time) and
+            ``stored`` (every row of the window); drawn by the HTML repr and :meth:`plot`.
     """
 
     expected: int
@@ -663,6 +666,29 @@ class Verification:
     unexpected: list[str]
     duplicated: dict[str, int]
     complete: bool
+    per_day: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+
+    def plot(self) -> bytes | None:
+        """Sent against stored per day as PNG bytes (``None`` without matplotlib or days)."""
+        from .ui.charts import chart_png
+
+        if self.per_day is None:
+            return None
+        return chart_png(self.per_day, title="sent vs stored per day", stacked=False)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        from .ui.charts import chart_html
+
+        color = "#1b5e20" if self.ok else "#b00020"
+        chart = "" if self.per_day is None else chart_html(
+            self.per_day, title="sent vs stored per day", stacked=False
+        )
+        return (
+            f"<div class='millimetric-verify'><p style='color:{color}'>"
+            f"{html.escape(str(self))}</p>{chart}</div>"
+        )
 
     @property
     def ok(self) -> bool:
@@ -685,9 +711,17 @@ async def averify(
     *,
     event: str | None = None,
     client: Any = None,
+    timestamps: Iterable[Any] | None = None,
 ) -> Verification:
     """Async :func:`verify`."""
-    expected = {str(e) for e in event_ids}
+    sent_ids = [str(e) for e in event_ids]
+    expected = set(sent_ids)
+    stamps = None if timestamps is None else list(timestamps)
+    if stamps is not None and len(stamps) != len(sent_ids):  # refused before any read
+        raise ValidationError(
+            f"timestamps has {len(stamps)} values for {len(sent_ids)} event ids",
+            code="invalid_params",
+        )
     stored = await aquery_all(from_, to, event=event, client=client)
     ids = stored["event_id"]
     if len(stored) and ids.isna().all():
@@ -704,7 +738,25 @@ async def averify(
         unexpected=sorted(set(counts.index) - expected),
         duplicated={str(k): int(v) for k, v in counts[counts > 1].items()},
         complete=bool(stored.attrs.get("complete", True)),
+        per_day=_sent_and_stored(sent_ids, stamps, stored),
     )
+
+
+def _sent_and_stored(
+    ids: list[str], timestamps: list[Any] | None, stored: pd.DataFrame
+) -> pd.DataFrame:
+    """Rows per day: the expected ids (``sent``) and every stored row (``stored``)."""
+    from .ui.charts import per_day
+
+    if timestamps is not None:
+        sent_days = timestamps
+    else:  # dated by where they were stored; missing ones have no day to show
+        first = stored.dropna(subset=["event_id"]).drop_duplicates("event_id")
+        when = dict(zip(first["event_id"], first["timestamp"], strict=True))
+        sent_days = [when.get(i) for i in ids]
+    days = [*sent_days, *stored["timestamp"]]
+    labels = ["sent"] * len(sent_days) + ["stored"] * len(stored)
+    return per_day(days, labels)
 
 
 def verify(
@@ -714,6 +766,7 @@ def verify(
     *,
     event: str | None = None,
     client: Any = None,
+    timestamps: Iterable[Any] | None = None,
 ) -> Verification:
     """Check that the events with ``event_ids`` are stored, each exactly once, in ``[from_, to)``.
 
@@ -722,10 +775,15 @@ def verify(
     duplicate replay), what is stored twice (the server does not deduplicate).
     Needs ``event_id`` in ``/v1/query`` rows (this project's local server serves it).
     Typical use after a backfill: ``verify(result.rows.event_id[result.rows.status ==
-    "sent"], start, end)``.
+    "sent"], start, end)``. ``timestamps`` (optional, one per id: the sent rows'
+    timestamps) date the sent events in ``.per_day`` and the chart; without them
+    each is dated by its stored time.
     """
     ids = list(event_ids)
-    return _run_sync(client, lambda c: averify(ids, from_, to, event=event, client=c))
+    stamps = None if timestamps is None else list(timestamps)
+    return _run_sync(
+        client, lambda c: averify(ids, from_, to, event=event, client=c, timestamps=stamps)
+    )
 
 
 __all__ = [

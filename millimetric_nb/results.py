@@ -172,6 +172,8 @@ class SendResult:
         dry_run: nothing was sent.
         error: the error that stopped the run early (401/403, refused key), if any;
             rows not sent because of it are ``failed`` with its code.
+        timestamps: the input's ``timestamp`` column, row for row, when the source was
+            one DataFrame with one (for :meth:`per_day` and the chart in the HTML repr).
     """
 
     rows: pd.DataFrame
@@ -183,6 +185,7 @@ class SendResult:
     dry_run: bool = False
     route: str = "batch"
     error: MillimetricError | None = None
+    timestamps: pd.Series | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ counts
 
@@ -275,6 +278,17 @@ class SendResult:
             lines.append(f"  .failed holds {len(self.failed):,} row(s) to fix and resend")
         return "\n".join(lines)
 
+    def per_day(self) -> pd.DataFrame:
+        """Rows per UTC day (of their ``timestamp``) and status; empty without timestamps.
+
+        Rows with no timestamp (the server gives them its own time) are not counted.
+        """
+        from .ui.charts import per_day
+
+        if self.timestamps is None or len(self.timestamps) != len(self.rows):
+            return per_day([], [])
+        return per_day(self.timestamps.to_numpy(), self.rows["status"].to_numpy())
+
     def _repr_html_(self) -> str:
         e = html.escape
         c = self.counts
@@ -290,10 +304,15 @@ class SendResult:
             sample = "<details><summary>rows that did not get in</summary>" + (
                 bad.head(20).to_html(escape=True)
             ) + "</details>"
+        chart = ""
+        if self.timestamps is not None:
+            from .ui.charts import chart_html
+
+            chart = chart_html(self.per_day(), title="rows per day")
         return (
             "<div class='millimetric-result'>"
             f"<p>{e(self._headline())}</p><table><tr>{cells}</tr></table>"
-            f"<ul>{notes}</ul>{sample}</div>"
+            f"<ul>{notes}</ul>{chart}{sample}</div>"
         )
 
 

@@ -23,12 +23,9 @@ SHIPPED = ("01-quickstart.ipynb", "02-backfill.ipynb", "04-gdpr-forget.ipynb")
 
 def execute(path: Path, cwd: Path, timeout: int = 240) -> nbformat.NotebookNode:
     """Run ``path`` top to bottom in a fresh python3 kernel with ``cwd`` as its folder."""
-    nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
-        resources={"metadata": {"path": str(cwd)}},
-    ).execute()
-    return nb
+    from notebook_run import execute as run
+
+    return run(nbformat.read(path, as_version=4), cwd, timeout)
 
 
 def outputs(nb: nbformat.NotebookNode, name: str) -> str:

@@ -1,4 +1,4 @@
-"""Displays of progress events. Presentation only: observers, never senders.
+"""The notebook and terminal displays, and the notebook forms.
 
 :class:`TqdmProgress` renders the engine's progress events with tqdm (a text bar
 in a terminal): rows done, the sent / failed / invalid / skipped counts, retries,
@@ -6,6 +6,11 @@ the rate, and a note while waiting on the rate limit or a Retry-After.
 :class:`~millimetric_nb.ui.panel.SendPanel` is the live ipywidgets panel used
 inside Jupyter (with Cancel). :func:`choose_display` picks one for ``progress=``.
 ``tqdm`` and ``ipywidgets`` are imported lazily.
+
+The forms (:func:`track_form`, :func:`identify_form`, :func:`forget_form`,
+:func:`connect_form`, :func:`backfill_panel`) live in their own modules, which send
+through the package's faces; they are loaded on first use (this module's
+``__getattr__``), so importing the displays never imports ipywidgets or the faces.
 """
 
 from __future__ import annotations
@@ -218,19 +223,43 @@ def choose_display(
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SendPanel":  # imported on use: ipywidgets only loads with a panel
+    """``ui.SendPanel``, ``ui.track_form`` and the other forms, imported on first use
+    (ipywidgets only loads with a panel or a form)."""
+    if name == "SendPanel":
         from .panel import SendPanel
 
         return SendPanel
-    raise AttributeError(name)
+    if name in ("Form", "forget_form", "identify_form", "track_form"):
+        from .forms import Form, forget_form, identify_form, track_form
+
+        found: dict[str, Any] = {
+            "Form": Form, "forget_form": forget_form, "identify_form": identify_form,
+            "track_form": track_form,
+        }
+        return found[name]
+    if name == "connect_form":
+        from .connect import connect_form
+
+        return connect_form
+    if name == "backfill_panel":
+        from .backfill_form import backfill_panel
+
+        return backfill_panel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "PROGRESS_ENV",
+    "Form",
     "SendPanel",
     "TqdmProgress",
+    "backfill_panel",
     "choose_display",
+    "connect_form",
     "display_kind",
+    "forget_form",
+    "identify_form",
     "in_jupyter",
     "progress_observer",
+    "track_form",
 ]
