@@ -24,7 +24,7 @@ lint: venv
 test: venv lint
 	$(BIN)/python -m pytest -q
 
-# The hostile-frames property tests at 10,000 examples (CI runs 2,000; the dry-run test a fifth).
+# The hostile-frames property tests at 10,000 examples (CI runs 2,000; the dry-run test a tenth).
 stress: venv
 	HYPOTHESIS_PROFILE=stress $(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=3600 \
 		tests/test_hostile_frames.py
