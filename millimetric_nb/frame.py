@@ -335,8 +335,9 @@ def resolve_mapping(
             rest = [c for c in cols if c not in used and c != "properties" and c not in ignored]
             if rest:
                 warns.append(
-                    f"column(s) {', '.join(map(repr, rest))} are not sent: the 'properties' column "
-                    "holds the properties (pass properties=[...] to choose columns instead)"
+                    f"column(s) {', '.join(map(_col_name, rest))} are not sent: the "
+                    "'properties' column holds the properties (pass properties=[...] to choose "
+                    "columns instead)"
                 )
         else:
             ignored = [c for c in enriched if c not in used]
@@ -361,9 +362,9 @@ def resolve_mapping(
             keys[k] = c
     if ignored:
         warns.append(
-            f"column(s) {', '.join(map(repr, ignored))} are named like server-enriched fields and "
-            "are not sent: the server derives source, medium, campaign, country, device and "
-            "browser itself from url, referrer and the request"
+            f"column(s) {', '.join(map(_col_name, ignored))} are named like server-enriched "
+            "fields and are not sent: the server derives source, medium, campaign, country, "
+            "device and browser itself from url, referrer and the request"
         )
     mapping = FieldMapping(
         event_col=ev_col, event=event, columns=mapped, properties=props, ignored_enriched=ignored

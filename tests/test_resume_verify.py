@@ -191,3 +191,20 @@ def test_ctrl_c_after_the_burst_then_resume_stores_nothing_twice(
     assert len(stored) == n and max(stored.values()) == 1  # 0 duplicates
     assert srv.count() == n
     assert not any("fell back" in w for w in res.warnings)
+
+
+def test_verify_reads_sparse_windows_and_mixed_event_names(mm_server, tmp_path):
+    # the uncertain rows alternate between two instants six years apart and two event
+    # names: the read-back must cover both windows (not the years between) unfiltered
+    df = _frame(5000)
+    df["event"] = ["purchase", "refund"] * 2500
+    far = pd.Timedelta(days=6 * 365)
+    df["timestamp"] = df["timestamp"] + pd.Series([far * (i % 2) for i in range(5000)])
+    journal = tmp_path / "j.sqlite"
+    first = _first_run_with_uncertain_requests(mm_server, journal, df)
+    written = set(first.rows.event_id[:1000])
+    with _client(mm_server) as client:
+        res = df.millimetric.send_batch(client=client, journal=journal, progress=False)
+    assert res.counts["skipped"] == 4000 and res.counts["sent"] == 1000
+    assert set(res.rows.event_id[res.rows.status == "sent"]).isdisjoint(written)
+    assert max(_stored(mm_server).values()) == 1 and mm_server.count() == 5000
