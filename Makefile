@@ -32,6 +32,7 @@ test: venv lint
 stress: venv
 	HYPOTHESIS_PROFILE=stress MM_SCHEMATHESIS_EXAMPLES=500 \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=3600 -m "slow or hypothesis"
+
 # only the real-browser tests (JupyterLab + Playwright + /usr/bin/chromium); `test` runs them too.
 # Screenshots land in artifacts/browser/.
 browser: venv
