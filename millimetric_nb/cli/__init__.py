@@ -16,12 +16,13 @@ that does not echo, and never appear in any output.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from ..errors import MillimetricError
 from .account import add_forget, add_reads
-from .common import EXIT_USAGE, CliError, note, one_line
+from .common import EXIT_DATA, EXIT_USAGE, CliError, note, one_line
 from .files import add_backfill, add_validate, add_verify
 
 
@@ -76,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         note(f"millimetric-nb {args.command}: interrupted")
         return 130
+    except BrokenPipeError:  # the reader went away (| head): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush cannot fail again
+        return EXIT_DATA
 
 
 __all__ = ["build_parser", "main"]

@@ -136,16 +136,32 @@ def _window(args: argparse.Namespace) -> tuple[Any, Any]:
     return start, end
 
 
+_READ_EPILOG = ("exit status: 0 the rows were read; 2 the command could not run (bad "
+                "parameter, no key, key refused...)")
+
+
+def _read_parser(sub: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """A read sub-command's parser, with its window options."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=description, epilog=_READ_EPILOG
+    )
+    _add_window(p)
+    return p
+
+
+def _finish_read(p: argparse.ArgumentParser, handler: Any) -> None:
+    """The options every read ends with: --output and the connection."""
+    add_output_option(p)
+    add_connection_options(p)
+    p.set_defaults(handler=handler)
+
+
 def add_reads(sub: Any) -> None:
     """The ``query``, ``stats`` and ``sources`` sub-commands."""
-    epilog = ("exit status: 0 the rows were read; 2 the command could not run (bad "
-              "parameter, no key, key refused...)")
-    q = sub.add_parser(
-        "query", help="stored events of a time window (GET /v1/query)",
-        description="Stored events of a time window, newest API fields first. Prints a "
-        "table, or writes CSV / Parquet with --output.", epilog=epilog,
+    q = _read_parser(
+        sub, "query", "stored events of a time window (GET /v1/query)",
+        "Stored events of a time window. Prints a table, or writes CSV / Parquet with --output.",
     )
-    _add_window(q)
     q.add_argument("--event", help="only this event name")
     q.add_argument("--source", help="only this source (google, newsletter...)")
     q.add_argument("--medium", help="only this medium (organic, cpc, email...)")
@@ -155,16 +171,13 @@ def add_reads(sub: Any) -> None:
                    f"(default {contract.QUERY_LIMIT_DEFAULT})")
     q.add_argument("--all", action="store_true",
                    help="every event of the window, however many (several requests)")
-    add_output_option(q)
-    add_connection_options(q)
-    q.set_defaults(handler=run_query)
+    _finish_read(q, run_query)
 
-    s = sub.add_parser(
-        "stats", help="counts or unique visitors of a window (GET /v1/stats)",
-        description="Counts (--metric count) or distinct visitors (--metric uniques) of a "
-        "time window, optionally by group and time bucket.", epilog=epilog,
+    s = _read_parser(
+        sub, "stats", "counts or unique visitors of a window (GET /v1/stats)",
+        "Counts (--metric count) or distinct visitors (--metric uniques) of a time window, "
+        "optionally by group and time bucket.",
     )
-    _add_window(s)
     s.add_argument("--metric", choices=contract.STATS_METRICS, default="count",
                    help="count (default) or uniques")
     s.add_argument("--event", help="only this event name")
@@ -174,24 +187,19 @@ def add_reads(sub: Any) -> None:
                    help="a time series by hour, day or week")
     s.add_argument("--limit", type=int, default=None,
                    help=f"at most this many rows, 1 to {contract.QUERY_LIMIT_MAX}")
-    add_output_option(s)
-    add_connection_options(s)
-    s.set_defaults(handler=run_stats)
+    _finish_read(s, run_stats)
 
-    so = sub.add_parser(
-        "sources", help="where the traffic came from (GET /v1/sources)",
-        description="Events and visitors of a window by source (and medium), as the "
-        "server's classifier saw them.", epilog=epilog,
+    so = _read_parser(
+        sub, "sources", "where the traffic came from (GET /v1/sources)",
+        "Events and visitors of a window by source (and medium), as the server's "
+        "classifier saw them.",
     )
-    _add_window(so)
     so.add_argument("--breakdown", choices=contract.SOURCES_BREAKDOWNS, default="source_medium",
                     help="source_medium (default) or source")
     so.add_argument("--limit", type=int, default=contract.SOURCES_LIMIT_MAX,
                     help=f"at most this many rows, 1 to {contract.SOURCES_LIMIT_MAX} "
                     f"(default {contract.SOURCES_LIMIT_MAX})")
-    add_output_option(so)
-    add_connection_options(so)
-    so.set_defaults(handler=run_sources)
+    _finish_read(so, run_sources)
 
 
 def _read(args: argparse.Namespace, what: str, call: Any) -> int:

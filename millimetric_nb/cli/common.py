@@ -126,7 +126,8 @@ def add_mapping_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--properties", metavar="COL[,COL...]",
         help="the columns sent as properties (comma-separated; '' sends none). Default: "
-        "every column not mapped to a field, or a column named 'properties' holding JSON objects",
+        "every column not mapped to a field, or a column named 'properties' holding objects "
+        "(in JSON Lines or Parquet)",
     )
     group.add_argument(
         "--pii", choices=("warn", "error", "ignore"), default="warn",
