@@ -24,19 +24,40 @@ ROOT = Path(__file__).resolve().parents[1]
 WINDOW = ["--from", "2026-10-01", "--to", "2026-11-02"]
 
 
-def cli(*args: str, key: str | None = None, host: str | None = None, cwd: Path | None = None,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the command with this checkout's code; ``key``/``host`` through the environment."""
+def command_env(key: str | None = None, host: str | None = None) -> dict[str, str]:
+    """This checkout's code; ``key``/``host`` through the environment, nothing else of ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MILLIMETRIC_")}
     env["PYTHONPATH"] = str(ROOT)
     if key is not None:
         env["MILLIMETRIC_KEY"] = key
     if host is not None:
         env["MILLIMETRIC_HOST"] = host
+    return env
+
+
+def cli(*args: str, key: str | None = None, host: str | None = None, cwd: Path | None = None,
+        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the command and wait for it."""
     return subprocess.run(
-        [sys.executable, "-m", "millimetric_nb.cli", *args], env=env, cwd=cwd,
-        input=stdin if stdin is not None else "", capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "millimetric_nb.cli", *args], env=command_env(key, host),
+        cwd=cwd, input=stdin if stdin is not None else "", capture_output=True, text=True,
+        timeout=240,
     )
+
+
+def cli_at_once(runs: list[list[str]], **kw: str) -> list[subprocess.CompletedProcess[str]]:
+    """Run several commands side by side (each one's start-up is most of its time)."""
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "millimetric_nb.cli", *args],
+                         env=command_env(**kw), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for args in runs
+    ]
+    done = []
+    for args, proc in zip(runs, procs, strict=True):
+        out, err = proc.communicate(timeout=240)
+        done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return done
 
 
 def no_key_in(proc: subprocess.CompletedProcess[str], key: str) -> None:
@@ -197,9 +218,9 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, mm_server, command):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "README.md").write_text("no events here\n")
     cases["notes"] = (tmp_path / "notes", "notes")
-    key = mm_server.keys["sk"]
-    for name, (path, expect) in cases.items():
-        proc = cli(command, str(path), key=key, host=mm_server.url)
+    runs = cli_at_once([[command, str(path)] for path, _ in cases.values()],
+                       key=mm_server.keys["sk"], host=mm_server.url)
+    for (name, (_path, expect)), proc in zip(cases.items(), runs, strict=True):
         assert proc.returncode == 2, (name, proc.stdout, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1, (name, proc.stderr)
