@@ -246,13 +246,20 @@ def _run_child(tmp_path, url, key, n, signals: int):
 @pytest.mark.parametrize("signals", [1, 2], ids=["first-drains", "second-stops-at-once"])
 def test_interrupting_a_script(tmp_path, signals):
     server, url, key, db = _serve(tmp_path)
-    n = 60_000
+    n = 40_000
     try:
         out, _took, code = _run_child(tmp_path, url, key, n, signals)
         time.sleep(1.0)
         stored = _stored(db)
         time.sleep(0.5)
         assert _stored(db) == stored  # nothing is sent after the stop
+        # resumed with the journal, as the README says: every row once, no duplicate
+        with mm.Client(key=key, host=url) as client:
+            again = _frame(n).millimetric.send_batch(
+                client=client, journal=tmp_path / "j.sqlite", progress=False)
+        with sqlite3.connect(db) as con:
+            total, distinct = con.execute(
+                "select count(*), count(distinct event_id) from events").fetchone()
     finally:
         server.terminate()
         server.communicate(timeout=15)
@@ -270,7 +277,14 @@ def test_interrupting_a_script(tmp_path, signals):
                          r"0 cut off in flight \(may be stored\), [\d,]+ never sent", out), out
         assert "journal=" in out and ".result is the account of every row" in out
         assert "stopping: nothing new is sent" in out
+        # the drain left nothing in doubt: the resume sends the rest once, flags nothing
+        assert again.counts["skipped"] == sent and again.counts["sent"] == n - sent
+        assert again.counts["possible_duplicates"] == 0 and total == distinct == n
     else:
         # stopped at once: a plain KeyboardInterrupt, no account; the journal resumes
         assert "RESULT" not in out and "SendInterrupted" not in out, out
         assert 20_000 <= stored < n
+        # a hard stop may leave requests in doubt: resent and flagged, none lost
+        assert again.error is None and distinct == n
+        flagged = again.counts["possible_duplicates"]
+        assert total - distinct <= flagged
