@@ -333,6 +333,18 @@ def test_in_a_kernel_cancel_works_while_the_cell_awaits_and_an_interrupt_is_one_
         assert m, _stdout(msgs)
         time.sleep(1.0)
         assert int(m.group(2)) == 0 and srv.count() == before + int(m.group(1))
+
+        # 4. an awaited send, interrupted once: drained too, the result returned (an
+        # exception raised inside the kernel's loop would escape it)
+        before = srv.count()
+        interrupted = False
+        msgs = _run(kc, "res = await df.millimetric.asend_batch(client=client)\n"
+                        "print('AWAITED', res.error.code, res.counts['sent'], "
+                        "res.counts['ambiguous'])", on_msg=interrupt_past_the_burst)
+        m = re.search(r"AWAITED interrupted (\d+) (\d+)", _stdout(msgs))
+        assert interrupted and m, msgs[-3:]
+        time.sleep(1.0)
+        assert int(m.group(2)) == 0 and srv.count() == before + int(m.group(1)) < before + n
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
