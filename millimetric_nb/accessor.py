@@ -223,47 +223,24 @@ class MillimetricAccessor:
         ``await``, ``.cancel()``; the panel's Cancel works); so does
         :meth:`asend_batch` awaited in a cell.
         """
-        if background:
-            return start_background(
-                self._df, route="batch", event_col=event_col, client=client,
-                dry_run=dry_run, progress=progress, journal=journal,
-                concurrency=concurrency, pii=pii, observer=observer, chunksize=chunksize,
-                on_ambiguous=on_ambiguous, **mapping,
-            )
-        return send_sync(
-            self._df, route="batch", stacklevel=3, event_col=event_col, client=client,
-            dry_run=dry_run, progress=progress, journal=journal, concurrency=concurrency,
-            pii=pii, observer=observer, chunksize=chunksize, on_ambiguous=on_ambiguous,
-            **mapping,
+        options = dict(
+            event_col=event_col, client=client, dry_run=dry_run, progress=progress,
+            journal=journal, concurrency=concurrency, pii=pii, observer=observer,
+            chunksize=chunksize, on_ambiguous=on_ambiguous, **mapping,
         )
+        if background:
+            return start_background(self._df, route="batch", **options)
+        return send_sync(self._df, route="batch", stacklevel=3, **options)
 
-    async def asend_batch(
-        self,
-        event_col: str = "event",
-        *,
-        client: Any = None,
-        dry_run: bool = False,
-        progress: bool | str | Observer = True,
-        journal: JournalArg = None,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        pii: str = "warn",
-        observer: Observer | None = None,
-        chunksize: int = DEFAULT_CHUNKSIZE,
-        on_ambiguous: OnAmbiguous = "resend",
-        **mapping: Any,
-    ) -> SendResult:
+    async def asend_batch(self, event_col: str = "event", **options: Any) -> SendResult:
         """:meth:`send_batch`, awaited: ``result = await df.millimetric.asend_batch(...)``.
 
-        In a notebook the panel's Cancel works while it runs (the cell awaits); Cancel
-        or a first interrupt stop it after the requests in flight and the result is
-        returned with ``result.error.code`` ``"cancelled"`` / ``"interrupted"``.
+        The same arguments as :meth:`send_batch` (but ``background``). In a notebook
+        the panel's Cancel works while it runs (the cell awaits); Cancel or a first
+        interrupt stop it after the requests in flight, and the result is returned
+        with ``result.error.code`` ``"cancelled"`` / ``"interrupted"``.
         """
-        return await abackfill(
-            self._df, event_col=event_col, client=client, dry_run=dry_run,
-            progress=progress, journal=journal, concurrency=concurrency, pii=pii,
-            observer=observer, chunksize=chunksize, on_ambiguous=on_ambiguous,
-            warn_stacklevel=3, **mapping,
-        )
+        return await abackfill(self._df, event_col=event_col, warn_stacklevel=3, **options)
 
     def track(
         self,

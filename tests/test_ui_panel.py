@@ -17,7 +17,14 @@ import pytest
 import millimetric_nb as mm
 from millimetric_nb.contract import RATE_LIMITS, RateLimit
 from millimetric_nb.errors import ConfigurationError
-from millimetric_nb.progress import Acknowledged, Planned, RequestSent, Waiting
+from millimetric_nb.progress import (
+    Acknowledged,
+    Failed,
+    Planned,
+    RequestSent,
+    Stopping,
+    Waiting,
+)
 from millimetric_nb.ratelimit import ROUND_TRIP_S, estimate_seconds
 from millimetric_nb.ui import PROGRESS_ENV, TqdmProgress, choose_display, display_kind
 
@@ -98,6 +105,27 @@ def test_panel_shows_the_waiting_state_and_throttles_redraws():
     for _ in range(1000):
         panel(Acknowledged("batch", 1))
     assert draws <= 3 and panel.counts["sent"] == 1000
+
+
+def test_stopping_state_counts_the_requests_still_on_the_wire():
+    panel = SendPanel("batch")
+    panel.set_cancel(lambda: None)
+    panel(Planned(10_000, 10_000, 0, requests=10, total_rows=10_000))
+    for _ in range(5):
+        panel(RequestSent("batch", 1000, 10))
+    panel(Acknowledged("batch", 1000))
+    panel(Stopping("batch", "interrupt", in_flight=4))
+    assert panel.cancel_button.disabled
+    panel(Failed("batch", 5000, "interrupted", "not sent"))  # kept back: not answers
+    panel._draw()
+    assert panel.state_html.value == (
+        "stopping (interrupt): nothing new is sent; waiting for 4 request(s) in flight; "
+        "interrupt again to stop at once")
+    assert panel.requests_left() == 0 and panel.eta_seconds() == pytest.approx(
+        panel._round_trip)
+    panel(Acknowledged("batch", 1000))
+    panel._draw()
+    assert "waiting for 3 request(s)" in panel.state_html.value
 
 
 # --------------------------------------------------------------------------- real sends

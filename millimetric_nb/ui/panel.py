@@ -59,7 +59,7 @@ from ..progress import (
     Waiting,
 )
 from ..ratelimit import ROUND_TRIP_S, estimate_seconds
-from ..results import SendResult, account_line, stopped_by
+from ..results import STOP_CODES, SendResult, account_line, stopped_by
 
 #: The fastest the widgets are redrawn (seconds between two draws).
 REDRAW_S = 0.1
@@ -71,6 +71,9 @@ INTERRUPT_HINT = (
     "awaited and the account is kept; a second interrupt stops at once."
 )
 _REASONS = {"rate_limit": "rate limit", "retry_after": "Retry-After"}
+#: Failed codes of rows whose request never left (or was answered already): a stop's,
+#: a chunk that could not be prepared.
+_NEVER_LEFT = (*STOP_CODES, "prepare_failed")
 _COUNTS = ("sent", "failed", "invalid", "skipped", "retried", "ambiguous")
 
 
@@ -270,7 +273,8 @@ class SendPanel:
                 self.counts["possible_duplicates"] += event.events
             self._acks.append((now, event.events))
         elif isinstance(event, Failed):
-            self._answered(now)
+            if event.code not in _NEVER_LEFT:  # else rows a stop or a bug kept back
+                self._answered(now)
             self.counts["ambiguous" if event.ambiguous else "failed"] += event.events
         elif isinstance(event, Retrying):
             self._answered(now)
