@@ -100,6 +100,7 @@ def test_track_form_sends_through_an_async_client_too(mm_server):
     form.buttons["send"].click()
     assert [r["event_name"] for r in mm_server.stored_events()] == ["from_async"]
     assert mm_server.stored_events()[0]["event_id"] in form.answer.value
+    sync.run_sync(aclient.aclose())
 
 
 def test_track_form_shows_a_server_refusal_with_its_code_and_what_to_do(mm_server):

@@ -48,12 +48,19 @@ def test_forms_and_a_cancelled_backfill_in_jupyterlab(lab, page, shot):
     panel = lab.open_notebook(page, NOTEBOOK)
     lab.run_all(page)
     # the last cell's output: every cell above it ran, the background send included
-    panel.get_by_text(re.compile(r"background send: sent=\d+ of \d+ rows")).wait_for(
-        timeout=120_000
-    )
+    line = panel.get_by_text(re.compile(r"background send: sent=\d+ of \d+ rows"))
+    line.wait_for(timeout=120_000)
     lab.wait_idle(page)
     assert lab.cell_errors(page) == []
     shot(page, "1-after-run-all")
+    # the background send's panel (the only one so far) was drawn live to its end
+    rows = int(re.search(r"of (\d+) rows", line.inner_text()).group(1))
+    (background,) = panel.locator(".mm-panel").all()
+    assert background.locator(".mm-panel-bar .progress-bar").evaluate(
+        "el => el.style.width"
+    ) == "100%"
+    assert f"{rows:,}" in background.locator(".mm-panel-summary").inner_text()
+    shot(background, "background-send")
     shot(panel.locator(".mm-connect"), "form-connect")
 
     # --- track one event, typed like a person would
