@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import signal
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from .client import AsyncClient, BatchResult, ReadRoute, SendOutcome, interrupted_note
@@ -50,6 +52,38 @@ def _run_nested(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -
     return _run_to_end(loop, coro)
 
 
+@contextlib.contextmanager
+def _interrupt_cancels(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]
+) -> Iterator[dict[str, bool]]:
+    """While ``task`` runs, a first Ctrl-C cancels it instead of raising inside it.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread happens to be; under
+    load that is often inside the task's own code, which then dies with the interrupt
+    before it can give its account. So, where Ctrl-C would raise (the main thread,
+    Python's default handler), the first one is turned into ``task.cancel()`` and
+    noted in the yielded state; a second one raises at once, as before. Elsewhere
+    (another thread, a handler someone else installed) nothing changes.
+    """
+    state = {"interrupted": False}
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield state
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if state["interrupted"] or task.done():
+            raise KeyboardInterrupt
+        state["interrupted"] = True
+        loop.call_soon_threadsafe(task.cancel)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run_to_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
     """``loop.run_until_complete(coro)``, except that an interrupt stops the work too.
 
@@ -60,18 +94,25 @@ def _run_to_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -
     account a cancelled ``batch`` gives (``.result``, and a note in the traceback).
     """
     task = loop.create_task(coro)
-    try:
-        return loop.run_until_complete(task)
-    except KeyboardInterrupt as interrupt:
-        if not task.done():
-            task.cancel()
-            try:
-                loop.run_until_complete(task)
-            except BaseException as settled:  # the interrupt is re-raised below
-                # CancelledError, an error, or the interrupt itself passed back up by the
-                # task it landed in: whichever carries the account gives it.
-                _annotate(interrupt, getattr(settled, "result", None))
-        raise
+    with _interrupt_cancels(loop, task) as state:
+        try:
+            return loop.run_until_complete(task)
+        except asyncio.CancelledError as cancelled:
+            if not state["interrupted"]:
+                raise
+            interrupt = KeyboardInterrupt()
+            _annotate(interrupt, getattr(cancelled, "result", None))
+            raise interrupt from None
+        except KeyboardInterrupt as interrupt:
+            if not task.done():
+                task.cancel()
+                try:
+                    loop.run_until_complete(task)
+                except BaseException as settled:  # the interrupt is re-raised below
+                    # CancelledError, an error, or the interrupt itself passed back up by
+                    # the task it landed in: whichever carries the account gives it.
+                    _annotate(interrupt, getattr(settled, "result", None))
+            raise
 
 
 def _annotate(interrupt: BaseException, account: Any) -> None:
