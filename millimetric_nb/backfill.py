@@ -368,11 +368,9 @@ class _Run:
     announces_sends: bool = False
     resent_uncertain: int = 0
     skipped_uncertain: int = 0
-    # on_ambiguous="verify": the client that reads back (None: cannot), what was found,
-    # and why some ids could not be checked (said once, in result())
+    # on_ambiguous="verify": the client that reads back (None: cannot), and how many
+    # ids could not be checked and why (said once, in result())
     reader: Any = None
-    verified_stored: int = 0
-    verified_absent: int = 0
     unverified: int = 0
     unverified_why: list[str] = field(default_factory=list)
     stopping: str | None = None  # a graceful stop was asked for ("cancel" / "interrupt")
@@ -708,8 +706,6 @@ class _Run:
                 ok, _ = await self.journal_call(call, ids, ambiguous=dup)
                 if not ok:
                     return False
-        self.verified_stored += len(stored)
-        self.verified_absent += len(absent)
         return True
 
     def cannot_verify(self, n: int, why: str) -> None:
