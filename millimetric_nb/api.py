@@ -78,7 +78,11 @@ def observer_for(
     )
     if display is not None and display is not progress and hasattr(display, "show"):
         display.show()
-    if hasattr(display, "set_cancel"):
+    if hasattr(display, "set_cancel"):  # a panel, maybe the caller's own (embedded)
+        if dry_run:
+            display.dry_run = True  # type: ignore[union-attr]
+        if journal is not None and getattr(display, "journal", None) is None:
+            display.journal = journal  # type: ignore[union-attr]
         display.set_cancel(cancel)  # type: ignore[union-attr]
     emitter = Emitter([observer, display])
     return emitter if emitter else None

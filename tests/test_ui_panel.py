@@ -182,8 +182,9 @@ def test_summary_is_red_when_rows_failed(mm_server):
 
 def test_a_dry_run_shows_its_plan_not_a_stalled_bar(mm_server):
     n = 20_000
-    panel = SendPanel("batch", dry_run=True)
+    panel = SendPanel("batch")  # an embedded panel learns the dry run from the send
     res = mm.backfill(_frame(n), dry_run=True, progress=panel)
+    assert panel.dry_run
     assert res.plan.requests == 20
     assert panel.bar.value == panel.bar.max == n  # planning is the progress
     assert "ETA" not in panel.eta_html.value and "dry run" in panel.rate_html.value

@@ -19,6 +19,10 @@
     panel.result, panel.failed  # the SendResult, and its rows that did not get in
     panel.show()              # display(panel.widget)
 
+One panel shows one send: make a new one for each. Passed as ``progress=`` to a
+send, it learns the send's ``dry_run`` and ``journal`` and gets its Cancel wired
+(for an awaited or ``background=True`` send), or the interrupt line (a blocking one).
+
 Every part has a CSS class (``add_class``), for people and tests: ``mm-panel`` (the
 box), ``mm-panel-title``, ``mm-panel-bar`` (rows done of rows total),
 ``mm-panel-counts`` (sent, failed, invalid, skipped, retried, ambiguous),
