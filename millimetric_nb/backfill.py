@@ -86,7 +86,7 @@ from .errors import (
     SourceError,
     ValidationError,
 )
-from .frame import PII_DEFAULT, RULE_PII, check_pii
+from .frame import PII_DEFAULT, RULE_PII, MergedWarnings, check_pii
 from .journal import ACKED, AMBIGUOUS, PENDING, Journal, JournalBusy, open_journal
 from .progress import (
     Acknowledged,
@@ -118,8 +118,6 @@ _BODY_HEAD = b'{"events":['
 _BODY_TAIL = b"]}"
 
 _UNSET = -1
-_COUNTED = re.compile(r"^(\d[\d,]*)( .*)$", re.DOTALL)
-_ROWS_KEY = "\x00rows "  # marks a merged row-naming warning in RunState.warnings
 _SENT = STATUS_CODES["sent"]
 _FAILED = STATUS_CODES["failed"]
 _AMBIGUOUS = STATUS_CODES["ambiguous"]
@@ -348,7 +346,6 @@ class _Run:
     limit: contract.RateLimit | None
     total_rows: int | None
     show_keys: bool = True
-    warnings: list[str] = field(default_factory=list)
     errors: list[pd.DataFrame] = field(default_factory=list)
     rows: list[tuple[int, _Piece]] = field(default_factory=list)  # (offset, piece)
     failed: list[tuple[int, pd.DataFrame]] = field(default_factory=list)
@@ -357,9 +354,7 @@ class _Run:
     requests: int = 0
     events: int = 0
     bytes: int = 0
-    seen_warnings: set[str] = field(default_factory=set)
-    counted_warnings: dict[str, int] = field(default_factory=dict)
-    listed_warnings: dict[str, tuple[list[str], int]] = field(default_factory=dict)
+    merged_warnings: MergedWarnings = field(default_factory=MergedWarnings)
     template: pd.DataFrame | None = None  # the input's columns, no rows
     id_column: Any = None  # see PreparedRows.id_column
     recipe_checked: bool = False
@@ -379,49 +374,11 @@ class _Run:
     # ---------------------------------------------------------------- bookkeeping
 
     def warn(self, message: str) -> None:
-        # chunk warnings that start with a row count ("12 row(s) have ...") are summed
-        # over the chunks into one message, those naming rows ("rows 3, 17 have ...")
-        # merged into one naming the first; others are kept once each
-        from .frame import ROWS_WARNING
-
-        named = ROWS_WARNING.match(message)
-        if named:
-            labels = named["labels"].split(", ")
-            total = int(named["total"].replace(",", "")) if named["total"] else len(labels)
-            key = _ROWS_KEY + named["rest"]
-            if key in self.listed_warnings:
-                before, n = self.listed_warnings[key]
-                self.listed_warnings[key] = ([*before, *labels][:5], n + total)
-                return
-            self.listed_warnings[key] = (labels, total)
-            self.warnings.append(key)
-            return
-        m = _COUNTED.match(message)
-        if m:
-            rest = m.group(2)
-            if rest in self.counted_warnings:
-                self.counted_warnings[rest] += int(m.group(1).replace(",", ""))
-                return
-            self.counted_warnings[rest] = int(m.group(1).replace(",", ""))
-            self.warnings.append(rest)
-            return
-        if message not in self.seen_warnings:
-            self.seen_warnings.add(message)
-            self.warnings.append(message)
+        # merged over the chunks: row-naming and row-counting warnings into one each
+        self.merged_warnings.add(message)
 
     def rendered_warnings(self) -> list[str]:
-        from .frame import rows_phrase
-
-        out = []
-        for w in self.warnings:
-            if w in self.listed_warnings:
-                labels, total = self.listed_warnings[w]
-                out.append(f"{rows_phrase(labels, total)} {w[len(_ROWS_KEY):]}")
-            elif w in self.counted_warnings:
-                out.append(f"{self.counted_warnings[w]:,}{w}")
-            else:
-                out.append(w)
-        return out
+        return self.merged_warnings.rendered()
 
     def finish_chunk(self, chunk: _Chunk) -> None:
         """All of the chunk's rows have a status: move them to the result pieces."""

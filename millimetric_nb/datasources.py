@@ -57,11 +57,14 @@ import pyarrow as pa
 
 from .errors import ConfigurationError, MillimetricError, SourceError
 from .frame import (
+    ROWS_WARNING,
     EventIdState,
+    MergedWarnings,
     check_mapping_keywords,
     emit_warnings,
     prepare_chunk,
     resolve_mapping,
+    rows_phrase,
 )
 from .validate import ValidationReport
 
@@ -75,7 +78,6 @@ Source = Any  # a DataFrame, a path, DataFrames, or any source listed in the mod
 _COMPRESSION = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _PARQUET = (".parquet", ".pq")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_COUNTED = re.compile(r"^(\d[\d,]*)( .*)$", re.DOTALL)
 
 
 def _missing_extra(what: str, extra: str, exc: ImportError) -> ConfigurationError:
@@ -769,25 +771,6 @@ def _short(text: str, limit: int = 200) -> str:
 # --------------------------------------------------------------------------- validation
 
 
-class _Warnings:
-    """Chunk warnings merged: "12 row(s) have ..." counts summed, others once each."""
-
-    def __init__(self) -> None:
-        self.order: list[str] = []
-        self.counts: dict[str, int] = {}
-
-    def add(self, message: str) -> None:
-        m = _COUNTED.match(message)
-        key = m.group(2) if m else message
-        if key not in self.counts and key not in self.order:
-            self.order.append(key)
-        if m:
-            self.counts[key] = self.counts.get(key, 0) + int(m.group(1).replace(",", ""))
-
-    def rendered(self) -> list[str]:
-        return [f"{self.counts[w]:,}{w}" if w in self.counts else w for w in self.order]
-
-
 _ERROR_COLUMNS = ["row", "position", "field", "rule", "message"]
 _PARTITION_META = {
     "kind": "object", "position": "int64", "field": "object", "rule": "object",
@@ -827,7 +810,7 @@ def _check_partition(
 
 
 def _validate_dask(
-    ddf: Any, mapping: dict[str, Any], pii: str, now: Any, tally: _Warnings
+    ddf: Any, mapping: dict[str, Any], pii: str, now: Any, tally: MergedWarnings
 ) -> tuple[pd.DataFrame, int]:
     _require("dask.dataframe", "dask", "validating a Dask DataFrame")
     name = f"the Dask DataFrame ({ddf.npartitions} partitions)"
@@ -847,9 +830,21 @@ def _validate_dask(
                 "rule": errs["rule"].to_numpy(), "message": errs["message"].to_numpy(),
             }))
         for w in found.loc[kind == "warning", "message"]:
-            tally.add(w)
+            tally.add(_shift_rows(w, offset))
         offset += int(found.loc[kind == "rows", "position"].sum())
     return _concat_errors(pieces), offset
+
+
+def _shift_rows(message: str, offset: int) -> str:
+    """A partition's warning naming rows by their place in the partition, renumbered
+    from the partition's ``offset`` in the whole frame (as its errors are)."""
+    named = ROWS_WARNING.match(message)
+    if named is None or not offset:
+        return message
+    labels = named["labels"].split(", ")
+    total = int(named["total"].replace(",", "")) if named["total"] else len(labels)
+    shifted = [str(int(x) + offset) if x.isdigit() else x for x in labels]
+    return f"{rows_phrase(shifted, total)} {named['rest']}"
 
 
 def _concat_errors(pieces: list[pd.DataFrame]) -> pd.DataFrame:
@@ -904,7 +899,7 @@ def validate(
         if warn:
             emit_warnings(report.warnings, stacklevel=2)
         return report
-    tally = _Warnings()
+    tally = MergedWarnings()
     if _is_dask(source) and type(source).__name__ == "DataFrame":
         if filter is not None:
             raise _no_filter("a Dask DataFrame")

@@ -72,6 +72,7 @@ __all__ = [
     "DataWarning",
     "EventIdState",
     "FieldMapping",
+    "MergedWarnings",
     "MissingTimestamp",
     "PiiMode",
     "PreparedChunk",
@@ -829,6 +830,65 @@ ROWS_WARNING: Final = re.compile(
     r"(?P<rest>.*)$", re.S,
 )
 _ROWS_SHOWN: Final = 5
+
+
+#: A warning that starts with a row count ("12 row(s) have ...").
+_COUNT_FIRST: Final = re.compile(r"^(\d[\d,]*)( .*)$", re.DOTALL)
+
+
+class MergedWarnings:
+    """The warnings of successive chunks (or partitions), merged into one each.
+
+    Those naming rows (``rows 3, 17 have ...``, :data:`ROWS_WARNING`) become one
+    naming the first rows and the total; those starting with a count (``12 row(s)
+    have ...``) are summed; any other is kept once. :meth:`rendered` gives them in
+    the order they first came. The engine and :func:`millimetric_nb.validate` share it.
+    """
+
+    def __init__(self) -> None:
+        self._order: list[tuple[str, str]] = []
+        self._listed: dict[str, tuple[list[str], int]] = {}
+        self._counted: dict[str, int] = {}
+        self._seen: set[str] = set()
+
+    def add(self, message: str) -> None:
+        """Take one more warning."""
+        named = ROWS_WARNING.match(message)
+        if named:
+            labels = named["labels"].split(", ")
+            total = int(named["total"].replace(",", "")) if named["total"] else len(labels)
+            rest = named["rest"]
+            if rest in self._listed:
+                before, n = self._listed[rest]
+                self._listed[rest] = ([*before, *labels][:_ROWS_SHOWN], n + total)
+            else:
+                self._listed[rest] = (labels, total)
+                self._order.append(("listed", rest))
+            return
+        counted = _COUNT_FIRST.match(message)
+        if counted:
+            rest, n = counted.group(2), int(counted.group(1).replace(",", ""))
+            if rest not in self._counted:
+                self._counted[rest] = 0
+                self._order.append(("counted", rest))
+            self._counted[rest] += n
+            return
+        if message not in self._seen:
+            self._seen.add(message)
+            self._order.append(("once", message))
+
+    def rendered(self) -> list[str]:
+        """The merged warnings, as sentences."""
+        out = []
+        for kind, text in self._order:
+            if kind == "listed":
+                labels, total = self._listed[text]
+                out.append(f"{rows_phrase(labels, total)} {text}")
+            elif kind == "counted":
+                out.append(f"{self._counted[text]:,}{text}")
+            else:
+                out.append(text)
+        return out
 
 
 def rows_phrase(labels: Sequence[str], total: int) -> str:
