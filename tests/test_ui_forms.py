@@ -74,7 +74,7 @@ def test_track_form_sends_what_is_typed_and_shows_the_event_id(mm_server, client
         ({"event": ""}, "event", "required"),
         ({"properties": '{"plan": "pro"'}, "properties", "invalid JSON"),
         ({"properties": "[1, 2]"}, "properties", "must be a JSON object"),
-        ({"properties": json.dumps({"blob": "x" * 8200})}, "properties", "8192 bytes"),
+        ({"properties": json.dumps({"blob": "x" * 8200})}, "properties", "limit 8,192"),
         ({"properties": '{"source": "newsletter"}'}, "properties", "derives itself"),
         ({"properties": '{"country": "FR"}'}, "properties", "derives itself"),
         ({"timestamp": "yesterday"}, "timestamp", "invalid_timestamp"),
@@ -306,9 +306,9 @@ def test_backfill_panel_dry_run_shows_the_plan_and_a_chart(mm_server, client):
         ("missing.csv", "[source_not_found]"),
         ("notes.txt-not-a-format", "[unknown_source_format]"),
         ("empty.csv", "[EmptyDataError]"),
-        ("folder.csv", "[IsADirectoryError]"),
+        ("folder.csv", "[source_empty]"),
         ("latin1.csv", "[UnicodeDecodeError]"),
-        ("broken.parquet", "[ArrowInvalid]"),
+        ("broken.parquet", "[source_part_failed]"),
     ],
 )
 def test_backfill_panel_bad_path_is_said_beside_it_and_sends_nothing(
