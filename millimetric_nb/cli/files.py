@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..api import abackfill, run_sync_call
 from ..errors import ConfigurationError, KeyRefusedError
-from ..results import SendResult
+from ..results import SendResult, stopped_by
 from .common import (
     EXIT_DATA,
     EXIT_OK,
@@ -183,13 +183,16 @@ def run_backfill(args: argparse.Namespace) -> int:
         client.async_client.check_key("ingest")  # an rk_/ak_ key: refused before reading
         say(f"sending {path} to {client.host} with key {client.key_masked}"
             + (f" (journal {journal})" if journal else " (no journal)"))
+    where = f"the journal {journal} holds" if journal else "no journal was kept of"
+    resume = (f"interrupted: {where} what the server acknowledged; run the same command "
+              "again to resume")
     try:
         result = _run(path, args, client, **options)
-    except KeyboardInterrupt:
-        where = f"the journal {journal} holds" if journal else "no journal was kept of"
-        note(f"interrupted: {where} what the server acknowledged; run the same command "
-             "again to resume")
-        return 130
+    except KeyboardInterrupt as exc:
+        result = getattr(exc, "result", None)  # a drained stop carries its account
+        if result is None:  # a second Ctrl-C: stopped at once
+            note(resume)
+            return 130
     finally:
         if client is not None:
             client.close()
@@ -201,6 +204,9 @@ def run_backfill(args: argparse.Namespace) -> int:
             f"{failed_path} (fix them there, then send that file the same way)")
     elif failed_path.exists() and not args.dry_run:
         note(f"note: {failed_path} is from an earlier run (every row of this run got in)")
+    if stopped_by(result) is not None:  # the first Ctrl-C: the send drained, then stopped
+        note(resume)
+        return 130
     if result.error is not None:
         note(f"stopped: {one_line(result.error)}")
         if result.error.status in (401, 403) or isinstance(
