@@ -346,9 +346,9 @@ def test_backfill_panel_dry_run_shows_the_plan_and_a_chart(mm_server, client):
         ("missing.csv", "[source_not_found]"),
         ("notes.txt-not-a-format", "[unknown_source_format]"),
         ("empty.csv", "[EmptyDataError]"),
-        ("folder.csv", "[IsADirectoryError]"),
+        ("folder.csv", "[source_empty]"),  # a folder is read as a dataset of parts
         ("latin1.csv", "[UnicodeDecodeError]"),
-        ("broken.parquet", "[ArrowInvalid]"),
+        ("broken.parquet", "[source_part_failed]"),
     ],
 )
 def test_backfill_panel_bad_path_is_said_beside_it_and_sends_nothing(
@@ -407,8 +407,38 @@ def test_backfill_panel_send_runs_as_a_task_and_accounts_for_every_row(
     back = pd.read_csv(written[0], index_col=0)
     assert list(back.index) == [3, 700] and list(back["user_id"]) == ["u3", "u0"]
 
+    assert "skipped" not in panel.answer.value  # the first run skipped nothing
+    assert "j.sqlite exists: Send skips" in note_text(panel, "journal")
+
     asyncio.run(run())  # a rerun with the same journal skips what was stored
     assert panel.result.counts["skipped"] == 1498 and mm_server.count() == 1498
+    assert (f"1,498 rows already stored by an earlier run with this journal "
+            f"({tmp_path / 'j.sqlite'}) were skipped") in html.unescape(panel.answer.value)
+
+
+def test_backfill_panel_shows_its_default_journal_before_send_and_says_what_it_skipped(
+    mm_server, client, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    panel = ui.backfill_panel(_events(30), client=client)
+    assert panel.fields["journal"].value == "backfill.journal.sqlite"  # visible before Send
+    where = tmp_path / "backfill.journal.sqlite"
+    assert note_text(panel, "journal") == (
+        f"a new journal at {where}: a rerun with it skips the rows this one stores")
+    panel.buttons["send"].click()  # no running loop: runs to the end here
+    assert mm_server.count() == 30 and where.exists()
+    assert "already stored" not in panel.answer.value
+
+    again = ui.backfill_panel(_events(40), client=client)  # the notebook run again, more rows
+    assert f"{where} exists: Send skips the rows" in note_text(again, "journal")
+    again.buttons["send"].click()
+    c = again.result.counts
+    assert (c["skipped"], c["sent"]) == (30, 10) and mm_server.count() == 40
+    assert ("30 rows already stored by an earlier run with this journal "
+            "(backfill.journal.sqlite) were skipped") in html.unescape(again.answer.value)
+
+    again.fields["journal"].value = ""  # no journal: said, and nothing is skipped
+    assert note_text(again, "journal") == "no journal: a second Send sends every row again"
 
 
 def test_backfill_panel_cancel_stops_the_send_accounts_for_every_row_and_a_rerun_resumes(
