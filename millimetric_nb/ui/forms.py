@@ -197,9 +197,11 @@ class Form:
         """A button with class ``mm-<form>-<part>``; its handler never raises into the
         notebook (an unexpected error is shown in the answer)."""
         widget = self.classed(self._w.Button(description=label, **kw), part)
-        # as wide as its label: the default fixed width cuts a longer label off
+        # as wide as its label (the default fixed width cuts a longer label off), and
+        # not stretched across a VBox
         widget.layout.width = "auto"
         widget.layout.min_width = "90px"
+        widget.layout.align_self = "flex-start"
 
         def handler(_: Any) -> None:
             try:
