@@ -424,7 +424,7 @@ def test_backfill_panel_shows_its_default_journal_before_send_and_says_what_it_s
     assert panel.fields["journal"].value == "backfill.journal.sqlite"  # visible before Send
     where = tmp_path / "backfill.journal.sqlite"
     assert note_text(panel, "journal") == (
-        f"a new journal at {where}: a rerun with it skips the rows this one stores")
+        f"a new journal at {where}: a rerun with it skips the rows this send stores")
     panel.buttons["send"].click()  # no running loop: runs to the end here
     assert mm_server.count() == 30 and where.exists()
     assert "already stored" not in panel.answer.value
@@ -441,6 +441,19 @@ def test_backfill_panel_shows_its_default_journal_before_send_and_says_what_it_s
     assert note_text(again, "journal") == "no journal: a second Send sends every row again"
 
 
+async def _send_then_cancel(panel, after_sent: int) -> None:
+    """Click Send, then the live panel's Cancel once ``after_sent`` rows are stored; wait
+    for the send's account."""
+    panel.buttons["send"].click()
+    for _ in range(1000):
+        if panel.display.counts["sent"] >= after_sent:
+            break
+        await asyncio.sleep(0.01)
+    panel.display.cancel_button.click()  # the live panel's Cancel
+    await panel.task  # the send ends with its account, not an exception
+    await asyncio.sleep(0)  # the done callback
+
+
 def test_backfill_panel_cancel_stops_the_send_accounts_for_every_row_and_a_rerun_resumes(
     mm_server, tmp_path
 ):
@@ -450,17 +463,7 @@ def test_backfill_panel_cancel_stops_the_send_accounts_for_every_row_and_a_rerun
     with mm.Client(mm_server.keys["sk"], mm_server.url, rate_limits=slow) as c:
         panel = ui.backfill_panel(df, client=c, journal=journal)
 
-        async def cancel_midway() -> None:
-            panel.buttons["send"].click()
-            for _ in range(1000):
-                if panel.display.counts["sent"] >= 2000:
-                    break
-                await asyncio.sleep(0.01)
-            panel.display.cancel_button.click()  # the live panel's Cancel
-            await panel.task  # the send ends with its account, not an exception
-            await asyncio.sleep(0)
-
-        asyncio.run(cancel_midway())
+        asyncio.run(_send_then_cancel(panel, after_sent=2000))
         result = panel.result
         assert result.error is not None and result.error.code == "cancelled"
         c1 = result.counts
@@ -502,17 +505,7 @@ def test_backfill_panel_early_cancel_counts_invalid_rows_as_invalid(mm_server, t
     with mm.Client(mm_server.keys["sk"], mm_server.url, rate_limits=slow) as c:
         panel = ui.backfill_panel(df, client=c, journal="", chunksize=1000, concurrency=1)
 
-        async def cancel_early() -> None:
-            panel.buttons["send"].click()
-            for _ in range(1000):
-                if panel.display.counts["sent"] >= 1000:
-                    break
-                await asyncio.sleep(0.01)
-            panel.display.cancel_button.click()
-            await panel.task
-            await asyncio.sleep(0)
-
-        asyncio.run(cancel_early())
+        asyncio.run(_send_then_cancel(panel, after_sent=1000))
     result = panel.result
     assert result.error is not None and result.error.code == "cancelled"
     assert result.counts["invalid"] == 2, result.counts

@@ -202,7 +202,7 @@ class BackfillPanel(Form):
                      "them again)", _AMBER)
         else:
             self.say("journal", f"a new journal at {where}: a rerun with it skips the rows "
-                     "this one stores", _GREY)
+                     "this send stores", _GREY)
 
     @property
     def source(self) -> Any:

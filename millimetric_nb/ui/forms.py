@@ -177,6 +177,7 @@ class Form:
         """Register an input: its class, its note, and a row holding both."""
         self.classed(widget, part)
         widget.style.description_width = "110px"
+        widget.layout.flex = "0 0 auto"  # a long note beside it wraps, never squeezes it
         self.fields[part] = widget
         self.messages[part] = self.html(f"{part}-msg")
         return self._w.HBox([widget, self.messages[part]])

@@ -11,8 +11,6 @@ the form (``docs/img/forget-form.png``, cropped to ``.mm-forget``).
 
 from __future__ import annotations
 
-import nbformat
-
 NOTEBOOK = "forget-layout.ipynb"
 CODE = """\
 import contextlib
@@ -58,10 +56,7 @@ def _check_layout(form) -> None:
 
 
 def test_forget_form_fits_its_box_and_resets_after_a_delete(lab, page, shot):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(CODE), nbformat.v4.new_code_cell("print('ready')")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
-    nbformat.write(nb, lab.root_dir / NOTEBOOK)
+    lab.write_notebook(NOTEBOOK, CODE, "print('ready')")
 
     panel = lab.open_notebook(page, NOTEBOOK)
     lab.run_all(page)
