@@ -425,13 +425,13 @@ def test_backfill_panel_shows_its_default_journal_before_send_and_says_what_it_s
     where = tmp_path / "backfill.journal.sqlite"
     assert note_text(panel, "journal") == (
         f"a new journal at {where}: a rerun with it skips the rows this send stores")
-    panel.buttons["send"].click()  # no running loop: runs to the end here
+    asyncio.run(_send(panel))
     assert mm_server.count() == 30 and where.exists()
     assert "already stored" not in panel.answer.value
 
     again = ui.backfill_panel(_events(40), client=client)  # the notebook run again, more rows
     assert f"{where} exists: Send skips the rows" in note_text(again, "journal")
-    again.buttons["send"].click()
+    asyncio.run(_send(again))
     c = again.result.counts
     assert (c["skipped"], c["sent"]) == (30, 10) and mm_server.count() == 40
     assert ("30 rows already stored by an earlier run with this journal "
@@ -439,6 +439,13 @@ def test_backfill_panel_shows_its_default_journal_before_send_and_says_what_it_s
 
     again.fields["journal"].value = ""  # no journal: said, and nothing is skipped
     assert note_text(again, "journal") == "no journal: a second Send sends every row again"
+
+
+async def _send(panel) -> None:
+    """Click Send (a task on this loop) and wait for the send's account."""
+    panel.buttons["send"].click()
+    await panel.task
+    await asyncio.sleep(0)  # the done callback
 
 
 async def _send_then_cancel(panel, after_sent: int) -> None:
