@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -38,6 +39,25 @@ def classes(widget) -> set[str]:
 def fill(form, **values) -> None:
     for name, value in values.items():
         form.fields[name].value = value
+
+
+def note_text(form, field: str) -> str:
+    """The text of the note beside ``field`` (no markup)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", form.messages[field].value))
+
+
+@pytest.mark.parametrize("make", [ui.track_form, ui.identify_form, ui.forget_form])
+def test_every_note_is_one_sentence_naming_the_field_and_the_rule_once(make):
+    form = make()
+    notes = {f: note_text(form, f) for f in form.fields if note_text(form, f)}
+    assert notes  # a fresh form says which fields are required
+    for field, note in notes.items():
+        assert not re.match(r"^[a-z_]+: ", note), note  # no rule code glued in front
+        assert note.count("required") <= 1, note
+        if field != "confirm":
+            assert note.startswith(f"{field} is required (1 to "), note
+    # blank and untouched: a grey hint, not a red error
+    assert all("#b00020" not in form.messages[f].value for f in notes)
 
 
 # --------------------------------------------------------------------------- track
@@ -71,14 +91,19 @@ def test_track_form_sends_what_is_typed_and_shows_the_event_id(mm_server, client
 @pytest.mark.parametrize(
     ("values", "field", "says"),
     [
-        ({"event": ""}, "event", "required"),
-        ({"properties": '{"plan": "pro"'}, "properties", "invalid JSON"),
-        ({"properties": "[1, 2]"}, "properties", "must be a JSON object"),
-        ({"properties": json.dumps({"blob": "x" * 8200})}, "properties", "limit 8,192"),
-        ({"properties": '{"source": "newsletter"}'}, "properties", "derives itself"),
+        ({"event": ""}, "event", "event is required (1 to 128 characters)"),
+        ({"event": "e" * 129}, "event", "event must be at most 128 characters, got 129"),
+        ({"properties": '{"plan": "pro"'}, "properties", "properties is not valid JSON: "),
+        ({"properties": "[1, 2]"}, "properties",
+         "properties must be a JSON object ({...}), not a list"),
+        ({"properties": json.dumps({"blob": "x" * 8200})}, "properties",
+         "properties is 8,211 bytes once JSON-encoded (limit 8,192)"),
+        ({"properties": '{"source": "newsletter"}'}, "properties",
+         "properties key 'source' is named like a field the server derives itself"),
         ({"properties": '{"country": "FR"}'}, "properties", "derives itself"),
-        ({"timestamp": "yesterday"}, "timestamp", "invalid_timestamp"),
-        ({"user_id": "u" * 300}, "user_id", "too_long"),
+        ({"timestamp": "yesterday"}, "timestamp",
+         "timestamp 'yesterday' is not an ISO 8601 date-time"),
+        ({"user_id": "u" * 300}, "user_id", "user_id must be at most 256 characters, got 300"),
     ],
 )
 def test_track_form_bad_input_is_said_beside_the_field_and_sends_nothing(
@@ -86,7 +111,9 @@ def test_track_form_bad_input_is_said_beside_the_field_and_sends_nothing(
 ):
     form = ui.track_form(client, event="ok_event")
     fill(form, **values)
-    assert says in form.messages[field].value
+    note = html.unescape(form.messages[field].value)
+    assert says in note
+    assert note.count(field) == 1 or field == "properties"  # the field named once
     assert form.buttons["send"].disabled
     form.buttons["send"].click()  # a click that gets through anyway is refused too
     assert "nothing was sent" in form.answer.value
@@ -143,8 +170,11 @@ def test_identify_form_warns_about_personal_traits_and_stores_the_link(mm_server
 def test_identify_form_bad_input_sends_nothing(mm_server, client):
     form = ui.identify_form(client)
     fill(form, anonymous_id="anon-7", user_id="", traits="{not json")
-    assert "invalid JSON" in form.messages["traits"].value
-    assert "required" in form.messages["user_id"].value
+    assert "traits is not valid JSON: " in form.messages["traits"].value
+    assert note_text(form, "user_id") == "user_id is required (1 to 256 characters)"
+    fill(form, anonymous_id="a" * 129)
+    assert note_text(form, "anonymous_id") == (
+        "anonymous_id must be at most 128 characters, got 129")
     form.buttons["send"].click()
     assert mm_server.count() == 0 and "nothing was sent" in form.answer.value
 
@@ -158,8 +188,12 @@ def test_forget_form_needs_the_id_twice_then_deletes_only_that_user(mm_server, c
     form = ui.forget_form(client)
     assert "mm-forget" in classes(form.widget)
     assert "cannot be undone" in form.widget.children[3].value  # the statement
+    assert "white-space:normal" in form.widget.children[3].value  # wrapped to the form
+    assert form.buttons["send"].layout.width == "auto"  # as wide as its label
     fill(form, user_id="u-gone", confirm="u-gon")
-    assert "does not match" in form.messages["confirm"].value
+    assert note_text(form, "confirm") == (
+        "the confirmation does not match user_id: type the same id again")
+    assert "#b00020" in form.messages["confirm"].value  # a mistake: red
     assert form.buttons["send"].disabled
     form.buttons["send"].click()
     assert mm_server.count() == 3  # nothing deleted
@@ -169,7 +203,13 @@ def test_forget_form_needs_the_id_twice_then_deletes_only_that_user(mm_server, c
     form.buttons["send"].click()
     assert [r["user_id"] for r in mm_server.stored_events()] == ["u-kept"]
     assert '"queued":true' in html.unescape(form.answer.value)
-    assert form.fields["confirm"].value == ""  # a second delete needs typing again
+    # a fresh, neutral form for the next delete (both ids typed again), the answer kept
+    assert (form.fields["user_id"].value, form.fields["confirm"].value) == ("", "")
+    assert "does not match" not in note_text(form, "confirm")
+    assert not any("#b00020" in m.value for m in form.messages.values())  # nothing red
+    assert note_text(form, "user_id") == "user_id is required (1 to 256 characters)"
+    assert "deleted: every event of 'u-gone'" in html.unescape(form.answer.value)
+    assert form.buttons["send"].disabled
 
 
 def test_forget_form_refuses_a_key_that_is_not_sk_before_any_request(mm_server):
@@ -306,7 +346,7 @@ def test_backfill_panel_dry_run_shows_the_plan_and_a_chart(mm_server, client):
         ("missing.csv", "[source_not_found]"),
         ("notes.txt-not-a-format", "[unknown_source_format]"),
         ("empty.csv", "[EmptyDataError]"),
-        ("folder.csv", "[source_empty]"),
+        ("folder.csv", "[source_empty]"),  # a folder is read as a dataset of parts
         ("latin1.csv", "[UnicodeDecodeError]"),
         ("broken.parquet", "[source_part_failed]"),
     ],
@@ -367,8 +407,58 @@ def test_backfill_panel_send_runs_as_a_task_and_accounts_for_every_row(
     back = pd.read_csv(written[0], index_col=0)
     assert list(back.index) == [3, 700] and list(back["user_id"]) == ["u3", "u0"]
 
+    assert "skipped" not in panel.answer.value  # the first run skipped nothing
+    assert "j.sqlite exists: Send skips" in note_text(panel, "journal")
+
     asyncio.run(run())  # a rerun with the same journal skips what was stored
     assert panel.result.counts["skipped"] == 1498 and mm_server.count() == 1498
+    assert (f"1,498 rows already stored by an earlier run with this journal "
+            f"({tmp_path / 'j.sqlite'}) were skipped") in html.unescape(panel.answer.value)
+
+
+def test_backfill_panel_shows_its_default_journal_before_send_and_says_what_it_skipped(
+    mm_server, client, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    panel = ui.backfill_panel(_events(30), client=client)
+    assert panel.fields["journal"].value == "backfill.journal.sqlite"  # visible before Send
+    where = tmp_path / "backfill.journal.sqlite"
+    assert note_text(panel, "journal") == (
+        f"a new journal at {where}: a rerun with it skips the rows this send stores")
+    asyncio.run(_send(panel))
+    assert mm_server.count() == 30 and where.exists()
+    assert "already stored" not in panel.answer.value
+
+    again = ui.backfill_panel(_events(40), client=client)  # the notebook run again, more rows
+    assert f"{where} exists: Send skips the rows" in note_text(again, "journal")
+    asyncio.run(_send(again))
+    c = again.result.counts
+    assert (c["skipped"], c["sent"]) == (30, 10) and mm_server.count() == 40
+    assert ("30 rows already stored by an earlier run with this journal "
+            "(backfill.journal.sqlite) were skipped") in html.unescape(again.answer.value)
+
+    again.fields["journal"].value = ""  # no journal: said, and nothing is skipped
+    assert note_text(again, "journal") == "no journal: a second Send sends every row again"
+
+
+async def _send(panel) -> None:
+    """Click Send (a task on this loop) and wait for the send's account."""
+    panel.buttons["send"].click()
+    await panel.task
+    await asyncio.sleep(0)  # the done callback
+
+
+async def _send_then_cancel(panel, after_sent: int) -> None:
+    """Click Send, then the live panel's Cancel once ``after_sent`` rows are stored; wait
+    for the send's account."""
+    panel.buttons["send"].click()
+    for _ in range(1000):
+        if panel.display.counts["sent"] >= after_sent:
+            break
+        await asyncio.sleep(0.01)
+    panel.display.cancel_button.click()  # the live panel's Cancel
+    await panel.task  # the send ends with its account, not an exception
+    await asyncio.sleep(0)  # the done callback
 
 
 def test_backfill_panel_cancel_stops_the_send_accounts_for_every_row_and_a_rerun_resumes(
@@ -380,17 +470,7 @@ def test_backfill_panel_cancel_stops_the_send_accounts_for_every_row_and_a_rerun
     with mm.Client(mm_server.keys["sk"], mm_server.url, rate_limits=slow) as c:
         panel = ui.backfill_panel(df, client=c, journal=journal)
 
-        async def cancel_midway() -> None:
-            panel.buttons["send"].click()
-            for _ in range(1000):
-                if panel.display.counts["sent"] >= 2000:
-                    break
-                await asyncio.sleep(0.01)
-            panel.display.cancel_button.click()  # the live panel's Cancel
-            await panel.task  # the send ends with its account, not an exception
-            await asyncio.sleep(0)
-
-        asyncio.run(cancel_midway())
+        asyncio.run(_send_then_cancel(panel, after_sent=2000))
         result = panel.result
         assert result.error is not None and result.error.code == "cancelled"
         c1 = result.counts
@@ -417,3 +497,23 @@ def test_backfill_panel_cancel_stops_the_send_accounts_for_every_row_and_a_rerun
     assert c2["failed"] == c2["ambiguous"] == 0
     stored_ids = {r["event_id"] for r in mm_server.stored_events()}
     assert stored_ids == set(panel.result.rows["event_id"])  # every row got in, once resumed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine (backfill.py, _Run.produce -> _Run.stop_chunk): after a stop, a chunk "
+    "read later is marked failed/cancelled without being validated, so its invalid rows "
+    "are counted as 'never sent'; the panels only show the engine's account",
+)
+def test_backfill_panel_early_cancel_counts_invalid_rows_as_invalid(mm_server, tmp_path):
+    df = _events(20_000)
+    df.loc[[19_990, 19_995], "event"] = ""  # in the last chunk: read after the cancel
+    slow = {"batch": RateLimit(4.0, 1)}
+    with mm.Client(mm_server.keys["sk"], mm_server.url, rate_limits=slow) as c:
+        panel = ui.backfill_panel(df, client=c, journal="", chunksize=1000, concurrency=1)
+
+        asyncio.run(_send_then_cancel(panel, after_sent=1000))
+    result = panel.result
+    assert result.error is not None and result.error.code == "cancelled"
+    assert result.counts["invalid"] == 2, result.counts
+    assert "2 invalid" in html.unescape(panel.answer.value)

@@ -57,6 +57,8 @@ _ERROR_ROWS_SHOWN = 5
 _FAILED_ROWS_SHOWN = 20
 _LOAD_ROWS = 1000
 _ERRORS = (MillimetricError, OSError, ValueError)
+_GREY = "color:#616161"
+_AMBER = "color:#8a5a00"
 
 
 def backfill_panel(
@@ -170,6 +172,9 @@ class BackfillPanel(Form):
         self.fields["journal"].value = (
             os.fspath(journal) if journal is not None else default_journal
         )
+        self.fields["journal"].observe(lambda _ch: self._safe(self._journal_note),
+                                       names="value")
+        self._journal_note()
         self.fields["source"].observe(lambda ch: self._safe(lambda: self._load(ch["new"])),
                                       names="value")
         for f in (*_FIELDS, "event_name"):
@@ -182,6 +187,22 @@ class BackfillPanel(Form):
         ])
 
     # ------------------------------------------------------------------ source and mapping
+
+    def _journal_note(self) -> None:
+        """Say beside the journal field where it is and what it does to a Send: a rerun
+        with the same journal skips the rows an earlier run stored."""
+        text = self.fields["journal"].value.strip()
+        if not text:
+            self.say("journal", "no journal: a second Send sends every row again", _GREY)
+            return
+        where = Path(text).expanduser().resolve()
+        if where.exists():
+            self.say("journal", f"{where} exists: Send skips the rows an earlier run with "
+                     "this journal stored (blank the field, or name another file, to send "
+                     "them again)", _AMBER)
+        else:
+            self.say("journal", f"a new journal at {where}: a rerun with it skips the rows "
+                     "this send stores", _GREY)
 
     @property
     def source(self) -> Any:
@@ -480,10 +501,11 @@ class BackfillPanel(Form):
             self.display.set_result(outcome)  # when the engine's Done did not carry it
         self.result = outcome
         self.failed = outcome.failed
+        self._journal_note()  # it exists now: a rerun skips what this send stored
         self._draw(outcome, "rows per day by outcome")
         c = outcome.counts
         ok = outcome.ok
-        line = account_line(outcome, journal)
+        line = account_line(outcome, journal) + _skipped_note(c["skipped"], journal)
         if stopped_by(outcome) is not None:
             self.show_answer(line, "color:#8a5a00")
             self.record("backfill", f"cancelled: sent {c['sent']:,} of {c['total']:,}", ok=False)
@@ -520,6 +542,16 @@ class BackfillPanel(Form):
 
 
 # --------------------------------------------------------------------------- reports
+
+
+def _skipped_note(skipped: int, journal: str | None) -> str:
+    """The sentence saying that the journal kept rows from this send (else "")."""
+    if not skipped or journal is None:
+        return ""
+    rows, were = ("row", "was") if skipped == 1 else ("rows", "were")
+    return (f". {skipped:,} {rows} already stored by an earlier run with this journal "
+            f"({journal}) {were} skipped: to send them again, blank the journal field or "
+            "name another file")
 
 
 def _short_error(exc: BaseException) -> str:

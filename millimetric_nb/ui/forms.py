@@ -118,6 +118,12 @@ def _html_lines(text: str, css: str = "") -> str:
 _RED = "color:#b00020"
 _GREEN = "color:#1b5e20"
 _AMBER = "color:#8a5a00"
+_GREY = "color:#616161"
+#: The width of an input row's input (the notes go beside it); long texts wrap to it.
+_INPUT_WIDTH = "420px"
+_TEXT_WIDTH = "560px"
+#: The answer to a click that got through while the form has problems.
+NOT_SENT = "nothing was sent: fill in or fix the fields noted above"
 
 
 class Form:
@@ -158,10 +164,20 @@ class Form:
         """An HTML widget with class ``mm-<form>-<part>``."""
         return self.classed(self._w.HTML(value=value), part)
 
+    def paragraph(self, part: str, text: str, css: str = "") -> Any:
+        """An HTML widget with class ``mm-<form>-<part>`` holding ``text`` wrapped to the
+        width of the inputs (ipywidgets' HTML does not wrap by itself)."""
+        style = f"white-space:normal;overflow-wrap:anywhere;line-height:1.4;{css}"
+        body = "<br>".join(html.escape(line) for line in text.splitlines())
+        widget = self.html(part, f"<div style='{style}'>{body}</div>")
+        widget.layout.max_width = _TEXT_WIDTH
+        return widget
+
     def field(self, part: str, widget: Any) -> Any:
         """Register an input: its class, its note, and a row holding both."""
         self.classed(widget, part)
         widget.style.description_width = "110px"
+        widget.layout.flex = "0 0 auto"  # a long note beside it wraps, never squeezes it
         self.fields[part] = widget
         self.messages[part] = self.html(f"{part}-msg")
         return self._w.HBox([widget, self.messages[part]])
@@ -169,19 +185,24 @@ class Form:
     def text(self, part: str, label: str, placeholder: str = "") -> Any:
         """A one-line text input row."""
         widget = self._w.Text(description=label, placeholder=placeholder)
-        widget.layout.width = "420px"
+        widget.layout.width = _INPUT_WIDTH
         return self.field(part, widget)
 
     def json_editor(self, part: str, label: str, placeholder: str = "{}") -> Any:
         """A JSON object editor row (a textarea checked as you type)."""
         widget = self._w.Textarea(description=label, placeholder=placeholder, rows=5)
-        widget.layout.width = "420px"
+        widget.layout.width = _INPUT_WIDTH
         return self.field(part, widget)
 
     def button(self, part: str, label: str, on_click: Callable[[], None], **kw: Any) -> Any:
         """A button with class ``mm-<form>-<part>``; its handler never raises into the
         notebook (an unexpected error is shown in the answer)."""
         widget = self.classed(self._w.Button(description=label, **kw), part)
+        # as wide as its label (the default fixed width cuts a longer label off), and
+        # not stretched across a VBox
+        widget.layout.width = "auto"
+        widget.layout.min_width = "90px"
+        widget.layout.align_self = "flex-start"
 
         def handler(_: Any) -> None:
             try:
@@ -220,12 +241,15 @@ class Form:
     ) -> None:
         """:meth:`watch` with a check made of ``problems_of()`` (input name -> what is
         wrong): each input's note is rewritten, then ``after()`` runs, and ``button`` is
-        disabled while anything is wrong."""
+        disabled while anything is wrong. The note of a blank input (a required field
+        not typed yet) is a grey hint; a mistake in what was typed is red."""
 
         def check() -> bool:
             problems = problems_of()
-            for part in self.fields:
-                self.say(part, "; ".join(problems.get(part, [])))
+            for part, widget in self.fields.items():
+                value = widget.value
+                blank = isinstance(value, str) and not value.strip()
+                self.say(part, "; ".join(problems.get(part, [])), _GREY if blank else _RED)
             if after is not None:
                 after()
             button.disabled = bool(problems)
@@ -297,7 +321,7 @@ def parse_object(text: str, what: str) -> tuple[dict[str, Any] | None, str]:
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc}"
+        return None, f"{what} is not valid JSON: {exc}"
     if not isinstance(value, dict):
         return None, f"{what} must be a JSON object ({{...}}), not a {type(value).__name__}"
     return value, ""
@@ -329,11 +353,44 @@ def check_key(client: Any, use: str) -> None:
     getattr(c, "async_client", c).check_key(use)
 
 
-def _problems_by_field(problems: list[tuple[str, str, str]]) -> dict[str, list[str]]:
+def _limits(spec: contract.FieldSpec | None) -> str:
+    """A string field's length rule in words, e.g. ``" (1 to 256 characters)"``."""
+    if spec is None or spec.max_length is None:
+        return ""
+    return f" ({max(spec.min_length, 1)} to {spec.max_length} characters)"
+
+
+def required_note(field: str, specs: Mapping[str, contract.FieldSpec]) -> str:
+    """The note for a required input left blank: ``"user_id is required (1 to 256
+    characters)"``."""
+    return f"{field} is required{_limits(specs.get(field))}"
+
+
+def field_note(path: str, rule: str, message: str,
+               specs: Mapping[str, contract.FieldSpec]) -> str:
+    """One problem ``(path, rule, message)`` of events.py as a plain sentence naming the
+    field and the rule once: ``"user_id must be at most 256 characters, got 300"``.
+
+    A required field left out or typed empty reads ``"<field> is required (limits)"``
+    (a blank input is how a person leaves a field out).
+    """
+    field = path.split(".", 1)[0].split("[", 1)[0]
+    if rule == contract.RULE_REQUIRED or (
+        rule == contract.RULE_TOO_SHORT and message.endswith("got 0")
+        and (spec := specs.get(field)) is not None and spec.required
+    ):
+        return required_note(field, specs) if path == field else f"{path} is required"
+    return message if message.startswith(path) else f"{path} {message}"
+
+
+def _problems_by_field(
+    problems: list[tuple[str, str, str]], specs: Mapping[str, contract.FieldSpec]
+) -> dict[str, list[str]]:
+    """Problems grouped by the input they belong to, each as a :func:`field_note`."""
     out: dict[str, list[str]] = {}
     for path, rule, message in problems:
         head = path.split(".", 1)[0].split("[", 1)[0]
-        out.setdefault(head, []).append(f"{rule}: {message}")
+        out.setdefault(head, []).append(field_note(path, rule, message, specs))
     return out
 
 
@@ -388,16 +445,18 @@ def _track_fields(form: Form) -> tuple[dict[str, Any], dict[str, list[str]]]:
     elif props is not None:
         enriched = sorted(k for k in props if k in contract.ENRICHED_FIELDS)
         if enriched:
+            names = ", ".join(repr(k) for k in enriched)
             problems["properties"] = [
-                f"{', '.join(enriched)}: named like a field the server derives itself (from "
-                "url, referrer and the request); rename the key (e.g. 'my_source') or leave it out"
+                f"properties key {names} is named like a field the server derives itself "
+                "(from url, referrer and the request): rename it (e.g. 'my_source') or leave "
+                "it out"
             ]
         fields["properties"] = props
     _, found, _ = check_event(fields)
-    for part, msgs in _problems_by_field(found).items():
+    for part, msgs in _problems_by_field(found, contract.EVENT_FIELDS).items():
         problems.setdefault(part, []).extend(msgs)
     if "event" not in fields:
-        problems["event"] = ["required: type an event name (1 to 128 characters)"]
+        problems["event"] = [required_note("event", contract.EVENT_FIELDS)]
     return fields, problems
 
 
@@ -405,7 +464,7 @@ def _send_track(form: Form, client: Any) -> None:
     fields, problems = _track_fields(form)
     if problems or "event" not in fields:
         form.check()
-        form.show_answer("nothing was sent: fix the fields marked in red", _RED)
+        form.show_answer(NOT_SENT, _RED)
         return
     event = fields.pop("event")
     try:
@@ -481,7 +540,8 @@ def _identify_body(form: Form) -> tuple[dict[str, Any] | None, dict[str, list[st
     try:
         body = prepare_identify(anon or None, user or None, traits)
     except MillimetricError as exc:
-        for part, msgs in _problems_by_field(getattr(exc, "problems", [])).items():
+        found = _problems_by_field(getattr(exc, "problems", []), contract.IDENTIFY_FIELDS)
+        for part, msgs in found.items():
             problems.setdefault(part, []).extend(msgs)
     warning = _traits_warning(traits) if traits else ""
     return (None if problems else body), problems, warning
@@ -491,7 +551,7 @@ def _send_identify(form: Form, client: Any) -> None:
     body, _, _ = _identify_body(form)
     if body is None:
         form.check()
-        form.show_answer("nothing was sent: fix the fields marked in red", _RED)
+        form.show_answer(NOT_SENT, _RED)
         return
     what = f"{body['anonymous_id']} → {body['user_id']}"
     try:
@@ -525,7 +585,7 @@ def forget_form(client: Any = None) -> Form:
     rows = [
         form.text("user_id", "user_id"),
         form.text("confirm", "type it again"),
-        form.html("statement", _html_lines(_FORGET_STATEMENT, _AMBER)),
+        form.paragraph("statement", _FORGET_STATEMENT, _AMBER),
     ]
     send = form.button(
         "send", "Delete this user's events", lambda: _send_forget(form, client),
@@ -545,11 +605,12 @@ def _forget_target(form: Form) -> tuple[str | None, dict[str, list[str]]]:
     try:
         prepare_forget(user or None)
     except MillimetricError as exc:
-        problems = _problems_by_field(getattr(exc, "problems", []))
+        problems = _problems_by_field(getattr(exc, "problems", []), contract.FORGET_FIELDS)
     if user and again != user:
-        problems["confirm"] = ["does not match the user_id above: type the same id again"]
+        problems["confirm"] = ["the confirmation does not match user_id: type the same id "
+                               "again"]
     elif not again:
-        problems["confirm"] = ["type the user_id again to confirm"]
+        problems["confirm"] = ["the confirmation is required: type user_id again"]
     return (None if problems else user), problems
 
 
@@ -572,5 +633,7 @@ def _send_forget(form: Form, client: Any) -> None:
     form.show_answer(f"deleted: every event of {user!r} (server answered {outcome.status} "
                      f"{answer})")
     form.record(user, f"deleted ({outcome.status})", ok=True)
-    f = form.fields
-    f["confirm"].value = ""
+    # a fresh form for the next delete (both ids typed again), the answer kept: the
+    # user_id first, so the confirmation is never compared with a stale id
+    form.fields["user_id"].value = ""
+    form.fields["confirm"].value = ""

@@ -115,6 +115,17 @@ class Lab:
         text = self.log.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
+    def write_notebook(self, name: str, *cells: str) -> str:
+        """Write a notebook of these code cells as ``name`` under ``root_dir``; return
+        ``name`` (for :meth:`open_notebook`)."""
+        import nbformat
+
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(code) for code in cells]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+        nbformat.write(nb, self.root_dir / name)
+        return name
+
     def open_notebook(self, page: Any, name: str, timeout_ms: float = 60_000) -> Any:
         """Open ``name`` (relative to ``root_dir``) and wait for an idle kernel.
 

@@ -8,8 +8,6 @@ other browser test's failure is about the harness, not the widgets.
 
 from __future__ import annotations
 
-import nbformat
-
 HARNESS_NB = "harness-click.ipynb"
 CODE = """\
 import ipywidgets as w
@@ -31,10 +29,7 @@ w.VBox([button, out])
 
 
 def test_a_click_in_chromium_runs_the_kernels_handler(lab, page, shot):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(CODE), nbformat.v4.new_code_cell("print('ran', 6 * 7)")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
-    nbformat.write(nb, lab.root_dir / HARNESS_NB)
+    lab.write_notebook(HARNESS_NB, CODE, "print('ran', 6 * 7)")
 
     panel = lab.open_notebook(page, HARNESS_NB)
     lab.run_all(page)
