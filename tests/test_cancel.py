@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import html
 import os
 import re
 import signal
@@ -344,3 +345,37 @@ def test_a_cancel_keeps_invalid_rows_invalid_and_the_account_adds_up(mm_server_f
     assert (f"{never:,} never sent, {not_checked:,} not yet checked or sent, "
             f"{c['invalid']:,} invalid" in line), line
     assert _settled_count(srv) == c["sent"]
+
+
+def test_panel_after_a_first_interrupt_drain_counts_not_sent_and_stops_the_bar(mm_server):
+    # the first interrupt's drain (stop.request("interrupt"), as interrupts_drain does):
+    # the panel's account matches the engine's; the kept-back rows are "not sent"
+    from millimetric_nb.progress import Acknowledged
+    from millimetric_nb.results import account_line, kept_back
+
+    n = 30_000
+    panel = SendPanel("batch")
+
+    async def main():
+        stop = mm.StopSignal()
+
+        def observe(event: object) -> None:
+            if isinstance(event, Acknowledged):
+                stop.request("interrupt")
+
+        async with mm.AsyncClient(key=mm_server.keys["sk"], host=mm_server.url) as client:
+            return await mm.abackfill(_frame(n), client=client, progress=panel,
+                                      observer=observe, stop=stop, chunksize=1000)
+
+    res = asyncio.run(main())
+    assert res.error is not None and res.error.code == "interrupted"
+    never, unchecked = kept_back(res)
+    c = res.counts
+    assert c["sent"] + c["ambiguous"] + never + unchecked == n and never + unchecked > 0
+    assert panel.counts["not_sent"] == never + unchecked and panel.counts["failed"] == 0
+    answered = c["sent"] + c["ambiguous"]
+    assert panel.bar.max == n and panel.bar.value == answered < n
+    text = panel.counts_html.value
+    assert f"not sent {never + unchecked:,}" in text and "failed 0" in text
+    assert panel.state_html.value.startswith(f"Interrupted: {never + unchecked:,} row(s)")
+    assert account_line(res) in html.unescape(panel.summary_html.value)
