@@ -104,6 +104,7 @@ from .progress import (
 from .results import (
     STATUS_CODES,
     STATUSES,
+    UNCHECKED,
     Plan,
     SendResult,
     empty_rows,
@@ -458,7 +459,7 @@ class _Run:
             chunk = _Chunk(frame, offset)
             offset += len(frame)
             if self.stop_error is not None:
-                self.stop_chunk(chunk)
+                self.stop_chunk(chunk, checked=False)
                 continue
             await self.plan_chunk(chunk, queue)
         # only on normal completion: when failing or cancelled, run() cancels the
@@ -466,11 +467,16 @@ class _Run:
         for _ in range(self.concurrency):
             await queue.put(None)
 
-    def stop_chunk(self, chunk: _Chunk) -> None:
+    def stop_chunk(self, chunk: _Chunk, *, checked: bool = True) -> None:
+        """The rows of ``chunk`` not yet accounted for end ``failed`` (not sent), with
+        the stop's code; ``checked=False``: the chunk was never validated, so its rows
+        are said to be unchecked (some may be invalid), not valid rows kept back."""
         err = self.stop_error
         assert err is not None
         unset = chunk.status == _UNSET
         msg = f"not sent: the run stopped ({err.code})"
+        if not checked:
+            msg = f"{UNCHECKED} ({err.code})"
         chunk.mark(unset, _FAILED, error=err.code, message=msg)
         chunk.sealed = True
         self.emit(Failed(self.route, int(unset.sum()), err.code, "not sent: the run stopped"))

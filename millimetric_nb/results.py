@@ -321,6 +321,27 @@ class SendResult:
 STOP_CODES: tuple[str, ...] = ("cancelled", "interrupted")
 
 
+#: How the ``message`` of a row a stop kept back before its part of the input was
+#: validated starts (``failed`` with the stop's code): it may be valid or invalid.
+UNCHECKED = "not checked or sent: the run stopped before this part of the input was validated"
+
+
+def kept_back(result: SendResult) -> tuple[int, int]:
+    """Rows a stop on request kept back: ``(never sent, not checked)``.
+
+    ``never sent``: valid rows that never left; ``not checked``: rows of a part of the
+    input the run had not validated yet (some may be invalid). Both are ``failed``
+    with the stop's code; ``(0, 0)`` when the run was not stopped on request.
+    """
+    how = stopped_by(result)
+    if how is None:
+        return 0, 0
+    rows = result.rows
+    kept = (rows["status"] == "failed") & (rows["error"] == how)
+    unchecked = kept & rows["message"].str.startswith(UNCHECKED, na=False)
+    return int(kept.sum() - unchecked.sum()), int(unchecked.sum())
+
+
 def stopped_by(result: SendResult) -> str | None:
     """``"cancelled"`` or ``"interrupted"`` when the run was stopped on request, else None."""
     code = result.error.code if result.error is not None else None
@@ -344,10 +365,12 @@ def account_line(result: SendResult, journal: Any = None) -> str:
     how = stopped_by(result)
     if how is None:
         return result._headline()
-    never = int(((result.rows["status"] == "failed") & (result.rows["error"] == how)).sum())
+    never, unchecked = kept_back(result)
     parts = [f"{c['sent']:,} rows stored", f"{c['ambiguous']:,} cut off in flight (may be stored)",
              f"{never:,} never sent"]
-    other = c["failed"] - never
+    if unchecked:
+        parts.append(f"{unchecked:,} not yet checked or sent")
+    other = c["failed"] - never - unchecked
     if other:
         parts.append(f"{other:,} failed")
     for k in ("invalid", "skipped"):
@@ -365,10 +388,12 @@ __all__ = [
     "ROWS_COLUMNS",
     "STATUSES",
     "STOP_CODES",
+    "UNCHECKED",
     "Plan",
     "SendResult",
     "account_line",
     "empty_rows",
+    "kept_back",
     "reason_columns",
     "reason_names",
     "resume_hint",

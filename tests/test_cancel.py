@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import html
 import os
 import re
 import signal
@@ -114,8 +115,15 @@ def test_panel_cancel_button_clicked_while_an_awaited_send_runs(mm_server_factor
     assert any(isinstance(e, Stopping) and e.reason == "cancel" for e in seen)
     # the panel's final account
     assert panel.result is res and panel.failed is res.failed
-    assert panel.bar.value == panel.bar.max == n
-    assert f"sent {res.sent:,}" in panel.counts_html.value
+    # the bar stops where the send stopped: the rows kept back are "not sent", not
+    # failures, and not done
+    assert panel.bar.max == n and panel.bar.value == res.sent < n
+    assert panel.bar.description == f"{100 * res.sent / n:.0f}%"
+    assert panel.bar.bar_style == "warning"  # stopped, no real error: not red
+    text = panel.counts_html.value
+    assert f"{res.sent:,} / {n:,} rows" in text and f"sent {res.sent:,}" in text
+    assert "failed 0" in text and f"not sent {res.failed_count:,}" in text
+    assert panel.state_html.value.startswith(f"Cancelled: {res.failed_count:,} row(s) not sent")
     summary = panel.summary_html
     assert "mm-panel-summary-bad" in summary._dom_classes  # rows did not get in: red
     assert "Cancelled" in summary.value and "never sent" in summary.value
@@ -287,3 +295,87 @@ def test_interrupting_a_script(tmp_path, signals):
         assert again.error is None and distinct == n
         flagged = again.counts["possible_duplicates"]
         assert total - distinct <= flagged
+
+
+def test_a_cancel_keeps_invalid_rows_invalid_and_the_account_adds_up(mm_server_factory):
+    # invalid rows in every chunk: those of the chunks validated before the Cancel stay
+    # `invalid`; the chunks it kept from being validated are "not yet checked or sent"
+    # (not claimed valid rows "never sent"); the account's numbers add up to the total
+    from millimetric_nb.progress import Acknowledged
+    from millimetric_nb.results import UNCHECKED, account_line, kept_back
+
+    srv = mm_server_factory(limits="production")
+    n, chunk = 40_000, 1000
+    df = _frame(n)
+    bad = [i for i in range(n) if i % chunk in (7, 500)]  # two per chunk
+    df.loc[bad, "event"] = ""  # an empty event name breaks a rule
+
+    async def main():
+        stop = mm.StopSignal()
+
+        def observe(event: object) -> None:
+            if isinstance(event, Acknowledged):
+                stop.request("cancel")
+
+        async with mm.AsyncClient(key=srv.keys["sk"], host=srv.url) as client:
+            return await mm.abackfill(df, client=client, progress=False, observer=observe,
+                                      stop=stop, chunksize=chunk)
+
+    res = asyncio.run(main())
+    rows = res.rows
+    assert res.error is not None and res.error.code == "cancelled"
+    assert len(rows) == n and rows.index.is_unique
+    unchecked = (rows["status"] == "failed") & rows["message"].str.startswith(UNCHECKED)
+    checked_chunks = set(rows.index[~unchecked] // chunk)
+    unchecked_chunks = set(rows.index[unchecked] // chunk)
+    assert checked_chunks and unchecked_chunks and not checked_chunks & unchecked_chunks
+    # a validated chunk's invalid rows are `invalid`, even where its valid rows never left
+    in_checked = [i for i in bad if i // chunk in checked_chunks]
+    assert (rows.loc[in_checked, "status"] == "invalid").all()
+    assert res.invalid == len(in_checked)
+    never_left = rows.index[(rows["status"] == "failed") & ~unchecked] // chunk
+    assert set(never_left) - {0}, "no validated chunk was kept back whole"
+    # every row once, in exactly one of the account's numbers
+    never, not_checked = kept_back(res)
+    assert not_checked == int(unchecked.sum()) == chunk * len(unchecked_chunks)
+    c = res.counts
+    assert c["sent"] + c["ambiguous"] + never + not_checked + c["invalid"] == n
+    assert c["failed"] == never + not_checked and c["skipped"] == 0
+    line = account_line(res)
+    assert (f"{never:,} never sent, {not_checked:,} not yet checked or sent, "
+            f"{c['invalid']:,} invalid" in line), line
+    assert _settled_count(srv) == c["sent"]
+
+
+def test_panel_after_a_first_interrupt_drain_counts_not_sent_and_stops_the_bar(mm_server):
+    # the first interrupt's drain (stop.request("interrupt"), as interrupts_drain does):
+    # the panel's account matches the engine's; the kept-back rows are "not sent"
+    from millimetric_nb.progress import Acknowledged
+    from millimetric_nb.results import account_line, kept_back
+
+    n = 30_000
+    panel = SendPanel("batch")
+
+    async def main():
+        stop = mm.StopSignal()
+
+        def observe(event: object) -> None:
+            if isinstance(event, Acknowledged):
+                stop.request("interrupt")
+
+        async with mm.AsyncClient(key=mm_server.keys["sk"], host=mm_server.url) as client:
+            return await mm.abackfill(_frame(n), client=client, progress=panel,
+                                      observer=observe, stop=stop, chunksize=1000)
+
+    res = asyncio.run(main())
+    assert res.error is not None and res.error.code == "interrupted"
+    never, unchecked = kept_back(res)
+    c = res.counts
+    assert c["sent"] + c["ambiguous"] + never + unchecked == n and never + unchecked > 0
+    assert panel.counts["not_sent"] == never + unchecked and panel.counts["failed"] == 0
+    answered = c["sent"] + c["ambiguous"]
+    assert panel.bar.max == n and panel.bar.value == answered < n
+    text = panel.counts_html.value
+    assert f"not sent {never + unchecked:,}" in text and "failed 0" in text
+    assert panel.state_html.value.startswith(f"Interrupted: {never + unchecked:,} row(s)")
+    assert account_line(res) in html.unescape(panel.summary_html.value)

@@ -118,6 +118,10 @@ def test_stopping_state_counts_the_requests_still_on_the_wire():
     assert panel.cancel_button.disabled
     panel(Failed("batch", 5000, "interrupted", "not sent"))  # kept back: not answers
     panel._draw()
+    assert panel.counts["not_sent"] == 5000 and panel.counts["failed"] == 0
+    assert panel.bar.value == 1000 and panel.bar.max == 10_000  # 10%, not 60%
+    assert "not sent 5,000" in panel.counts_html.value
+    assert "failed 0" in panel.counts_html.value
     assert panel.state_html.value == (
         "stopping (interrupt): nothing new is sent; waiting for 4 request(s) in flight; "
         "interrupt again to stop at once")
@@ -354,7 +358,8 @@ def test_in_a_kernel_cancel_works_while_the_cell_awaits_and_an_interrupt_is_one_
         assert len(err["traceback"]) <= 2, err["traceback"]  # not ~96 lines
         line = err["traceback"][0]
         assert re.search(r"Interrupted after [\d.]+ s: [\d,]+ rows stored, 0 cut off in "
-                         r"flight \(may be stored\), [\d,]+ never sent; to resume", line), line
+                         r"flight \(may be stored\), [\d,]+ never sent(, [\d,]+ not yet checked or "
+                         r"sent)?; to resume", line), line
         # the kernel lives on, and the account is on the exception
         msgs = _run(kc, "import sys; r = sys.last_value.result\n"
                         "print('AFTER', r.counts['sent'], r.counts['ambiguous'])")

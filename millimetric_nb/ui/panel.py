@@ -25,7 +25,9 @@ send, it learns the send's ``dry_run`` and ``journal`` and gets its Cancel wired
 
 Every part has a CSS class (``add_class``), for people and tests: ``mm-panel`` (the
 box), ``mm-panel-title``, ``mm-panel-bar`` (rows done of rows total),
-``mm-panel-counts`` (sent, failed, invalid, skipped, retried, ambiguous),
+``mm-panel-counts`` (sent, failed, invalid, skipped, retried, ambiguous, and after
+a Cancel or an interrupt ``not sent``: the rows the stop kept back, which the bar
+does not count as done, so it stops where the send stopped),
 ``mm-panel-rate`` (events/s against the route's ceiling), ``mm-panel-eta``
 (elapsed and ETA), ``mm-panel-state`` (sending / waiting on the rate limit or a
 Retry-After / stopping), ``mm-panel-hint`` (how to stop), ``mm-panel-cancel`` (the
@@ -63,7 +65,7 @@ from ..progress import (
     Waiting,
 )
 from ..ratelimit import ROUND_TRIP_S, estimate_seconds
-from ..results import STOP_CODES, SendResult, account_line, stopped_by
+from ..results import STOP_CODES, SendResult, account_line, kept_back, stopped_by
 
 #: The fastest the widgets are redrawn (seconds between two draws).
 REDRAW_S = 0.1
@@ -79,6 +81,9 @@ _REASONS = {"rate_limit": "rate limit", "retry_after": "Retry-After"}
 #: a chunk that could not be prepared.
 _NEVER_LEFT = (*STOP_CODES, "prepare_failed")
 _COUNTS = ("sent", "failed", "invalid", "skipped", "retried", "ambiguous")
+#: The rows that got an answer (or need none): what the bar counts. Rows a stop kept
+#: back (``not_sent``) and retries are not among them.
+_ANSWERED = ("sent", "failed", "ambiguous", "invalid", "skipped")
 
 
 def _duration(seconds: float) -> str:
@@ -123,6 +128,7 @@ class SendPanel:
         self.result: SendResult | None = None
         self.counts: dict[str, int] = dict.fromkeys(_COUNTS, 0)
         self.counts["possible_duplicates"] = 0
+        self.counts["not_sent"] = 0  # rows a stop on request kept back (never left)
         self.total: int | None = None
         self.planned_rows = 0
         self.requests_planned = 0
@@ -225,6 +231,9 @@ class SendPanel:
         c = result.counts
         for k in ("sent", "failed", "invalid", "skipped", "ambiguous", "possible_duplicates"):
             self.counts[k] = c[k]
+        never, unchecked = kept_back(result)
+        self.counts["not_sent"] = never + unchecked
+        self.counts["failed"] -= never + unchecked  # "failed" is for real errors
         self.total = c["total"]
         self.stopping = self.stopping or stopped_by(result)
         self._draw()
@@ -242,8 +251,18 @@ class SendPanel:
         self.summary_html.value = (
             f"<span style='color:{colour};font-weight:bold'>{html.escape(line)}</span>"
         )
-        self.bar.bar_style = "danger" if bad else "success"
-        self.state_html.value = "stopped" if self.stopping else "done"
+        how = stopped_by(result)
+        real = self.counts["failed"] + c["ambiguous"] > 0
+        self.bar.bar_style = (
+            "danger" if real or (bad and how is None) else "warning" if how else "success"
+        )
+        if how is not None:
+            self.state_html.value = html.escape(
+                f"{how.capitalize()}: {self.counts['not_sent']:,} row(s) not sent "
+                f"(stopped at {self.bar.description}); see the account below"
+            )
+        else:
+            self.state_html.value = "stopped" if self.stopping else "done"
         self.set_cancel(None)
         self.failed_html.value = _failed_table(result)
 
@@ -279,7 +298,10 @@ class SendPanel:
         elif isinstance(event, Failed):
             if event.code not in _NEVER_LEFT:  # else rows a stop or a bug kept back
                 self._answered(now)
-            self.counts["ambiguous" if event.ambiguous else "failed"] += event.events
+            if event.code in STOP_CODES and not event.ambiguous:
+                self.counts["not_sent"] += event.events  # kept back by the stop
+            else:
+                self.counts["ambiguous" if event.ambiguous else "failed"] += event.events
         elif isinstance(event, Retrying):
             self._answered(now)
         elif isinstance(event, Waiting):
@@ -376,7 +398,7 @@ class SendPanel:
         now = time.monotonic() if now is None else now
         self._last_draw = now
         c = self.counts
-        done = c["sent"] + c["failed"] + c["ambiguous"] + c["invalid"] + c["skipped"]
+        done = sum(c[k] for k in _ANSWERED)  # not the rows a stop kept back
         if self.dry_run:
             done = self.planned_rows
         total = self.total if self.total is not None else max(done, self.planned_rows)
@@ -384,6 +406,8 @@ class SendPanel:
         self.bar.value = min(done, self.bar.max)
         self.bar.description = f"{100 * done / total:.0f}%" if total else "0%"
         shown = [f"{k} {c[k]:,}" for k in _COUNTS]
+        if c["not_sent"]:
+            shown.append(f"not sent {c['not_sent']:,}")
         if c["possible_duplicates"]:
             shown.append(f"possible duplicates {c['possible_duplicates']:,}")
         self.counts_html.value = (

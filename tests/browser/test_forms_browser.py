@@ -39,7 +39,8 @@ WATCH_BAR = """() => {
                                attributeFilter: ['style']});
 }"""
 ACCOUNT = re.compile(
-    r"([\d,]+) (rows stored|cut off in flight \(may be stored\)|never sent|failed|invalid|skipped)"
+    r"([\d,]+) (rows stored|cut off in flight \(may be stored\)|never sent"
+    r"|not yet checked or sent|failed|invalid|skipped)"
 )
 MOVING = """(n) => new Set(window.__mmWidths.filter(w => w > 0 && w < 100)).size >= n"""
 
@@ -125,6 +126,20 @@ def test_forms_and_a_cancelled_backfill_in_jupyterlab(lab, page, shot):
     assert counts.get("never sent", 0) > 0, text  # the cancel came before the end
     assert counts.get("rows stored", 0) > 0, text
     assert sum(counts.values()) == ROWS, (counts, text)
+    # the panel agrees with the account: the rows kept back are "not sent" (not
+    # "failed"), and the bar stops where the send stopped, short of 100%
+    live = backfill.locator(".mm-panel")
+    shown = live.locator(".mm-panel-counts").inner_text()
+    kept = counts["never sent"] + counts.get("not yet checked or sent", 0)
+    assert f"not sent {kept:,}" in shown, shown
+    assert f"failed {counts.get('failed', 0):,}" in shown, shown
+    answered = ROWS - kept
+    assert f"{answered:,} / {ROWS:,} rows" in shown, shown
+    width = float(bar.evaluate("el => el.style.width").rstrip("%"))
+    assert 0 < width < 100 and abs(width - 100 * answered / ROWS) < 0.5, width
+    assert "progress-bar-danger" not in (bar.get_attribute("class") or "")  # not red
+    state = live.locator(".mm-panel-state").inner_text()
+    assert state.startswith(f"Cancelled: {kept:,} row(s) not sent"), state
     # the server holds what the panel says was stored of this frame, give or take
     # the requests cut off in flight
     stored_now = int(lab.kernel_run(page, (
