@@ -296,9 +296,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium under Playwright (fails under CI when missing, skips elsewhere)."""
+    """Debian's Chromium under Playwright (fails under CI when missing, skips elsewhere).
+
+    Module-scoped on purpose: while Playwright's sync API is started, the main thread
+    counts as running its event loop (``asyncio.get_running_loop()`` answers), which
+    made every later test's sync bridge schedule work on a loop that never ran.
+    """
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         unavailable(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
     try:
