@@ -49,7 +49,7 @@ import sys
 from collections.abc import Collection, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,9 +57,12 @@ import pyarrow as pa
 
 from .errors import ConfigurationError, MillimetricError, SourceError
 from .frame import (
+    PII_DEFAULT,
     ROWS_WARNING,
     EventIdState,
     MergedWarnings,
+    MissingTimestamp,
+    PiiMode,
     check_mapping_keywords,
     emit_warnings,
     prepare_chunk,
@@ -783,6 +786,7 @@ def _check_partition(
     mapping: dict[str, Any],
     pii: str,
     now: Any,
+    missing_timestamp: str = "invalid",
     partition_info: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """The column-wise checks of one Dask partition, run on a worker.
@@ -794,7 +798,8 @@ def _check_partition(
     del partition_info
     part = part.reset_index(drop=True)
     fm, warns = resolve_mapping(list(part.columns), **mapping)
-    p = prepare_chunk(part, fm, pii=pii, now=now, ids=EventIdState(), encode=False)  # type: ignore[arg-type]
+    p = prepare_chunk(part, fm, pii=pii, now=now, ids=EventIdState(),  # type: ignore[arg-type]
+                      encode=False, missing_timestamp=missing_timestamp)  # type: ignore[arg-type]
     errors = p.errors
     out = pd.DataFrame({
         "kind": "error",
@@ -810,12 +815,14 @@ def _check_partition(
 
 
 def _validate_dask(
-    ddf: Any, mapping: dict[str, Any], pii: str, now: Any, tally: MergedWarnings
+    ddf: Any, mapping: dict[str, Any], pii: str, now: Any, missing_timestamp: str,
+    tally: MergedWarnings,
 ) -> tuple[pd.DataFrame, int]:
     _require("dask.dataframe", "dask", "validating a Dask DataFrame")
     name = f"the Dask DataFrame ({ddf.npartitions} partitions)"
     checked = ddf.map_partitions(
-        _check_partition, mapping, pii, now, meta=_PARTITION_META, align_dataframes=False,
+        _check_partition, mapping, pii, now, missing_timestamp,
+        meta=_PARTITION_META, align_dataframes=False,
     )
     parts = checked.to_delayed()
     pieces: list[pd.DataFrame] = []
@@ -857,8 +864,9 @@ def _concat_errors(pieces: list[pd.DataFrame]) -> pd.DataFrame:
 def validate(
     source: Source,
     *,
-    pii: Literal["warn", "error", "ignore"] = "warn",
+    pii: PiiMode = PII_DEFAULT,
     now: pd.Timestamp | None = None,
+    missing_timestamp: MissingTimestamp = "invalid",
     warn: bool = True,
     chunksize: int = DEFAULT_CHUNKSIZE,
     filter: Any = None,
@@ -878,8 +886,11 @@ def validate(
 
     Args:
         source: see :func:`millimetric_nb.datasources.iter_source`.
-        pii: ``"warn"``, ``"error"`` (raise) or ``"ignore"`` for personal-looking columns.
+        pii: personal-looking property columns: ``"error"`` (the default, as for a
+            send: raise), ``"warn"``, ``"allow"`` or ``"ignore"``.
         now: reference time for "timestamp in the future" (default: now).
+        missing_timestamp: an empty timestamp cell is ``"invalid"`` (default) or
+            ``"server_time"`` (valid, stored at arrival), as for a send.
         warn: also issue each warning with :func:`warnings.warn`.
         chunksize: rows checked at a time (not used for a DataFrame or Dask).
         filter: a ``pyarrow.compute`` Expression for a Parquet dataset or Arrow source.
@@ -889,13 +900,15 @@ def validate(
         SourceError: the source cannot be read (naming the part).
         ValidationError: a mapping naming a missing column; ``pii="error"``.
     """
-    from .frame import check_pii
+    from .frame import check_missing_timestamp, check_pii
     from .validate import validate_frame
 
     check_pii(pii)
+    check_missing_timestamp(missing_timestamp)
     check_mapping_keywords(mapping)
     if isinstance(source, pd.DataFrame) and filter is None:
-        report = validate_frame(source, pii=pii, now=now, warn=False, **mapping)
+        report = validate_frame(source, pii=pii, now=now, missing_timestamp=missing_timestamp,
+                                warn=False, **mapping)
         if warn:
             emit_warnings(report.warnings, stacklevel=2)
         return report
@@ -903,7 +916,7 @@ def validate(
     if _is_dask(source) and type(source).__name__ == "DataFrame":
         if filter is not None:
             raise _no_filter("a Dask DataFrame")
-        errors, n_rows = _validate_dask(source, mapping, pii, now, tally)
+        errors, n_rows = _validate_dask(source, mapping, pii, now, missing_timestamp, tally)
     else:
         chunks, _total = iter_source(source, chunksize, field_columns(mapping), filter)
         mappings: dict[tuple[Hashable, ...], Any] = {}
@@ -917,7 +930,7 @@ def validate(
                 for w in mwarns:
                     tally.add(w)
             p = prepare_chunk(chunk, mappings[cols], offset=n_rows, pii=pii, now=now, ids=ids,
-                              encode=False)
+                              encode=False, missing_timestamp=missing_timestamp)
             for w in p.warnings:
                 tally.add(w)
             if len(p.errors):

@@ -449,3 +449,29 @@ def test_sigkill_over_a_partitioned_dataset_then_resume(mm_server, tmp_path):
     flagged = set(res.rows.loc[res.rows["ambiguous"], "event_id"])
     twice = {k for k, v in stored.items() if v > 1}
     assert twice <= flagged  # only in-flight (never acknowledged) rows may repeat
+
+
+def test_validate_of_a_file_judges_as_a_send_does(tmp_path):
+    # mm.validate takes a send's defaults: personal data refused, empty timestamps
+    # invalid unless missing_timestamp="server_time"
+    path = tmp_path / "events.csv"
+    pd.DataFrame({
+        "event": ["a", "b", "c"],
+        "timestamp": ["2026-11-01T00:00:00Z", "", "2026-11-02T00:00:00Z"],
+        "plan": ["pro", "free", "pro"],
+    }).to_csv(path, index=False)
+    strict = mm.validate(path, now=NOW, warn=False)
+    assert strict.errors[["position", "field", "rule"]].values.tolist() == [
+        [1, "timestamp", "required"]]
+    lenient = mm.validate(path, now=NOW, warn=False, missing_timestamp="server_time")
+    assert lenient.errors.empty and lenient.n_rows == 3
+    with pytest.raises(mm.errors.MillimetricError) as info:
+        mm.validate(path, now=NOW, warn=False, missing_timestamp="later")
+    assert info.value.code == "invalid_missing_timestamp"
+
+    personal = tmp_path / "personal.csv"
+    pd.DataFrame({"event": ["a"], "email": ["ann@example.com"]}).to_csv(personal, index=False)
+    with pytest.raises(mm.errors.ValidationError) as info:
+        mm.validate(personal, now=NOW, warn=False)
+    assert info.value.code == "personal_data" and "email" in str(info.value)
+    assert mm.validate(personal, now=NOW, warn=False, pii="allow").errors.empty
