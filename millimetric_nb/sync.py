@@ -24,13 +24,13 @@ import contextlib
 import signal
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from .client import AsyncClient, BatchResult, ReadRoute, SendOutcome, interrupted_note
 from .errors import ConfigurationError
 from .progress import Observer
 
-__all__ = ["Client", "connect", "default_client", "run_sync"]
+__all__ = ["Client", "ClientLike", "connect", "default_client", "run_sync"]
 
 T = TypeVar("T")
 
@@ -273,6 +273,11 @@ class Client:
 
 _default: Client | None = None
 _default_lock = threading.Lock()
+
+
+#: What every ``client=`` parameter takes: the synchronous face or the async client
+#: itself (``None``, where a parameter allows it, means :func:`default_client`).
+ClientLike: TypeAlias = "Client | AsyncClient"
 
 
 def connect(key: str | None = None, host: str | None = None, **kwargs: Any) -> Client:
