@@ -51,7 +51,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from . import contract
+from . import contract, rules
 
 __all__ = [
     "ORJSON_OPTIONS",
@@ -338,11 +338,9 @@ def _classify(exc: orjson.JSONEncodeError) -> tuple[str, str]:
         return contract.RULE_NOT_JSON, str(cause)
     msg = str(exc)
     if "surrogates" in msg or "UTF-8" in msg:
-        return contract.RULE_UNICODE, "contains a lone surrogate, which is not valid UTF-8"
+        return contract.RULE_UNICODE, rules.lone_surrogate()
     if "53-bit" in msg or "64-bit" in msg or "Integer" in msg:
-        return contract.RULE_INT_RANGE, (
-            f"an integer beyond +-{contract.MAX_SAFE_INTEGER}; send it as a string"
-        )
+        return contract.RULE_INT_RANGE, rules.int_beyond()
     if "Recursion" in msg or "recursion" in msg:
         return contract.RULE_NOT_JSON, "nested too deeply (or refers to itself)"
     if "Dict key" in msg:
@@ -368,9 +366,7 @@ def _check_str(s: str, path: str) -> EncodeError | None:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
-        return EncodeError(
-            path, contract.RULE_UNICODE, "contains a lone surrogate, which is not valid UTF-8"
-        )
+        return EncodeError(path, contract.RULE_UNICODE, rules.lone_surrogate())
     return None
 
 
@@ -385,19 +381,15 @@ def _locate(obj: Any, path: str, *, nan_as_null: bool, depth: int) -> EncodeErro
     if isinstance(obj, int):
         if abs(obj) > contract.MAX_SAFE_INTEGER:
             shown = str(obj) if obj.bit_length() <= 256 else f"of {obj.bit_length()} bits"
-            return EncodeError(
-                path, contract.RULE_INT_RANGE,
-                f"the integer {shown} is beyond +-{contract.MAX_SAFE_INTEGER}; send it as a "
-                "string",
-            )
+            return EncodeError(path, contract.RULE_INT_RANGE, rules.int_beyond(shown))
         return None
     if isinstance(obj, float):
         if math.isnan(obj):
             if nan_as_null:
                 return None
-            return EncodeError(path, contract.RULE_NOT_JSON, "NaN is not a JSON number")
+            return EncodeError(path, contract.RULE_NOT_JSON, rules.not_a_json_number("NaN"))
         if math.isinf(obj):
-            return EncodeError(path, contract.RULE_NOT_JSON, f"{obj} is not a JSON number")
+            return EncodeError(path, contract.RULE_NOT_JSON, rules.not_a_json_number(str(obj)))
         return None
     if isinstance(obj, Mapping):
         for k, v in obj.items():
@@ -409,7 +401,7 @@ def _locate(obj: Any, path: str, *, nan_as_null: bool, depth: int) -> EncodeErro
             bad = _check_str(k, path)
             if bad is not None:
                 return EncodeError(
-                    path, contract.RULE_UNICODE, "a key contains a lone surrogate"
+                    path, contract.RULE_UNICODE, rules.lone_surrogate(what="a key contains")
                 )
             bad = _locate(v, _child(path, k), nan_as_null=nan_as_null, depth=depth + 1)
             if bad is not None:

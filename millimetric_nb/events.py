@@ -17,16 +17,21 @@ Each body is checked against the contract's field table (``contract.EVENT_FIELDS
 * any other field is an ``unknown_field`` problem (custom data goes in
   ``properties``).
 
-Every problem is reported, not only the first, as ``(path, rule, message)`` in
-an :class:`~millimetric_nb.errors.ValidationError`; nothing here raises any
-other exception for bad input.
+Each value is checked by the kind of its field in the table (string, timestamp,
+object), so a new field of a known kind needs no code here. Every problem is
+reported, not only the first: :func:`violations` gives them as
+:class:`~millimetric_nb.rules.Violation` (messages from :mod:`millimetric_nb.rules`,
+shared with the column-wise validator), and a
+:class:`~millimetric_nb.errors.ValidationError` holds their ``(path, rule, message)``
+triples; nothing here raises any other exception for bad input.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
 
 import numpy as np
 import orjson
@@ -41,6 +46,16 @@ from .encode import (
     too_large_message,
 )
 from .errors import ValidationError
+from .rules import (
+    Violation,
+    describe,
+    not_a_timestamp,
+    required,
+    short,
+    string_violation,
+    timestamp_required,
+    wrong_type,
+)
 
 __all__ = [
     "EnrichedFieldWarning",
@@ -50,6 +65,7 @@ __all__ = [
     "prepare_event",
     "prepare_forget",
     "prepare_identify",
+    "violations",
     "warn_enriched",
 ]
 
@@ -61,80 +77,89 @@ class EnrichedFieldWarning(UserWarning):
     """Server-enriched fields were given and dropped (the server derives them)."""
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, bytes | bytearray):
-        return f"{type(value).__name__} of length {len(value)}"
-    return type(value).__name__
+@dataclass(frozen=True, slots=True)
+class _Options:
+    fragments: bool
 
 
 def _check_string(
-    path: str, value: Any, spec: contract.FieldSpec
-) -> tuple[str | None, Problem | None]:
-    if isinstance(value, np.str_):
-        value = str(value)
-    if not isinstance(value, str):
-        hint = "; decode it to str first" if isinstance(value, bytes | bytearray) else ""
-        return None, (path, contract.RULE_TYPE, f"must be a string, got {_describe(value)}{hint}")
-    n = len(value)
-    if n < spec.min_length:
-        return None, (
-            path, contract.RULE_TOO_SHORT,
-            f"must be at least {spec.min_length} character(s), got {n}",
-        )
-    if spec.max_length is not None and n > spec.max_length:
-        return None, (
-            path, contract.RULE_TOO_LONG,
-            f"must be at most {spec.max_length} characters, got {n}",
-        )
+    path: str, value: Any, spec: contract.FieldSpec, opts: _Options
+) -> tuple[Any, Violation | None]:
+    return string_violation(path, value, spec)
+
+
+def _check_timestamp(
+    path: str, value: Any, spec: contract.FieldSpec, opts: _Options
+) -> tuple[Any, Violation | None]:
+    if isinstance(value, bool | int | float | np.number):  # epoch s and ms look alike
+        return None, Violation.of(path, contract.RULE_TIMESTAMP,
+                                  not_a_timestamp(f"a number ({short(value)})"), value)
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None, (
-            path, contract.RULE_UNICODE, "contains a lone surrogate, which is not valid UTF-8"
-        )
-    return value, None
+        return to_utc_iso(value), None
+    except ValueError as exc:
+        return None, Violation.of(path, contract.RULE_TIMESTAMP, str(exc), value)
 
 
 def _check_object(
-    path: str, value: Any, spec: contract.FieldSpec
-) -> tuple[bytes | None, Problem | None]:
+    path: str, value: Any, spec: contract.FieldSpec, opts: _Options
+) -> tuple[Any, Violation | None]:
     if not isinstance(value, Mapping):
-        return None, (path, contract.RULE_TYPE, f"must be an object (dict), got {_describe(value)}")
+        return None, Violation.of(path, contract.RULE_TYPE,
+                                  wrong_type("an object (dict)", describe(value)), value)
     try:
         raw = dumps(value, nan_as_null=True, path=path)
     except EncodeError as exc:
-        return None, (exc.path, exc.rule, exc.reason)
+        return None, Violation.of(exc.path, exc.rule, exc.reason, value)
     if spec.max_bytes is not None and len(raw) > spec.max_bytes:
-        return None, (
+        return None, Violation.of(
             path, contract.RULE_TOO_LARGE,
-            too_large_message(len(raw), member_sizes(value), spec.max_bytes),
+            too_large_message(len(raw), member_sizes(value), spec.max_bytes), value,
         )
-    return raw, None
+    if opts.fragments:
+        return orjson.Fragment(raw), None
+    return orjson.loads(raw), None
 
 
-def _prepare(
+#: The check of one value, by the kind of its field in the contract's table:
+#: ``(path, value, spec, options) -> (normalised value, None) | (None, violation)``.
+_CHECKS: Final[dict[str, Callable[[str, Any, contract.FieldSpec, _Options],
+                                  tuple[Any, Violation | None]]]] = {
+    "string": _check_string,
+    "timestamp": _check_timestamp,
+    "object": _check_object,
+}
+
+
+def violations(
     fields: Mapping[str, Any],
-    specs: Mapping[str, contract.FieldSpec],
+    specs: Mapping[str, contract.FieldSpec] | None = None,
     *,
     prefix: str = "",
     drop_enriched: bool = False,
     fragments: bool = False,
     missing_timestamp: str = "invalid",
-) -> tuple[dict[str, Any], list[Problem], list[str]]:
-    """Normalise ``fields``; return ``(body, problems, dropped enriched names)``.
+) -> tuple[dict[str, Any], list[Violation], list[str]]:
+    """Normalise ``fields``; return ``(body, violations, dropped enriched names)``.
 
-    A timestamp field given with a missing value is a ``required`` problem unless
+    ``specs``: the field table (default: the contract's event fields, read when
+    called). Each value is checked by the kind of its field (:data:`_CHECKS`). A
+    timestamp field given with a missing value is a ``required`` violation unless
     ``missing_timestamp="server_time"`` (then it is omitted), as in the frame layer.
 
     With ``fragments=True`` objects are kept as ``orjson.Fragment`` of their
     checked encoding (so they are not encoded twice); else as plain dicts.
     """
+    if specs is None:
+        specs = contract.EVENT_FIELDS
     out: dict[str, Any] = {}
-    problems: list[Problem] = []
+    found: list[Violation] = []
     dropped: list[str] = []
     if not isinstance(fields, Mapping):
-        return out, [(prefix.rstrip(".") or "event", contract.RULE_TYPE,
-                      f"must be a mapping of field names to values, got {_describe(fields)}")], []
+        return out, [Violation.of(
+            prefix.rstrip(".") or "event", contract.RULE_TYPE,
+            wrong_type("a mapping of field names to values", describe(fields)), fields,
+        )], []
+    opts = _Options(fragments=fragments)
     for name, value in fields.items():
         path = f"{prefix}{name}"
         spec = specs.get(name) if isinstance(name, str) else None
@@ -142,44 +167,37 @@ def _prepare(
             if drop_enriched and name in contract.ENRICHED_FIELDS:
                 dropped.append(name)
                 continue
-            problems.append((
+            found.append(Violation.of(
                 f"{prefix}{name!s}", contract.RULE_UNKNOWN_FIELD,
                 "is not a field of the contract; put custom data in properties"
-                if drop_enriched else "is not a field of this body",
+                if drop_enriched else "is not a field of this body", value,
             ))
             continue
         if is_missing(value):
             if spec.kind == "timestamp" and missing_timestamp != "server_time":
-                problems.append((path, contract.RULE_REQUIRED,
-                                 f"is required: it was given as {value!r} (leave it out, or "
-                                 "pass missing_timestamp='server_time', to store the event at "
-                                 "the time it is sent)"))
+                found.append(Violation.of(path, contract.RULE_REQUIRED, timestamp_required(
+                    f"it was given as {short(value)}"), value))
             continue  # omitted; required fields are checked below
-        if spec.kind == "string":
-            s, problem = _check_string(path, value, spec)
-            if problem is not None:
-                problems.append(problem)
-            else:
-                out[name] = s
-        elif spec.kind == "timestamp":
-            try:
-                out[name] = to_utc_iso(value)
-            except ValueError as exc:
-                problems.append((path, contract.RULE_TIMESTAMP, str(exc)))
+        normal, violation = _CHECKS[spec.kind](path, value, spec, opts)
+        if violation is not None:
+            found.append(violation)
         else:
-            raw, problem = _check_object(path, value, spec)
-            if problem is not None:
-                problems.append(problem)
-            elif fragments:
-                out[name] = orjson.Fragment(raw)
-            else:
-                out[name] = orjson.loads(raw)  # type: ignore[arg-type]
+            out[name] = normal
     for name, spec in specs.items():
         if spec.required and name not in out:
-            if any(p[0] == f"{prefix}{name}" for p in problems):
+            if any(v.path == f"{prefix}{name}" for v in found):
                 continue  # already reported (wrong type, too long...)
-            problems.append((f"{prefix}{name}", contract.RULE_REQUIRED, "is required"))
-    return out, problems, dropped
+            found.append(Violation(f"{prefix}{name}", contract.RULE_REQUIRED, required()))
+    return out, found, dropped
+
+
+def _prepare(
+    fields: Mapping[str, Any], specs: Mapping[str, contract.FieldSpec] | None = None,
+    **options: Any,
+) -> tuple[dict[str, Any], list[Problem], list[str]]:
+    """:func:`violations` with each as its ``(path, rule, message)`` triple."""
+    body, found, dropped = violations(fields, specs, **options)
+    return body, [v.problem for v in found], dropped
 
 
 def warn_enriched(dropped: Iterable[str], stacklevel: int = 1) -> None:
@@ -214,7 +232,7 @@ def check_event(
     missing value a ``required`` problem; ``"server_time"`` omits it.
     """
     body, problems, dropped = _prepare(
-        fields, contract.EVENT_FIELDS, prefix=prefix, drop_enriched=True, fragments=True,
+        fields, prefix=prefix, drop_enriched=True, fragments=True,
         missing_timestamp=missing_timestamp,
     )
     if problems:
@@ -236,7 +254,7 @@ def prepare_event(
         ValidationError: naming every field and rule broken.
     """
     body, problems, dropped = _prepare(
-        fields, contract.EVENT_FIELDS, drop_enriched=True, missing_timestamp=missing_timestamp
+        fields, drop_enriched=True, missing_timestamp=missing_timestamp
     )
     warn_enriched(dropped, stacklevel=2)
     if problems:

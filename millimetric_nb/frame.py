@@ -48,9 +48,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-import reprlib
 import warnings
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -59,7 +58,7 @@ import orjson
 import pandas as pd
 import polars as pl
 
-from . import contract
+from . import contract, rules
 from .encode import EncodeError, dumps, is_missing, member_sizes, to_utc_iso, too_large_message
 from .errors import ConfigurationError, MillimetricError, ValidationError
 
@@ -79,17 +78,20 @@ __all__ = [
     "check_mapping_keywords",
     "check_missing_timestamp",
     "check_pii",
+    "column_fields",
     "describe_recipe_change",
     "detect_pii",
     "id_recipe",
+    "mapping_keywords",
     "pii_columns",
     "prepare_chunk",
     "resolve_mapping",
     "rows_phrase",
 ]
 
-#: Columns of every errors DataFrame, in order.
-ERROR_COLUMNS: Final = ("row", "position", "field", "rule", "message")
+#: Columns of every errors DataFrame, in order (``value``: a short repr of the offending
+#: cell, :func:`millimetric_nb.rules.short`; null when there is no single cell to show).
+ERROR_COLUMNS: Final = ("row", "position", "field", "rule", "message", "value")
 #: Rule code for a property column that looks like personal data (``pii="error"``).
 RULE_PII: Final = "personal_data"
 #: Rule code for a cell that defeats every check (see :func:`prepare_chunk`).
@@ -98,10 +100,29 @@ RULE_UNENCODABLE: Final = "unencodable"
 PiiMode = Literal["error", "warn", "allow", "ignore"]
 #: The default for event properties: refuse to send (``"allow"`` after deciding they may go).
 PII_DEFAULT: Final = "error"
-#: Field columns besides ``event`` and ``properties``, in the contract's order.
-COLUMN_FIELDS: Final = (
-    "event_id", "timestamp", "anonymous_id", "user_id", "session_id", "url", "path", "referrer",
-)
+
+
+def column_fields() -> tuple[str, ...]:
+    """The event fields fed by one column each (every string and timestamp field of
+    ``contract.EVENT_FIELDS`` but ``event``), in the table's order, read when called."""
+    return tuple(n for n in rules.fields_of(contract.EVENT_FIELDS, "string", "timestamp")
+                 if n != "event")
+
+
+def _object_field() -> str:
+    """The event's object field (``properties``), fed by property columns or a dict column."""
+    return rules.fields_of(contract.EVENT_FIELDS, "object")[0]
+
+
+def mapping_keywords() -> tuple[str, ...]:
+    """The keywords of :func:`resolve_mapping`, from the contract's field table: ``event``
+    (a constant name), ``<field>_col`` for each field fed by a column, ``properties``."""
+    return ("event", "event_col", *(f"{n}_col" for n in column_fields()), _object_field())
+
+
+#: Field columns besides ``event`` and ``properties``, in the contract's order, as the
+#: table stood at import (:func:`column_fields` reads it when called).
+COLUMN_FIELDS: Final = column_fields()
 _ID_PREFIX: Final = "mm_"
 _ID_REPEAT: Final = b"mm-nb-repeat\x00"  # domain tag for the n-th repeat of a content
 _MAX_SAFE: Final = contract.MAX_SAFE_INTEGER
@@ -204,14 +225,11 @@ def _refuse_multiindex(columns: Any) -> None:
 
 def check_mapping_keywords(mapping: Mapping[str, Any]) -> None:
     """Refuse a mapping keyword :func:`resolve_mapping` does not know (a typo such as
-    ``user_col=``), naming it, the closest known one and the whole list."""
+    ``user_col=``), naming it, the closest known one and the whole list
+    (:func:`mapping_keywords`)."""
     import difflib
-    import inspect
 
-    known = [
-        name for name, p in inspect.signature(resolve_mapping).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
+    known = list(mapping_keywords())
     unknown = [k for k in mapping if k not in known]
     if not unknown:
         return
@@ -231,21 +249,18 @@ def resolve_mapping(
     *,
     event: str | None = None,
     event_col: str | None = "event",
-    event_id_col: Hashable | None = None,
-    timestamp_col: Hashable | None = None,
-    anonymous_id_col: Hashable | None = None,
-    user_id_col: Hashable | None = None,
-    session_id_col: Hashable | None = None,
-    url_col: Hashable | None = None,
-    path_col: Hashable | None = None,
-    referrer_col: Hashable | None = None,
     properties: list[Hashable] | Hashable | None = None,
+    **field_cols: Hashable | None,
 ) -> tuple[FieldMapping, list[str]]:
     """Map a frame's columns to event fields; return ``(mapping, warnings)``.
 
     * ``event`` (a constant name) wins over ``event_col``; else ``event_col`` must exist.
-    * A field whose ``*_col`` is not given is taken from a column named exactly like
-      the field (``user_id``, ``timestamp``...), if there is one.
+    * ``<field>_col=`` names the column of each other field of the contract's table
+      (:func:`mapping_keywords`: ``event_id_col``, ``timestamp_col``,
+      ``anonymous_id_col``, ``user_id_col``, ``session_id_col``, ``url_col``,
+      ``path_col``, ``referrer_col``). A field whose ``*_col`` is not given is taken
+      from a column named exactly like the field (``user_id``, ``timestamp``...), if
+      there is one.
     * ``properties=None`` (default): a column named ``properties`` is used as a dict
       column if present, else every column not mapped to a field becomes a property.
       A list selects property columns; any other label names one column of dicts.
@@ -257,7 +272,9 @@ def resolve_mapping(
         ValidationError: code ``invalid_mapping``, naming the column, for a named
             column that does not exist, duplicate column labels, a constant ``event``
             that breaks the contract, or property columns whose keys collide.
+        ConfigurationError: code ``invalid_mapping`` for an unknown keyword.
     """
+    check_mapping_keywords(field_cols)
     _refuse_multiindex(columns)
     cols = list(columns)
     seen: set[Hashable] = set()
@@ -287,15 +304,13 @@ def resolve_mapping(
 
     used: set[Hashable] = set()
     if event is not None:
-        if not isinstance(event, str) or not (
-            1 <= len(event) <= (contract.EVENT_FIELDS["event"].max_length or 128)
-        ):
+        _, broken = rules.string_violation("event", event, contract.EVENT_FIELDS["event"])
+        if broken is not None:
             raise ValidationError(
-                f"event={_short(event, 80)} must be a string of 1 to 128 characters",
+                f"event={_short(event, 80)} {broken.message}",
                 code="invalid_mapping",
-                problems=[("event", contract.RULE_TYPE if not isinstance(event, str) else (
-                    contract.RULE_TOO_SHORT if not event else contract.RULE_TOO_LONG),
-                    "the constant event name breaks the contract")],
+                problems=[(broken.path, broken.rule,
+                           f"the constant event name breaks the contract: {broken.message}")],
             )
         ev_col: str | None = None
         if "event" in seen:
@@ -312,18 +327,18 @@ def resolve_mapping(
         ev_col = need(event_col, "event_col")  # type: ignore[assignment]
         used.add(ev_col)
 
-    given = {
-        "event_id": event_id_col, "timestamp": timestamp_col, "anonymous_id": anonymous_id_col,
-        "user_id": user_id_col, "session_id": session_id_col, "url": url_col, "path": path_col,
-        "referrer": referrer_col,
-    }
     mapped: dict[str, Hashable] = {}
-    for name in COLUMN_FIELDS:
-        label = given[name]
+    for name in column_fields():
+        label = field_cols.get(f"{name}_col")
         if label is not None:
             mapped[name] = need(label, f"{name}_col")
         elif name in seen and name not in used:
             mapped[name] = name
+        elif contract.EVENT_FIELDS[name].required:
+            raise _mapping_error(
+                f"the field {name!r} is required: no column is named {name!r}; pass "
+                f"{name}_col= to name its column", None, f"{name}_col",
+            )
     used.update(mapped.values())
 
     enriched = [c for c in cols if isinstance(c, str) and c in contract.ENRICHED_FIELDS]
@@ -494,8 +509,15 @@ def _derive_ids(contents: list[bytes], state: EventIdState | None) -> pl.Series:
 # --------------------------------------------------------------------------- problems
 
 
+#: Where the offending values of a problem are: the chunk's whole column (a pandas or
+#: polars Series, or an array, indexed by the rows' positions), or ``None`` (no value).
+_Cells = pd.Series | pl.Series | np.ndarray | None
+
+
 class _Problems:
-    """Accumulates per-row problems as arrays (local positions)."""
+    """Accumulates per-row problems as arrays (local positions); the frame they make has
+    the columns of :class:`~millimetric_nb.rules.Violation` (``field`` is its ``path``).
+    """
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -504,9 +526,13 @@ class _Problems:
         self._field: list[np.ndarray] = []
         self._rule: list[np.ndarray] = []
         self._msg: list[np.ndarray] = []
+        self._cells: list[_Cells] = []
 
-    def add(self, where: np.ndarray, field: str, rule: str, message: str | Sequence[str]) -> None:
-        """Record a problem for rows ``where`` (bool mask or int positions)."""
+    def add(self, where: np.ndarray, field: str, rule: str, message: str | Sequence[str],
+            cells: _Cells = None) -> None:
+        """Record a problem for rows ``where`` (bool mask or int positions); ``cells``:
+        the column holding the offending values (shown, for those rows only, by
+        :meth:`frame`)."""
         pos = np.flatnonzero(where) if where.dtype == bool else np.asarray(where, dtype=np.int64)
         if pos.size == 0:
             return
@@ -520,11 +546,15 @@ class _Problems:
             m = np.empty(pos.size, dtype=object)
             m[:] = list(message)
             self._msg.append(m)
+        self._cells.append(cells)
 
     def frame(self, index: pd.Index, offset: int) -> pd.DataFrame:
         """The errors DataFrame, sorted by row position then discovery order."""
         if not self._pos:
             return _empty_errors()
+        values = np.concatenate([
+            _shown(cells, pos) for pos, cells in zip(self._pos, self._cells, strict=True)
+        ])
         pos = np.concatenate(self._pos)
         order = np.argsort(pos, kind="stable")
         pos = pos[order]
@@ -535,7 +565,26 @@ class _Problems:
             "field": np.concatenate(self._field)[order],
             "rule": np.concatenate(self._rule)[order],
             "message": np.concatenate(self._msg)[order],
+            "value": values[order],
         })
+
+
+def _shown(cells: _Cells, pos: np.ndarray) -> np.ndarray:
+    """Short reprs (:func:`rules.short`) of the cells at ``pos``; ``None`` without cells."""
+    out = np.full(pos.size, None, dtype=object)
+    if cells is None:
+        return out
+    try:
+        if isinstance(cells, pd.Series):
+            taken = _object_values(_plain(cells.iloc[pos])).tolist()
+        elif isinstance(cells, pl.Series):
+            taken = cells.gather(pos).to_list()
+        else:
+            taken = np.asarray(cells, dtype=object)[pos].tolist()
+    except Exception:  # showing a value must never cost the report
+        return out
+    out[:] = [_short(v) for v in taken]
+    return out
 
 
 def _tuples(index: pd.Index) -> np.ndarray:
@@ -546,37 +595,17 @@ def _tuples(index: pd.Index) -> np.ndarray:
 
 def _empty_errors() -> pd.DataFrame:
     return pd.DataFrame({
-        "row": pd.Series([], dtype=object), "position": pd.Series([], dtype=np.int64),
-        "field": pd.Series([], dtype=object), "rule": pd.Series([], dtype=object),
-        "message": pd.Series([], dtype=object),
+        c: pd.Series([], dtype=np.int64 if c == "position" else object) for c in ERROR_COLUMNS
     })
 
 
-_REPR = reprlib.Repr()
-_REPR.maxlevel = 3
-_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+#: A short, printable ``repr`` of any value; never raises (see :func:`rules.short`).
+_short = rules.short
 
 
 def _col_name(label: Hashable) -> str:
     """A column label as messages show it (see :func:`_short`)."""
     return _short(label, 80)
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    """A short, printable ``repr`` of any value; never raises.
-
-    Cells and labels can be hostile: a list nested thousands of levels deep, an
-    object whose ``__repr__`` raises, an integer too long for ``str()``, a lone
-    surrogate. ``reprlib`` bounds depth and length; whatever still cannot be shown
-    is named by its type; the text is made encodable as UTF-8.
-    """
-    try:
-        r = _REPR.repr(value)
-    except Exception:  # a __repr__ that raises, an int beyond str()'s digit limit...
-        r = f"<{type(value).__name__} that cannot be shown>"
-    if len(r) > limit:
-        r = r[: limit - 1] + "…"
-    return r.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _exc_text(exc: BaseException) -> str:
@@ -728,7 +757,7 @@ def _string_field(
     dtype = s.dtype
     if pd.api.types.is_bool_dtype(dtype) and not _is_str_dtype(dtype):
         probs.add(~_missing_mask(s), name, contract.RULE_TYPE,
-                  f"must be a string, got bool ({where})")
+                  rules.wrong_type("a string", "bool", where), s)
         return pl.Series(values=[None] * n, dtype=pl.String)
     if pd.api.types.is_integer_dtype(dtype) and not _is_str_dtype(dtype):
         return pl.from_pandas(s).cast(pl.String)
@@ -738,7 +767,7 @@ def _string_field(
             hint = ("; an integer column with missing values becomes float: "
                     "convert it with .astype('Int64')")
         probs.add(~_missing_mask(s), name, contract.RULE_TYPE,
-                  f"must be a string, got {dtype} ({where}){hint}")
+                  rules.wrong_type("a string", str(dtype), where, hint), s)
         return pl.Series(values=[None] * n, dtype=pl.String)
     bad_surrogate: list[int] = []
     if (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow") or (
@@ -762,17 +791,16 @@ def _string_field(
                     clean.append(text)
                     if text is None:
                         bad_pos.append(i)
-                        bad_msg.append(f"the integer is too long to write as text ({where})")
+                        bad_msg.append(rules.wrong_type(
+                            "a string", "an integer too long to write as text", where))
                 elif is_missing(v):
                     clean.append(None)
                 else:
                     clean.append(None)
                     bad_pos.append(i)
-                    hint = "; decode it to str first" if isinstance(v, bytes | bytearray) else ""
-                    bad_msg.append(
-                        f"must be a string, got {type(v).__name__} {_short(v)} ({where}){hint}"
-                    )
-            probs.add(np.asarray(bad_pos, dtype=np.int64), name, contract.RULE_TYPE, bad_msg)
+                    bad_msg.append(rules.wrong_type("a string", rules.describe(v), where,
+                                                    rules.type_hint(v)))
+            probs.add(np.asarray(bad_pos, dtype=np.int64), name, contract.RULE_TYPE, bad_msg, s)
             out, bad_surrogate = _strings_to_polars(clean)
     lengths = out.str.len_chars().to_numpy()
     present = ~out.is_null().to_numpy()
@@ -781,20 +809,20 @@ def _string_field(
     if spec.min_length:
         short = present & (lengths < spec.min_length)
         if short.any():
-            probs.add(short, name, contract.RULE_TOO_SHORT,
-                      f"must be at least {spec.min_length} character(s), got 0 ({where})")
+            probs.add(short, name, contract.RULE_TOO_SHORT, [
+                rules.too_short(spec.min_length, k, where) for k in lengths[short]
+            ], s)
             drop |= short
     if spec.max_length is not None:
         long_ = present & (lengths > spec.max_length)
         if long_.any():
             probs.add(long_, name, contract.RULE_TOO_LONG, [
-                f"must be at most {spec.max_length} characters, got {k} ({where})"
-                for k in lengths[long_]
-            ])
+                rules.too_long(spec.max_length, k, where) for k in lengths[long_]
+            ], s)
             drop |= long_
     if bad_surrogate:
         probs.add(np.asarray(bad_surrogate, dtype=np.int64), name, contract.RULE_UNICODE,
-                  f"contains a lone surrogate, which is not valid UTF-8 ({where})")
+                  rules.lone_surrogate(where), s)
     if drop.any():
         out = out.scatter(np.flatnonzero(drop), None)
     return out
@@ -908,7 +936,7 @@ def _first_rows(index: pd.Index, where: np.ndarray) -> str:
 
 def _missing_timestamps(
     s: pd.Series, label: Hashable, probs: _Problems, warns: list[str],
-    missing_timestamp: MissingTimestamp,
+    missing_timestamp: MissingTimestamp, name: str = "timestamp",
 ) -> np.ndarray:
     """Rows whose timestamp cell is empty: invalid (``required``) unless
     ``missing_timestamp="server_time"``; a warning names the first of them."""
@@ -923,9 +951,8 @@ def _missing_timestamps(
             "missing_timestamp='server_time' asks"
         )
         return miss
-    probs.add(miss, "timestamp", contract.RULE_REQUIRED,
-              f"is required: {where} is empty in this row (fill it, or pass "
-              "missing_timestamp='server_time' to store such rows at the time they are sent)")
+    probs.add(miss, name, contract.RULE_REQUIRED,
+              rules.timestamp_required(f"{where} is empty in this row"), s)
     warns.append(
         f"{rows} no timestamp in {where}: invalid (rule 'required'); fill them in, "
         "or pass missing_timestamp='server_time' to store them at the time they are sent"
@@ -935,13 +962,12 @@ def _missing_timestamps(
 
 def _timestamp_field(
     s: pd.Series, label: Hashable, probs: _Problems, now: pd.Timestamp, warns: list[str],
-    missing_timestamp: MissingTimestamp = "invalid",
+    missing_timestamp: MissingTimestamp = "invalid", name: str = "timestamp",
 ) -> pl.Series:
     """Timestamps as UTC ISO strings (null = omitted or invalid)."""
     n = len(s)
-    name = "timestamp"
     where = f"column {_col_name(label)}"
-    miss = _missing_timestamps(s, label, probs, warns, missing_timestamp)
+    miss = _missing_timestamps(s, label, probs, warns, missing_timestamp, name)
     dtype = s.dtype
     s = _plain(s)
     dtype = s.dtype
@@ -978,16 +1004,15 @@ def _timestamp_field(
         else:
             slow = ~miss
     else:
-        probs.add(~miss, name, contract.RULE_TIMESTAMP,
-                  f"must be a datetime or an ISO 8601 string, not {dtype} ({where}); "
-                  "convert epoch numbers with pd.to_datetime(col, unit='s' or 'ms')")
+        probs.add(~miss, name, contract.RULE_TIMESTAMP, rules.not_a_timestamp(str(dtype), where),
+                  s)
         return pl.Series(values=[None] * n, dtype=pl.String)
     years = parsed.dt.year().to_numpy()
     years = np.where(parsed.is_null().to_numpy(), 2000, np.nan_to_num(years.astype(float)))
     out_of_range = (years < 1) | (years > 9999)
     if out_of_range.any():
-        probs.add(out_of_range, name, contract.RULE_TIMESTAMP,
-                  f"is outside the years 1 to 9999 ({where})")
+        probs.add(out_of_range, name, contract.RULE_TIMESTAMP, rules.year_out_of_range(where),
+                  s)
         parsed = parsed.scatter(np.flatnonzero(out_of_range), None)
     text = _format_ts(parsed)
     if slow.any():
@@ -999,12 +1024,11 @@ def _timestamp_field(
         bad_m: list[str] = []
         for i in idx.tolist():
             v = vals_obj[i]
+            if isinstance(v, bool | int | float | np.number):
+                bad_i.append(i)
+                bad_m.append(rules.not_a_timestamp(f"a number ({_short(v)})", where))
+                continue
             try:
-                if isinstance(v, bool | int | float | np.number):
-                    raise ValueError(
-                        f"a number ({_short(v)}) is not a timestamp; convert epoch numbers with "
-                        "pd.to_datetime(col, unit='s' or 'ms')"
-                    )
                 good_v.append(to_utc_iso(v))
                 good_i.append(i)
             except Exception as exc:  # whatever a strange cell raises, it is that row's
@@ -1012,7 +1036,7 @@ def _timestamp_field(
                 bad_m.append(f"{_exc_text(exc)} ({where})")
         if good_i:
             text = text.scatter(good_i, pl.Series(good_v, dtype=pl.String))
-        probs.add(np.asarray(bad_i, dtype=np.int64), name, contract.RULE_TIMESTAMP, bad_m)
+        probs.add(np.asarray(bad_i, dtype=np.int64), name, contract.RULE_TIMESTAMP, bad_m, s)
     present = ~text.is_null().to_numpy()
     now_s = _format_ts(pl.Series([now.tz_convert("UTC").tz_localize(None)]).cast(
         pl.Datetime("us")))[0]
@@ -1051,7 +1075,7 @@ def _fallback_values(
             bad_r.append(exc.rule)
             bad_m.append(f"{exc.reason} (column {_col_name(label)})")
     for i, f, r, m in zip(bad_i, bad_f, bad_r, bad_m, strict=True):
-        probs.add(np.asarray([i], dtype=np.int64), f, r, m)
+        probs.add(np.asarray([i], dtype=np.int64), f, r, m, vals)
     return out
 
 
@@ -1082,9 +1106,8 @@ def _property_values(
         if big.any():
             idx = big.arg_true()
             probs.add(idx.to_numpy(), path, contract.RULE_INT_RANGE, [
-                f"the integer {v} is beyond +-{_MAX_SAFE}; send it as a string ({where})"
-                for v in ps.gather(idx).to_list()
-            ])
+                rules.int_beyond(str(v), where) for v in ps.gather(idx).to_list()
+            ], ps)
             out = out.scatter(idx, None)
         return (out, False), None
     if pd.api.types.is_float_dtype(dtype):
@@ -1093,7 +1116,7 @@ def _property_values(
         if inf.any():
             idx = inf.arg_true()
             probs.add(idx.to_numpy(), path, contract.RULE_NOT_JSON,
-                      f"infinity is not a JSON number ({where})")
+                      rules.not_a_json_number("infinity", where), s)
             ps = ps.scatter(idx, None)
         return (ps.cast(pl.String), False), None
     ps = pl.from_pandas(s) if pd.api.types.is_datetime64_any_dtype(dtype) else None
@@ -1106,7 +1129,7 @@ def _property_values(
         if oor.any():
             idx = oor.arg_true()
             probs.add(idx.to_numpy(), path, contract.RULE_NOT_JSON,
-                      f"datetime outside the years 1 to 9999 ({where})")
+                      rules.year_out_of_range(where, what="datetime"), s)
             ps = ps.scatter(idx, None)
         return _quote(_format_ts(ps)), None
     vals = _object_values(s)
@@ -1116,7 +1139,7 @@ def _property_values(
             ps, bad = _text_column_to_polars(s, vals)
             if bad:
                 probs.add(np.asarray(bad, dtype=np.int64), path, contract.RULE_UNICODE,
-                          f"contains a lone surrogate, which is not valid UTF-8 ({where})")
+                          rules.lone_surrogate(where), vals)
             return _quote(ps), ps
     return (pl.Series(values=_fallback_values(vals, np.arange(n), path, label, probs),
                       dtype=pl.String), False), None
@@ -1143,14 +1166,15 @@ def _dict_properties(
                             f"e.g. df[{_col_name(label)}] = df[{_col_name(label)}]"
                             ".map(json.loads, na_action='ignore')")
                 probs.add(np.asarray([i]), "properties", contract.RULE_TYPE,
-                          f"must be an object (dict), got {type(v).__name__} ({where}){hint}")
+                          rules.wrong_type("an object (dict)", rules.describe(v), where, hint),
+                          vals)
             continue
         try:
             raw = dumps(v, nan_as_null=True, path="properties")
         except EncodeError as exc:
             out.append(None)
             probs.add(np.asarray([i]), exc.path or "properties", exc.rule,
-                      f"{exc.reason} ({where})")
+                      f"{exc.reason} ({where})", vals)
             continue
         keys.update(k for k in v if isinstance(k, str))
         out.append(raw.decode("utf-8"))
@@ -1486,7 +1510,7 @@ def _culprit(row: pd.DataFrame, mapping: FieldMapping, now: pd.Timestamp | None)
     for name, label in fields:
         only = FieldMapping(
             event_col=None, event="e",
-            columns={name: label} if name in COLUMN_FIELDS else {},
+            columns={name: label} if name in column_fields() else {},
             properties=(label if name == "properties" else [label]
                         if name.startswith("properties.") else []),
         )
@@ -1496,6 +1520,64 @@ def _culprit(row: pd.DataFrame, mapping: FieldMapping, now: pd.Timestamp | None)
         except Exception:
             return name
     return "event"
+
+
+def _encoded_fields() -> tuple[str, ...]:
+    """The fields of an encoded event, in the contract table's order, ``event_id`` aside
+    (it leads each payload: it is given or derived from the rest)."""
+    return tuple(n for n in contract.EVENT_FIELDS if n != "event_id")
+
+
+def _field_labels(mapping: FieldMapping) -> list[tuple[str, Hashable]]:
+    """``(field, column label)`` of each field fed by a column, in the table's order."""
+    out: list[tuple[str, Hashable]] = []
+    for name in rules.fields_of(contract.EVENT_FIELDS, "string", "timestamp"):
+        label = mapping.event_col if name == "event" else mapping.columns.get(name)
+        if label is not None:
+            out.append((name, label))
+    return out
+
+
+@dataclass(frozen=True)
+class _ColumnContext:
+    """What a field's column check needs besides the column."""
+
+    probs: _Problems
+    now: pd.Timestamp
+    warns: list[str]
+    missing_timestamp: MissingTimestamp
+
+
+def _string_column(
+    s: pd.Series, name: str, spec: contract.FieldSpec, label: Hashable, ctx: _ColumnContext
+) -> pl.Series:
+    return _string_field(s, name, spec, label, ctx.probs)
+
+
+def _timestamp_column(
+    s: pd.Series, name: str, spec: contract.FieldSpec, label: Hashable, ctx: _ColumnContext
+) -> pl.Series:
+    return _timestamp_field(s, label, ctx.probs, ctx.now, ctx.warns, ctx.missing_timestamp,
+                            name)
+
+
+#: The column-wise check of a field, by its kind in the contract's table (object fields
+#: come from property columns or a dict column, not from one column).
+_COLUMN_CHECKS: Final[dict[str, Callable[
+    [pd.Series, str, contract.FieldSpec, Hashable, _ColumnContext], pl.Series
+]]] = {"string": _string_column, "timestamp": _timestamp_column}
+
+
+def _column_field(s: pd.Series, name: str, label: Hashable, ctx: _ColumnContext) -> pl.Series:
+    """One field's column checked by its kind (null = omitted or invalid); an empty cell
+    of a required field is a ``required`` problem."""
+    spec = contract.EVENT_FIELDS[name]
+    out = _COLUMN_CHECKS[spec.kind](s, name, spec, label, ctx)
+    if spec.required:
+        absent = out.is_null().to_numpy() & _missing_mask(s)
+        ctx.probs.add(absent, name, contract.RULE_REQUIRED,
+                      rules.required(f"column {_col_name(label)} is empty in this row"), s)
+    return out
 
 
 def _prepare_chunk(
@@ -1533,27 +1615,12 @@ def _prepare_chunk(
     warns: list[str] = []
     fields: dict[str, pl.Series] = {}
 
-    # event
-    ev_spec = contract.EVENT_FIELDS["event"]
-    if mapping.event_col is not None:
-        s = df[mapping.event_col]
-        ev = _string_field(s, "event", ev_spec, mapping.event_col, probs)
-        absent = ev.is_null().to_numpy() & _missing_mask(s)
-        probs.add(absent, "event", contract.RULE_REQUIRED,
-                  f"is required (column {_col_name(mapping.event_col)} is empty in this row)")
-        fields["event"] = ev
-    else:
+    # the fields fed by a column, checked by their kind in the contract's table
+    if mapping.event_col is None:
         fields["event"] = pl.Series(values=[mapping.event] * n, dtype=pl.String)
-
-    for name in COLUMN_FIELDS:
-        label = mapping.columns.get(name)
-        if label is None:
-            continue
-        s = df[label]
-        if name == "timestamp":
-            fields[name] = _timestamp_field(s, label, probs, now_ts, warns, missing_timestamp)
-        else:
-            fields[name] = _string_field(s, name, contract.EVENT_FIELDS[name], label, probs)
+    ctx = _ColumnContext(probs, now_ts, warns, missing_timestamp)
+    for name, label in _field_labels(mapping):
+        fields[name] = _column_field(df[label], name, label, ctx)
     if "timestamp" not in mapping.columns and n:
         warns.append(
             "no timestamp column: every event will be stored at server time (when it is "
@@ -1587,7 +1654,8 @@ def _prepare_chunk(
         big = size > contract.PROPERTIES_MAX_BYTES
         if big.any():
             probs.add(big, "properties", contract.RULE_TOO_LARGE,
-                      _too_large_messages(np.flatnonzero(big), size, props_obj, items_by_key))
+                      _too_large_messages(np.flatnonzero(big), size, props_obj, items_by_key),
+                      props_obj)
     if pii_found:
         if pii == "error":
             raise personal_data_error(pii_found)
@@ -1625,15 +1693,15 @@ def _prepare_chunk(
         mask = pl.Series(valid)
         cols = {}
         items = []
-        for name in ("event", "timestamp", "anonymous_id", "user_id", "session_id", "url",
-                     "path", "referrer"):
+        for name in _encoded_fields():  # the table's order ("event" first, required)
             if name in fields:
                 values, wrap = _quote(fields[name].filter(mask))
-                cols[name] = values
-                items.append((f'"{name}"', name, values, wrap))
-        if props_obj is not None:
-            cols["properties"] = values = props_obj.filter(mask)
-            items.append(('"properties"', "properties", values, False))
+            elif name == _object_field() and props_obj is not None:
+                values, wrap = props_obj.filter(mask), False
+            else:
+                continue
+            cols[name] = values
+            items.append((orjson.dumps(name).decode(), name, values, wrap))
         # "event" is present in every valid row, so it leads without a comma
         first = _frag_parts(items[0][0], items[0][1], items[0][3])
         rest, _ = _members(items[1:])

@@ -29,7 +29,7 @@ def test_report_errors_and_counts():
     assert isinstance(r, ValidationReport)
     assert not r.ok
     assert r.n_rows == 5 and r.n_invalid_rows == 4 and r.n_valid_rows == 1
-    assert list(r.errors.columns) == ["row", "position", "field", "rule", "message"]
+    assert list(r.errors.columns) == ["row", "position", "field", "rule", "message", "value"]
     got = {(x.row, x.field, x.rule) for x in r.errors.itertuples()}
     assert got == {
         ("r2", "event", "required"), ("r3", "event", "too_long"),
@@ -38,6 +38,16 @@ def test_report_errors_and_counts():
         ("r5", "event", "required"), ("r5", "timestamp", "invalid_timestamp"),
     }
     assert r.invalid_rows() == ["r2", "r3", "r4", "r5"]
+
+
+def test_each_error_shows_the_offending_value_short():
+    r = validate_frame(_bad_frame(), now=NOW, warn=False)
+    shown = {(x.row, x.field): x.value for x in r.errors.itertuples()}
+    assert shown[("r3", "timestamp")] == "'soon'"
+    assert shown[("r4", "properties.amount")] == "inf"
+    assert shown[("r3", "event")].startswith("'xxx") and len(shown[("r3", "event")]) <= 40
+    assert r.errors["value"].map(lambda v: isinstance(v, str)).all()
+    assert "<th>value</th>" in r._repr_html_()
 
 
 def test_summary_groups_by_field_and_rule():
