@@ -57,6 +57,7 @@ import pyarrow as pa
 
 from .errors import ConfigurationError, MillimetricError, SourceError
 from .frame import (
+    ERROR_COLUMNS,
     PII_DEFAULT,
     ROWS_WARNING,
     EventIdState,
@@ -64,6 +65,7 @@ from .frame import (
     MissingTimestamp,
     PiiMode,
     check_mapping_keywords,
+    column_fields,
     emit_warnings,
     prepare_chunk,
     resolve_mapping,
@@ -757,10 +759,7 @@ def iter_source(
 def field_columns(mapping: dict[str, Any]) -> set[Hashable]:
     """The columns that feed the event's string fields under ``mapping`` (the
     contract's field names, and the columns named by ``*_col`` keywords)."""
-    cols: set[Hashable] = {
-        "event", "event_id", "timestamp", "anonymous_id", "user_id", "session_id",
-        "url", "path", "referrer",
-    }
+    cols: set[Hashable] = {"event", *column_fields()}
     for key, value in mapping.items():
         if key.endswith("_col") and value is not None:
             cols.add(value)
@@ -774,10 +773,10 @@ def _short(text: str, limit: int = 200) -> str:
 # --------------------------------------------------------------------------- validation
 
 
-_ERROR_COLUMNS = ["row", "position", "field", "rule", "message"]
+_ERROR_COLUMNS = list(ERROR_COLUMNS)
 _PARTITION_META = {
     "kind": "object", "position": "int64", "field": "object", "rule": "object",
-    "message": "object",
+    "message": "object", "value": "object",
 }
 
 
@@ -807,9 +806,10 @@ def _check_partition(
         "field": errors["field"].astype(object).to_numpy(),
         "rule": errors["rule"].astype(object).to_numpy(),
         "message": errors["message"].astype(object).to_numpy(),
+        "value": errors["value"].astype(object).to_numpy(),
     })
-    extra = [("warning", 0, None, None, w) for w in [*warns, *p.warnings]]
-    extra.append(("rows", len(part), None, None, None))
+    extra = [("warning", 0, None, None, w, None) for w in [*warns, *p.warnings]]
+    extra.append(("rows", len(part), None, None, None, None))
     tail = pd.DataFrame(extra, columns=list(_PARTITION_META))
     return pd.concat([out, tail], ignore_index=True).astype({"position": "int64"})
 
@@ -835,6 +835,7 @@ def _validate_dask(
             pieces.append(pd.DataFrame({
                 "row": pos.astype(object), "position": pos, "field": errs["field"].to_numpy(),
                 "rule": errs["rule"].to_numpy(), "message": errs["message"].to_numpy(),
+                "value": errs["value"].to_numpy(),
             }))
         for w in found.loc[kind == "warning", "message"]:
             tally.add(_shift_rows(w, offset))

@@ -175,8 +175,8 @@ def violations(
             continue
         if is_missing(value):
             if spec.kind == "timestamp" and missing_timestamp != "server_time":
-                found.append(Violation.of(path, contract.RULE_REQUIRED, timestamp_required(
-                    f"it was given as {short(value)}"), value))
+                found.append(Violation(path, contract.RULE_REQUIRED, timestamp_required(
+                    f"it was given as {short(value)}")))
             continue  # omitted; required fields are checked below
         normal, violation = _CHECKS[spec.kind](path, value, spec, opts)
         if violation is not None:

@@ -570,7 +570,8 @@ class _Problems:
 
 
 def _shown(cells: _Cells, pos: np.ndarray) -> np.ndarray:
-    """Short reprs (:func:`rules.short`) of the cells at ``pos``; ``None`` without cells."""
+    """Short reprs (:func:`rules.short`) of the cells at ``pos``; ``None`` without cells
+    and for an empty cell (``None``, NaN, ``pd.NA``... alike, whatever the dtype)."""
     out = np.full(pos.size, None, dtype=object)
     if cells is None:
         return out
@@ -583,7 +584,7 @@ def _shown(cells: _Cells, pos: np.ndarray) -> np.ndarray:
             taken = np.asarray(cells, dtype=object)[pos].tolist()
     except Exception:  # showing a value must never cost the report
         return out
-    out[:] = [_short(v) for v in taken]
+    out[:] = [None if is_missing(v) else _short(v) for v in taken]
     return out
 
 

@@ -1,9 +1,11 @@
 """The column-wise validator and the single-event validator must agree.
 
-For generated rows, ``prepare_chunk`` flags a row invalid iff
-``events.prepare_event`` raises for the same event (with either
-``missing_timestamp`` option; the timestamp's rule the same), and a valid row's payload
-decodes to exactly ``prepare_event``'s output (with the row's event_id).
+For generated rows with a column for every field of the contract's table,
+``prepare_chunk`` flags a row invalid iff ``events.violations`` finds a broken rule
+for the same event (with either ``missing_timestamp`` option), both name the same
+rule codes for the same fields (and show the same offending value), and a valid row's
+payload decodes to exactly ``prepare_event``'s output (with the row's event_id). The
+same holds for a table with a field added (a copy of the contract's, patched in).
 
 The one documented difference is normalised before comparing: the frame layer
 turns integers in string-field columns into decimal strings.
@@ -14,7 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import orjson
@@ -22,25 +26,16 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from millimetric_nb import contract
+from millimetric_nb.contract import FieldSpec
 from millimetric_nb.encode import is_missing
-from millimetric_nb.errors import ValidationError
-from millimetric_nb.events import prepare_event
+from millimetric_nb.events import prepare_event, violations
 from millimetric_nb.frame import EventIdState, prepare_chunk, resolve_mapping
 
 NOW = pd.Timestamp("2026-06-01T00:00:00Z")
 
 missing = st.sampled_from([None, float("nan"), pd.NA])
 short_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
-good_text = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=12)
-bad_string = st.one_of(
-    st.just(""),
-    st.text(alphabet="ab", min_size=125, max_size=260),  # around the limits
-    st.floats(allow_nan=False, width=64),
-    st.booleans(),
-    st.binary(max_size=4),
-)
-# mostly valid cells, so that both verdicts are exercised often
-string_cell = st.one_of(good_text, good_text, st.integers(-(10**20), 10**20), missing, bad_string)
 datetimes = st.datetimes(min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2100, 1, 1))
 timestamp_cell = st.one_of(
     datetimes,
@@ -70,19 +65,43 @@ property_cell = st.one_of(
 )
 
 
+def string_cells(spec: FieldSpec) -> st.SearchStrategy[Any]:
+    """Cells for a string field of the contract's table, around its limits."""
+    top = spec.max_length or 64
+    good = st.text(alphabet=st.characters(codec="utf-8"), min_size=max(1, spec.min_length),
+                   max_size=min(12, top))
+    bad = st.one_of(
+        st.just(""),  # too short where the field has a min_length, else valid
+        st.text(alphabet="ab", min_size=max(0, top - 3), max_size=top + 3),  # around the limit
+        st.floats(allow_nan=False, width=64),
+        st.booleans(),
+        st.binary(max_size=4),
+        st.just("a\ud800b"),  # a lone surrogate
+    )
+    # mostly valid cells, so that both verdicts are exercised often
+    return st.one_of(good, good, good, st.integers(-(10**20), 10**20), missing, bad)
+
+
 @st.composite
-def frames(draw: st.DrawFn) -> pd.DataFrame:
+def frames(draw: st.DrawFn, table: Mapping[str, FieldSpec] | None = None) -> pd.DataFrame:
+    """A frame with a column for EVERY field of ``table`` (default: the contract's),
+    named like the field, and two property columns (``obj``, ``typed``)."""
+    table = contract.EVENT_FIELDS if table is None else table
     n = draw(st.integers(1, 8))
 
     def col(cells: st.SearchStrategy[Any]) -> list[Any]:
         return draw(st.lists(cells, min_size=n, max_size=n))
 
-    data: dict[str, Any] = {
-        "event": pd.Series(col(st.one_of(good_text, string_cell)), dtype=object),
-        "user_id": pd.Series(col(string_cell), dtype=object),
-        "timestamp": pd.Series(col(timestamp_cell), dtype=object),
-        "obj": pd.Series(col(property_cell), dtype=object),
-    }
+    data: dict[str, Any] = {}
+    for name, spec in table.items():
+        if spec.kind == "string":
+            cells = string_cells(spec)
+            if name == "event":
+                cells = st.one_of(string_cells(spec), st.text(min_size=1, max_size=8))
+            data[name] = pd.Series(col(cells), dtype=object)
+        elif spec.kind == "timestamp":
+            data[name] = pd.Series(col(timestamp_cell), dtype=object)
+    data["obj"] = pd.Series(col(property_cell), dtype=object)
     kind = draw(st.sampled_from(["int", "float", "str", "bool"]))
     if kind == "int":
         data["typed"] = np.array(col(st.one_of(
@@ -96,16 +115,22 @@ def frames(draw: st.DrawFn) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def _as_event(row: pd.Series) -> dict[str, Any]:
+PROPERTY_COLUMNS = ("obj", "typed")
+
+
+def _as_event(row: pd.Series, table: Mapping[str, FieldSpec]) -> dict[str, Any]:
     """The single event a row stands for, with the frame layer's int -> str rule."""
     ev: dict[str, Any] = {}
-    for f in ("event", "user_id"):
+    for f, spec in table.items():
+        if spec.kind == "object":
+            continue
         v = row[f]
-        if isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_):
+        if spec.kind == "string" and isinstance(v, int | np.integer) and not isinstance(
+            v, bool | np.bool_
+        ):
             v = str(int(v))
         ev[f] = v
-    ev["timestamp"] = row["timestamp"]
-    props = {k: row[k] for k in ("obj", "typed") if not _missing_cell(row[k])}
+    props = {k: row[k] for k in PROPERTY_COLUMNS if not _missing_cell(row[k])}
     if props:
         ev["properties"] = {k: (v.item() if isinstance(v, np.generic) else v)
                             for k, v in props.items()}
@@ -116,37 +141,76 @@ def _missing_cell(v: Any) -> bool:
     return not isinstance(v, list | dict | bytes) and is_missing(v)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frames(), st.sampled_from(["invalid", "server_time"]))
-def test_prepare_chunk_agrees_with_prepare_event(df: pd.DataFrame, missing_ts: str) -> None:
+def _is_property(path: str) -> bool:
+    return path == "properties" or path.startswith("properties.")
+
+
+def check_agreement(df: pd.DataFrame, missing_ts: str) -> None:
+    """Row by row: the same verdict, the same rule codes for every field (a subset for
+    properties: one event's encoder stops at its first bad member, the columns report
+    each), the same offending value for the fields, and the same payload."""
+    table = contract.EVENT_FIELDS
     m, _ = resolve_mapping(list(df.columns))
+    assert set(m.columns) | {"event"} == {n for n, s in table.items() if s.kind != "object"}
+    assert m.property_columns == list(PROPERTY_COLUMNS)
     chunk = prepare_chunk(df, m, pii="ignore", now=NOW, ids=EventIdState(),
                           missing_timestamp=missing_ts)
     payloads = iter(chunk.payloads)
-    bad_rows = set(chunk.errors["position"].tolist())
     for i in range(len(df)):
-        ev = _as_event(df.iloc[i])
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                expected = prepare_event(ev, missing_timestamp=missing_ts)
-        except ValidationError as exc:
-            assert not chunk.valid[i], (ev, exc.problems)
-            assert i in bad_rows
-            # both name the same fields
-            here = chunk.errors[chunk.errors["position"] == i]
-            got = set(here["field"])
-            assert {p[0] for p in exc.problems} <= got | {"properties"}, (got, exc.problems)
-            # and the same rule for the timestamp (required / invalid_timestamp)
-            ts_rules = {p[1] for p in exc.problems if p[0] == "timestamp"}
-            assert ts_rules == set(here.loc[here["field"] == "timestamp", "rule"]), (
-                ts_rules, here.to_dict("records"))
+        ev = _as_event(df.iloc[i], table)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, found, _ = violations(ev, drop_enriched=True, missing_timestamp=missing_ts)
+        here = chunk.errors[chunk.errors["position"] == i]
+        got = set(zip(here["field"], here["rule"], strict=True))
+        want = {(v.path, v.rule) for v in found}
+        assert bool(found) == (not chunk.valid[i]), (ev, found, here.to_dict("records"))
+        fields_got = {p for p in got if not _is_property(p[0])}
+        fields_want = {p for p in want if not _is_property(p[0])}
+        assert fields_got == fields_want, (ev, here.to_dict("records"), found)
+        props_want = want - fields_want
+        assert props_want <= got, (ev, here.to_dict("records"), found)
+        assert bool(props_want) == bool(got - fields_got), (ev, here.to_dict("records"), found)
+        # the offending value, shown alike (cells whose int the frame turns into text aside)
+        shown = dict(zip(zip(here["field"], here["rule"], strict=True), here["value"],
+                         strict=True))
+        for v in found:
+            cell = df.iloc[i][v.path] if v.path in df.columns else None
+            if not _is_property(v.path) and not isinstance(cell, int | np.integer):
+                value = shown[(v.path, v.rule)]
+                assert (None if pd.isna(value) else value) == v.value, (v, shown)
+        if found:
             continue
-        assert chunk.valid[i], (ev, chunk.errors[chunk.errors["position"] == i].to_dict("records"))
         decoded = orjson.loads(next(payloads))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = prepare_event(ev, missing_timestamp=missing_ts)
         expected["event_id"] = chunk.event_ids[i]
         assert _same(decoded, expected), (decoded, expected)
     assert next(payloads, None) is None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames(), st.sampled_from(["invalid", "server_time"]))
+def test_prepare_chunk_agrees_with_prepare_event(df: pd.DataFrame, missing_ts: str) -> None:
+    check_agreement(df, missing_ts)
+
+
+#: The contract's table with one more string field, as a maintainer would add it.
+EXTENDED: dict[str, FieldSpec] = {
+    **{k: v for k, v in contract.EVENT_FIELDS.items() if k != "properties"},
+    "campaign_code": FieldSpec("campaign_code", "string", min_length=1, max_length=16),
+    "properties": contract.EVENT_FIELDS["properties"],
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames(EXTENDED), st.sampled_from(["invalid", "server_time"]))
+def test_a_field_added_to_the_table_is_checked_and_sent_alike(
+    df: pd.DataFrame, missing_ts: str
+) -> None:
+    with mock.patch.object(contract, "EVENT_FIELDS", EXTENDED):
+        check_agreement(df, missing_ts)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -15,6 +15,7 @@ Choices (the public reference is silent):
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,63 +59,88 @@ def _add(problems: Problems, path: str, rule: str, message: str) -> None:
     problems.setdefault(path, []).append(f"{rule}: {message}")
 
 
+class _Checked:
+    """What checking one body's fields found besides problems: the compact JSON of its
+    object field (``properties``/``traits``) and its parsed timestamp, if present."""
+
+    __slots__ = ("encoded", "parsed")
+
+    def __init__(self) -> None:
+        self.encoded: str | None = None
+        self.parsed: datetime | None = None
+
+
+def _check_object(value: Any, spec: contract.FieldSpec, found: _Checked) -> tuple[str, str] | None:
+    if type(value) is not dict:
+        return contract.RULE_TYPE, f"must be a JSON object, got {json_type(value)}"
+    raw = orjson.dumps(value)
+    if spec.max_bytes is not None and len(raw) > spec.max_bytes:
+        return (contract.RULE_TOO_LARGE,
+                f"must be at most {spec.max_bytes} bytes once JSON-encoded, got {len(raw)}")
+    found.encoded = raw.decode("utf-8")
+    return None
+
+
+def _check_text(value: Any, spec: contract.FieldSpec, expected: str) -> tuple[str, str] | None:
+    if type(value) is not str:
+        return contract.RULE_TYPE, f"must be {expected}, got {json_type(value)}"
+    n = len(value)
+    if n < spec.min_length:
+        return contract.RULE_TOO_SHORT, f"must be at least {spec.min_length} character(s), got {n}"
+    if spec.max_length is not None and n > spec.max_length:
+        return contract.RULE_TOO_LONG, f"must be at most {spec.max_length} characters, got {n}"
+    return None
+
+
+def _check_string(value: Any, spec: contract.FieldSpec, found: _Checked) -> tuple[str, str] | None:
+    return _check_text(value, spec, "a string")
+
+
+def _check_timestamp(
+    value: Any, spec: contract.FieldSpec, found: _Checked
+) -> tuple[str, str] | None:
+    bad = _check_text(value, spec, "an ISO 8601 date-time string")
+    if bad is not None:
+        return bad
+    found.parsed = enrich.parse_timestamp(value)
+    if found.parsed is None:
+        return (contract.RULE_TIMESTAMP, "must be an ISO 8601 date-time (e.g. "
+                f"2024-05-01T12:00:00Z), got {value[:64]!r}")
+    return None
+
+
+#: The server's check of one value, by the kind of its field in the contract's table:
+#: ``None`` when it is valid, else ``(rule, message)``.
+_CHECKS: dict[str, Callable[[Any, contract.FieldSpec, _Checked], tuple[str, str] | None]] = {
+    "string": _check_string,
+    "timestamp": _check_timestamp,
+    "object": _check_object,
+}
+
+
 def check_fields(
     body: dict[str, Any], specs: dict[str, contract.FieldSpec], prefix: str, problems: Problems
 ) -> tuple[bool, str | None, datetime | None]:
     """Check ``body`` against ``specs``; add problems; return (ok, object JSON, timestamp).
 
-    The second value is the compact JSON of the (``properties``/``traits``)
-    object field if present, and the third the parsed timestamp field if present,
-    so that neither is computed twice.
+    Each field is checked by its kind in the table, so a field added to the table is
+    checked here without code. The second value is the compact JSON of the
+    (``properties``/``traits``) object field if present, and the third the parsed
+    timestamp field if present, so that neither is computed twice.
     """
     ok = True
-    encoded: str | None = None
-    parsed: datetime | None = None
+    found = _Checked()
     for name, spec in specs.items():
         if name not in body:
             if spec.required:
                 _add(problems, prefix + name, contract.RULE_REQUIRED, f"`{name}` is required")
                 ok = False
             continue
-        value = body[name]
-        if spec.kind == "object":
-            if type(value) is not dict:
-                _add(problems, prefix + name, contract.RULE_TYPE,
-                     f"must be a JSON object, got {json_type(value)}")
-                ok = False
-                continue
-            raw = orjson.dumps(value)
-            if spec.max_bytes is not None and len(raw) > spec.max_bytes:
-                _add(problems, prefix + name, contract.RULE_TOO_LARGE,
-                     f"must be at most {spec.max_bytes} bytes once JSON-encoded, "
-                     f"got {len(raw)}")
-                ok = False
-                continue
-            encoded = raw.decode("utf-8")
-            continue
-        if type(value) is not str:
-            expected = "an ISO 8601 date-time string" if spec.kind == "timestamp" else "a string"
-            _add(problems, prefix + name, contract.RULE_TYPE,
-                 f"must be {expected}, got {json_type(value)}")
+        bad = _CHECKS[spec.kind](body[name], spec, found)
+        if bad is not None:
+            _add(problems, prefix + name, *bad)
             ok = False
-            continue
-        n = len(value)
-        if n < spec.min_length:
-            _add(problems, prefix + name, contract.RULE_TOO_SHORT,
-                 f"must be at least {spec.min_length} character(s), got {n}")
-            ok = False
-        elif spec.max_length is not None and n > spec.max_length:
-            _add(problems, prefix + name, contract.RULE_TOO_LONG,
-                 f"must be at most {spec.max_length} characters, got {n}")
-            ok = False
-        elif spec.kind == "timestamp":
-            parsed = enrich.parse_timestamp(value)
-            if parsed is None:
-                _add(problems, prefix + name, contract.RULE_TIMESTAMP,
-                     "must be an ISO 8601 date-time (e.g. 2024-05-01T12:00:00Z), "
-                     f"got {value[:64]!r}")
-                ok = False
-    return ok, encoded, parsed
+    return ok, found.encoded, found.parsed
 
 
 @dataclass(frozen=True, slots=True)
