@@ -1,8 +1,12 @@
 """Column-wise validation and encoding of a DataFrame of events.
 
 This is the data layer under ``df.millimetric`` and the backfill engine: it maps
-columns to the contract's event fields (:func:`resolve_mapping`), then checks and
-encodes a chunk of rows at once (:func:`prepare_chunk`). Checks run per column,
+columns to the contract's event fields (:func:`resolve_mapping`; its keywords are
+:func:`mapping_keywords`), then checks and encodes a chunk of rows at once
+(:func:`prepare_chunk`). Which fields exist, their limits and the order they are
+encoded in come from the contract's table (``contract.EVENT_FIELDS``, read when
+called), each field checked by its kind; the messages are :mod:`millimetric_nb.rules`'s.
+Checks run per column,
 vectorised with polars and numpy; only values that cannot be handled as a column
 (object columns of mixed types, dicts and lists in ``properties``, strings that
 need JSON escaping) are encoded one by one, through :mod:`millimetric_nb.encode`
@@ -1352,8 +1356,9 @@ class PreparedChunk:
             an ``event_id`` column).
         payloads: compact JSON of each valid row's event, in row order, with its
             ``event_id``.
-        errors: one row per problem: ``row`` (index label), ``position`` (global),
-            ``field``, ``rule``, ``message``.
+        errors: one row per problem (:data:`ERROR_COLUMNS`): ``row`` (index label),
+            ``position`` (global), ``field``, ``rule``, ``message``, ``value`` (the
+            offending cell's short repr; missing for an empty cell).
         warnings: chunk-level warnings, as sentences.
     """
 

@@ -27,6 +27,8 @@ from . import contract
 
 __all__ = [
     "Violation",
+    "describe",
+    "fields_of",
     "int_beyond",
     "lone_surrogate",
     "not_a_json_number",
@@ -37,6 +39,7 @@ __all__ = [
     "timestamp_required",
     "too_long",
     "too_short",
+    "type_hint",
     "wrong_type",
     "year_out_of_range",
 ]
@@ -54,7 +57,7 @@ class Violation:
         rule: the contract's rule code (``required``, ``too_long``...).
         message: what is wrong, for a person (without the path).
         value: a short, printable ``repr`` of the offending value (:func:`short`),
-            or ``None`` when there is no single value to show (a field left out).
+            or ``None`` when there is none to show (a field left out, an empty cell).
     """
 
     path: str

@@ -3,7 +3,8 @@
 :func:`validate_frame` maps the columns (:func:`~millimetric_nb.frame.resolve_mapping`),
 checks every row column-wise (:func:`~millimetric_nb.frame.prepare_chunk` with
 ``encode=False``) and returns a :class:`ValidationReport`: ``.ok``, ``.errors``
-(row label, position, field, rule code, message), ``.summary`` and an HTML repr
+(row label, position, field, rule code, message, offending value), ``.summary`` and an
+HTML repr
 for notebooks. Nothing is sent.
 """
 
@@ -41,7 +42,9 @@ class ValidationReport:
     Attributes:
         errors: one row per problem: ``row`` (index label), ``position`` (0-based
             row number), ``field`` (``event``, ``properties.amount``...), ``rule``
-            (the contract's stable code: ``required``, ``too_long``...), ``message``.
+            (the contract's stable code: ``required``, ``too_long``...), ``message``,
+            ``value`` (a short repr of the offending cell, :func:`millimetric_nb.rules.short`;
+            missing for an empty cell).
         n_rows: rows checked.
         warnings: things worth knowing that do not make a row invalid.
     """
