@@ -1356,9 +1356,8 @@ class PreparedChunk:
             an ``event_id`` column).
         payloads: compact JSON of each valid row's event, in row order, with its
             ``event_id``.
-        errors: one row per problem (:data:`ERROR_COLUMNS`): ``row`` (index label),
-            ``position`` (global), ``field``, ``rule``, ``message``, ``value`` (the
-            offending cell's short repr; missing for an empty cell).
+        errors: one row per problem: ``row`` (index label), ``position`` (global),
+            ``field``, ``rule``, ``message``.
         warnings: chunk-level warnings, as sentences.
     """
 

@@ -8,7 +8,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from millimetric_nb import contract
+from millimetric_nb import contract, frame
 from millimetric_nb.contract import FieldSpec
 from millimetric_nb.errors import ConfigurationError, ValidationError
 from millimetric_nb.events import prepare_event, violations
@@ -53,6 +53,12 @@ def test_todays_table_gives_todays_keywords_and_fields():
     assert column_fields() == COLUMN_FIELDS == (
         "event_id", "timestamp", "anonymous_id", "user_id", "session_id", "url", "path",
         "referrer",
+    )
+    # the encoded order (event_id leads each payload): derived ids hash these bytes, so
+    # today's fields keep today's order; "event", always present, comes first
+    assert frame._encoded_fields() == (
+        "event", "timestamp", "anonymous_id", "user_id", "session_id", "url", "path",
+        "referrer", "properties",
     )
     assert mapping_keywords() == (
         "event", "event_col", "event_id_col", "timestamp_col", "anonymous_id_col",
