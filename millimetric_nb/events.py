@@ -40,7 +40,7 @@ from .encode import (
     to_utc_iso,
     too_large_message,
 )
-from .errors import ValidationError
+from .errors import EnrichedFieldWarning, ValidationError
 
 __all__ = [
     "EnrichedFieldWarning",
@@ -55,10 +55,6 @@ __all__ = [
 
 #: ``(field path, contract.RULE_* code, message)``
 Problem = tuple[str, str, str]
-
-
-class EnrichedFieldWarning(UserWarning):
-    """Server-enriched fields were given and dropped (the server derives them)."""
 
 
 def _describe(value: Any) -> str:

@@ -61,7 +61,7 @@ import polars as pl
 
 from . import contract
 from .encode import EncodeError, dumps, is_missing, member_sizes, to_utc_iso, too_large_message
-from .errors import ConfigurationError, MillimetricError, ValidationError
+from .errors import ConfigurationError, DataWarning, MillimetricError, ValidationError
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -109,10 +109,6 @@ _MAX_SAFE: Final = contract.MAX_SAFE_INTEGER
 
 #: What a row with an empty cell in the timestamp column becomes (see :func:`prepare_chunk`).
 MissingTimestamp = Literal["invalid", "server_time"]
-
-
-class DataWarning(UserWarning):
-    """Something in the data an analyst should know before sending it."""
 
 
 # --------------------------------------------------------------------------- mapping
