@@ -49,29 +49,19 @@ import sys
 from collections.abc import Collection, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from .defaults import DEFAULT_CHUNKSIZE, PII_DEFAULT
 from .errors import ConfigurationError, MillimetricError, SourceError
-from .frame import (
-    PII_DEFAULT,
-    ROWS_WARNING,
-    EventIdState,
-    MergedWarnings,
-    MissingTimestamp,
-    PiiMode,
-    check_mapping_keywords,
-    emit_warnings,
-    prepare_chunk,
-    resolve_mapping,
-    rows_phrase,
-)
-from .validate import ValidationReport
 
-DEFAULT_CHUNKSIZE = 25_000
+if TYPE_CHECKING:  # the frame layer (and polars) is imported when a chunk is checked
+    from .frame import MergedWarnings, MissingTimestamp, PiiMode
+    from .validate import ValidationReport
+
 _FIRST_CHUNK = 1000
 #: Dask partitions computed ahead of the one being sent.
 DASK_LOOKAHEAD = 2
@@ -439,8 +429,8 @@ def read_path(
     if kinds and kinds[-1] in (".jsonl", ".ndjson", ".json"):
         stream = io.TextIOWrapper(_open(path, compression), encoding="utf-8")
         # precise_float: pandas' fast parser reads 3.97 as 3.9699999999999998
-        reader = pd.read_json(stream, lines=True, chunksize=chunksize, dtype=False,
-                              precise_float=True)
+        reader = pd.read_json(stream, lines=True, chunksize=chunksize,  # type: ignore[call-overload]
+                              dtype=False, precise_float=True)  # (stubs: text streams too)
         chunks = (_whole_floats_to_int(c, text_columns) for c in reader)
         return _stream_closed_after(chunks, stream), None
     if any(s in (".csv", ".tsv", ".txt") for s in kinds):
@@ -795,6 +785,8 @@ def _check_partition(
     per warning (``kind="warning"``) and one ``kind="rows"`` row holding the
     partition's row count in ``position``, so that the client can number rows globally.
     """
+    from .frame import EventIdState, prepare_chunk, resolve_mapping
+
     del partition_info
     part = part.reset_index(drop=True)
     fm, warns = resolve_mapping(list(part.columns), **mapping)
@@ -808,7 +800,9 @@ def _check_partition(
         "rule": errors["rule"].astype(object).to_numpy(),
         "message": errors["message"].astype(object).to_numpy(),
     })
-    extra = [("warning", 0, None, None, w) for w in [*warns, *p.warnings]]
+    extra: list[tuple[str, int, str | None, str | None, str | None]] = [
+        ("warning", 0, None, None, w) for w in [*warns, *p.warnings]
+    ]
     extra.append(("rows", len(part), None, None, None))
     tail = pd.DataFrame(extra, columns=list(_PARTITION_META))
     return pd.concat([out, tail], ignore_index=True).astype({"position": "int64"})
@@ -845,6 +839,8 @@ def _validate_dask(
 def _shift_rows(message: str, offset: int) -> str:
     """A partition's warning naming rows by their place in the partition, renumbered
     from the partition's ``offset`` in the whole frame (as its errors are)."""
+    from .frame import ROWS_WARNING, rows_phrase
+
     named = ROWS_WARNING.match(message)
     if named is None or not offset:
         return message
@@ -900,8 +896,17 @@ def validate(
         SourceError: the source cannot be read (naming the part).
         ValidationError: a mapping naming a missing column; ``pii="error"``.
     """
-    from .frame import check_missing_timestamp, check_pii
-    from .validate import validate_frame
+    from .frame import (
+        EventIdState,
+        MergedWarnings,
+        check_mapping_keywords,
+        check_missing_timestamp,
+        check_pii,
+        emit_warnings,
+        prepare_chunk,
+        resolve_mapping,
+    )
+    from .validate import ValidationReport, validate_frame
 
     check_pii(pii)
     check_missing_timestamp(missing_timestamp)
