@@ -40,6 +40,7 @@ naming the extra to install.
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import itertools
@@ -53,12 +54,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from .defaults import DEFAULT_CHUNKSIZE, PII_DEFAULT
 from .errors import ConfigurationError, MillimetricError, SourceError
 
-if TYPE_CHECKING:  # the frame layer (and polars) is imported when a chunk is checked
+if TYPE_CHECKING:  # the frame layer (and polars) is imported when a chunk is checked,
+    # pyarrow when a source is read through it
+    import pyarrow as pa
+
     from .frame import MergedWarnings, MissingTimestamp, PiiMode
     from .validate import ValidationReport
 
@@ -149,6 +152,8 @@ def _duckdb_chunks(source: Any, chunksize: int) -> Iterator[pd.DataFrame]:
     The query starts here (before the run), so a query that cannot run is raised at
     once; one that fails while its rows stream ends the reading with the same error.
     """
+    import pyarrow as pa
+
     duckdb = _require("duckdb", "duckdb", "reading a DuckDB query")
     name = _duckdb_name(source)
 
@@ -180,11 +185,17 @@ def _duckdb_chunks(source: Any, chunksize: int) -> Iterator[pd.DataFrame]:
 # --------------------------------------------------------------------------- Arrow to pandas
 
 
-_NULLABLE: dict[pa.DataType, Any] = {
-    pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
-    pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
-    pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(), pa.bool_(): pd.BooleanDtype(),
-}
+@functools.cache
+def _nullable() -> dict[pa.DataType, Any]:
+    """Arrow integer and boolean types -> pandas' nullable dtypes (built on first use)."""
+    import pyarrow as pa
+
+    return {
+        pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+        pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
+        pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(),
+        pa.bool_(): pd.BooleanDtype(),
+    }
 
 
 def _to_pandas(batches: list[pa.RecordBatch], start: int) -> pd.DataFrame:
@@ -194,15 +205,18 @@ def _to_pandas(batches: list[pa.RecordBatch], start: int) -> pd.DataFrame:
     (``Int64``...), so an integer stays an integer (plain pandas would make it a
     float: ``7`` would be sent as ``7.0``); columns without nulls keep numpy dtypes.
     """
+    import pyarrow as pa
+
+    types = _nullable()
     table = pa.Table.from_batches(batches)
     nullable = {
         f.name for f, col in zip(table.schema, table.columns, strict=True)
-        if f.type in _NULLABLE and col.null_count
+        if f.type in types and col.null_count
     }
     if nullable:
-        df = table.to_pandas(types_mapper=_NULLABLE.get)
+        df = table.to_pandas(types_mapper=types.get)
         for f in table.schema:  # the columns without nulls go back to numpy dtypes
-            if f.type in _NULLABLE and f.name not in nullable and f.name in df.columns:
+            if f.type in types and f.name not in nullable and f.name in df.columns:
                 df[f.name] = df[f.name].to_numpy(dtype=f.type.to_pandas_dtype())
     else:
         df = table.to_pandas()
@@ -298,6 +312,7 @@ def parquet_dataset(
     hive partition folders (``key=value``) under ``base`` become columns (values as
     text or integers); ``base=None`` (a single file): none.
     """
+    import pyarrow as pa
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
@@ -345,6 +360,7 @@ def _dataset_chunks(
     dataset: Any, chunksize: int, filter: Any, name: str
 ) -> Iterator[pd.DataFrame]:
     """A dataset's rows in file order, part by part (a chunk never spans two parts)."""
+    import pyarrow as pa
     import pyarrow.dataset as pads
 
     if not isinstance(dataset, pads.FileSystemDataset):
@@ -387,12 +403,16 @@ def _whole_floats_to_int(frame: pd.DataFrame, columns: Collection[Hashable]) -> 
 
 def _open(path: Path, compression: str | None) -> Any:
     """A binary stream of the file's bytes, decompressed on the fly (pyarrow's codecs)."""
+    import pyarrow as pa
+
     return pa.input_stream(str(path), compression=compression)
 
 
 def _csv_separator(path: Path, compression: str | None) -> str:
     """``,`` unless the header line has no comma and has semicolons (the CSV that
     spreadsheet software writes where the comma is the decimal mark): then ``;``."""
+    import pyarrow as pa
+
     try:
         with _open(path, compression) as fh:
             head = fh.read(1 << 16)
@@ -647,6 +667,7 @@ def _arrow_source(
     source: Any, chunksize: int, filter: Any
 ) -> tuple[Iterator[pd.DataFrame], int | None] | None:
     """Chunks of a pyarrow Table / RecordBatch / RecordBatchReader / Dataset, else None."""
+    import pyarrow as pa
     import pyarrow.dataset as pads
 
     if isinstance(source, pa.RecordBatch):
