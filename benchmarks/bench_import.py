@@ -8,6 +8,9 @@ with pandas at import), and which of the heavy optional or deferred modules (pol
 pyarrow, ipywidgets, matplotlib, duckdb, dask, httpx) were imported, each said to be
 brought by pandas itself when ``import pandas`` alone imports it too.
 
+The CPU time of the importing process is printed too: on a machine shared with other
+work, wall time swells with the load average (printed last), CPU time much less.
+
 Usage: ``python benchmarks/bench_import.py [RUNS]`` (default 7). Run it from the
 repository root (or with the package installed); it imports the package found first
 on ``sys.path`` of a child started in the current directory.
@@ -27,10 +30,10 @@ HEAVY = ("polars", "pyarrow", "ipywidgets", "matplotlib", "duckdb", "dask", "htt
 
 _CHILD = """
 import json, sys, time
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 import {module}
-elapsed = time.perf_counter() - t0
-print(json.dumps({{"s": elapsed, "loaded": [m for m in {heavy!r} if m in sys.modules],
+elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(json.dumps({{"s": elapsed, "cpu": cpu, "loaded": [m for m in {heavy!r} if m in sys.modules],
                   "file": getattr(sys.modules[{module!r}], "__file__", None)}}))
 """
 
@@ -47,14 +50,17 @@ def measure(module: str) -> dict[str, object]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def series(module: str) -> tuple[list[float], dict[str, object]]:
+def series(module: str) -> tuple[list[float], list[float], dict[str, object]]:
+    """Wall and CPU seconds of RUNS fresh imports of ``module``, and the last run."""
     runs = [measure(module) for _ in range(RUNS)]
-    return [float(r["s"]) for r in runs], runs[-1]  # type: ignore[arg-type]
+    wall = [float(r["s"]) for r in runs]  # type: ignore[arg-type]
+    cpu = [float(r["cpu"]) for r in runs]  # type: ignore[arg-type]
+    return wall, cpu, runs[-1]
 
 
 def main() -> None:
-    times, last = series("millimetric_nb")
-    base, base_last = series("pandas")
+    times, cpu, last = series("millimetric_nb")
+    base, base_cpu, base_last = series("pandas")
     med = statistics.median(times)
     print(f"import millimetric_nb: median {med:.3f} s over {RUNS} fresh processes "
           f"(min {min(times):.3f}, max {max(times):.3f}); target < {TARGET_S} s: "
@@ -64,6 +70,9 @@ def main() -> None:
     print(f"import pandas alone:   median {floor:.3f} s "
           f"(the floor: the accessor registers with pandas at import)")
     print(f"the package's own share: {med - floor:+.3f} s")
+    # CPU seconds of the importing process: less swayed than wall time by a busy machine
+    print(f"CPU time: millimetric_nb {statistics.median(cpu):.3f} s, pandas alone "
+          f"{statistics.median(base_cpu):.3f} s (medians)")
     by_pandas = set(base_last["loaded"])  # type: ignore[arg-type]
     for name in HEAVY:
         if name in last["loaded"]:  # type: ignore[operator]
