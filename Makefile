@@ -18,8 +18,10 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/millimetric-nb demo
 
+# ruff, then mypy over the package (settings in pyproject.toml: [tool.mypy])
 lint: venv
 	$(BIN)/ruff check millimetric_nb tests benchmarks
+	$(BIN)/mypy millimetric_nb
 
 test: venv lint
 	$(BIN)/python -m pytest -q

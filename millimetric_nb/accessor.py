@@ -18,7 +18,7 @@ import hashlib
 import os
 import warnings as _warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,32 +33,20 @@ from .api import (
     start_background,
     sync_client,
 )
-from .backfill import (
-    DEFAULT_CHUNKSIZE,
-    DEFAULT_CONCURRENCY,
-    OnAmbiguous,
-    PreparedRows,
-    Preparer,
-    iter_source,
-    resolve_async_client,
-    run_rows,
-)
+from .datasources import iter_source
+from .defaults import DEFAULT_CHUNKSIZE, DEFAULT_CONCURRENCY, PII_DEFAULT
 from .encode import EncodeError, dumps, is_missing
-from .errors import ConfigurationError, ValidationError
+from .errors import ConfigurationError, DataWarning, ValidationError
 from .events import prepare_forget, prepare_identify
-from .frame import (
-    ERROR_COLUMNS,
-    PII_DEFAULT,
-    DataWarning,
-    MissingTimestamp,
-    check_pii,
-    personal_data_error,
-    pii_columns,
-)
 from .journal import Journal
 from .progress import Observer
 from .results import SendResult
-from .validate import ValidationReport, validate_frame
+
+if TYPE_CHECKING:  # the engine and the frame layer (polars) load when a frame is prepared
+    from .backfill import OnAmbiguous, PreparedRows, Preparer
+    from .frame import MissingTimestamp
+    from .sync import ClientLike
+    from .validate import ValidationReport
 
 JournalArg = Journal | str | os.PathLike[str] | None
 _SEP = "\x1f"
@@ -77,12 +65,15 @@ def _column(df: pd.DataFrame, name: str, what: str) -> np.ndarray:
             f"{what}: the column name {name!r} appears {col.shape[1]} times; rename the duplicates",
             problems=[(what, "duplicate_column", f"column {name!r} is not unique")],
         )
-    return col.to_numpy(dtype=object, na_value=None)
+    # pandas-stubs reject na_value=None, which pandas takes (missing cells become None)
+    return col.to_numpy(dtype=object, na_value=None)  # type: ignore[call-overload]
 
 
 def _per_row_errors(
     frame: pd.DataFrame, problems: list[tuple[int, tuple[str, str, str]]], offset: int
 ) -> pd.DataFrame:
+    from .frame import ERROR_COLUMNS
+
     if not problems:
         return pd.DataFrame(columns=list(ERROR_COLUMNS))
     pos = [p for p, _ in problems]
@@ -130,6 +121,8 @@ def _identify_key(body: dict[str, Any]) -> str:
 
 def _identify_preparer(anonymous_id_col: str, user_id_col: str, traits: Any) -> Preparer:
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
+        from .backfill import PreparedRows
+
         anon = _column(frame, anonymous_id_col, "anonymous_id")
         user = _column(frame, user_id_col, "user_id")
         tr = _traits_of(frame, traits)
@@ -154,6 +147,8 @@ def _identify_preparer(anonymous_id_col: str, user_id_col: str, traits: Any) -> 
 
 def _forget_preparer(user_id_col: str) -> Preparer:
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
+        from .backfill import PreparedRows
+
         user = _column(frame, user_id_col, "user_id")
         n = len(frame)
         valid = np.zeros(n, dtype=bool)
@@ -201,6 +196,9 @@ class MillimetricAccessor:
         ``missing_timestamp``: an empty timestamp cell is ``invalid`` (default) or
         ``"server_time"`` (sent without one); the warnings point at the caller's line.
         """
+        from .frame import check_pii
+        from .validate import validate_frame
+
         check_pii(pii)
         return validate_frame(
             self._df, pii=pii, now=now, missing_timestamp=missing_timestamp,  # type: ignore[arg-type]
@@ -213,7 +211,7 @@ class MillimetricAccessor:
         self,
         event_col: str = "event",
         *,
-        client: Any = None,
+        client: ClientLike | None = None,
         dry_run: bool = False,
         progress: bool | Observer = True,
         journal: JournalArg = None,
@@ -264,7 +262,7 @@ class MillimetricAccessor:
         event: str | None = None,
         event_col: str | None = None,
         *,
-        client: Any = None,
+        client: ClientLike | None = None,
         dry_run: bool = False,
         progress: bool | Observer = True,
         journal: JournalArg = None,
@@ -296,7 +294,7 @@ class MillimetricAccessor:
         user_id_col: str = "user_id",
         traits: str | Sequence[str] | None = None,
         *,
-        client: Any = None,
+        client: ClientLike | None = None,
         dry_run: bool = False,
         progress: bool | Observer = True,
         journal: JournalArg = None,
@@ -325,7 +323,7 @@ class MillimetricAccessor:
         user_id_col: str = "user_id",
         confirm: bool = False,
         *,
-        client: Any = None,
+        client: ClientLike | None = None,
         dry_run: bool = False,
         progress: bool | Observer = True,
         journal: JournalArg = None,
@@ -344,6 +342,9 @@ class MillimetricAccessor:
         new request to delete the same users, use a new journal (or none), or
         their newer events stay.
         """
+        from .backfill import resolve_async_client
+        from .frame import check_pii
+
         check_pii(pii)  # only user ids are sent: nothing else to check
         if confirm is not True and not dry_run:
             raise ConfigurationError(
@@ -367,7 +368,7 @@ class MillimetricAccessor:
         route: str,
         prepare: Preparer,
         *,
-        client: Any,
+        client: ClientLike | None,
         dry_run: bool,
         progress: bool | Observer,
         journal: JournalArg,
@@ -377,6 +378,8 @@ class MillimetricAccessor:
         whole: bool = False,
     ) -> SendResult:
         """identify / forget: one call per unit the preparer plans, through the engine."""
+        from .backfill import run_rows
+
         df = self._df
         chunks, total = iter_source(df, max(1, len(df)) if whole else DEFAULT_CHUNKSIZE)
         return run_blocking(
@@ -406,6 +409,8 @@ def _pii_warnings(df: pd.DataFrame, traits: Any, pii: str) -> list[str]:
     Same rules as for event properties (the frame layer's: names such as ``email`` or
     ``phone``, or values shaped like them).
     """
+    from .frame import check_pii, personal_data_error, pii_columns
+
     check_pii(pii)
     if pii in ("ignore", "allow") or traits is None or isinstance(traits, str):
         return []

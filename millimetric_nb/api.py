@@ -22,30 +22,25 @@ import sys
 import threading
 import warnings as _warnings
 from collections.abc import Callable, Coroutine, Generator, Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
 from . import contract
-from .backfill import (
-    DEFAULT_CHUNKSIZE,
-    DEFAULT_CONCURRENCY,
-    OnAmbiguous,
-    Source,
-    StopSignal,
-    event_preparer,
-    field_columns,
-    iter_source,
-    route_limit,
-    run_rows,
-)
+from .datasources import field_columns, iter_source
+from .defaults import DEFAULT_CHUNKSIZE, DEFAULT_CONCURRENCY, PII_DEFAULT
 from .errors import ConfigurationError
-from .frame import PII_DEFAULT, RULE_PII, MissingTimestamp, refuse_personal_data
 from .journal import Journal
 from .progress import Emitter, Observer, ProgressEvent, Stopping
 from .results import SendResult, account_line, stopped_by
 from .ui import choose_display, display_kind
 from .ui.charts import frame_timestamps
+
+if TYPE_CHECKING:  # the engine and the frame layer (polars) load when a send starts
+    from .backfill import OnAmbiguous, StopSignal
+    from .datasources import Source
+    from .frame import MissingTimestamp
+    from .sync import ClientLike
 
 _TRACK_NOTE = "track sends one request per row"
 Progress = bool | str | Observer
@@ -61,7 +56,7 @@ def observer_for(
     *,
     dry_run: bool = False,
     journal: Any = None,
-    client: Any = None,
+    client: ClientLike | None = None,
     cancel: Callable[[], Any] | None = None,
 ) -> Observer | None:
     """The observer of one send: ``observer`` plus the display ``progress`` asks for.
@@ -72,6 +67,8 @@ def observer_for(
     ``False`` attaches nothing. A panel gets a Cancel button calling ``cancel``, or,
     without one (a send that blocks its cell), a line saying how to stop it.
     """
+    from .backfill import route_limit
+
     display = choose_display(
         progress, route=route, limit=route_limit(client, route), dry_run=dry_run,
         journal=journal,
@@ -184,7 +181,7 @@ def issue_warnings(result: SendResult, stacklevel: int) -> None:
     emit_warnings(messages, stacklevel=stacklevel + 1)
 
 
-def sync_client(client: Any, dry_run: bool) -> Any:
+def sync_client(client: ClientLike | None, dry_run: bool) -> ClientLike | None:
     """The client a synchronous face will use (the default one when ``None``)."""
     if client is None and not dry_run:
         from .sync import default_client
@@ -193,7 +190,7 @@ def sync_client(client: Any, dry_run: bool) -> Any:
     return client
 
 
-def run_sync_call(client: Any, coro: Coroutine[Any, Any, SendResult]) -> SendResult:
+def run_sync_call(client: ClientLike | None, coro: Coroutine[Any, Any, SendResult]) -> SendResult:
     """Run a send coroutine through the package's one event-loop bridge.
 
     A synchronous ``Client`` runs it on its own loop (where its connections live);
@@ -204,7 +201,7 @@ def run_sync_call(client: Any, coro: Coroutine[Any, Any, SendResult]) -> SendRes
     """
     runner = getattr(client, "run", None)
     if callable(runner):
-        return runner(coro)  # type: ignore[no-any-return]
+        return runner(coro)
     from .sync import run_sync
 
     return run_sync(coro)
@@ -213,7 +210,7 @@ def run_sync_call(client: Any, coro: Coroutine[Any, Any, SendResult]) -> SendRes
 async def abackfill(
     source: Source,
     *,
-    client: Any = None,
+    client: ClientLike | None = None,
     journal: Journal | str | os.PathLike[str] | None = None,
     dry_run: bool = False,
     progress: bool | Observer = True,
@@ -310,6 +307,9 @@ async def abackfill(
         raise ConfigurationError(
             f"route must be 'batch' or 'track', not {route!r}", code="invalid_route"
         )
+    from .backfill import StopSignal, event_preparer, run_rows
+    from .frame import RULE_PII, refuse_personal_data
+
     prepare = event_preparer(mapping, pii, now, missing_timestamp)
     if pii == "error" and isinstance(source, pd.DataFrame):
         refuse_personal_data(source, mapping)  # every row, before any request
@@ -351,7 +351,7 @@ async def abackfill(
 
 
 def run_blocking(
-    client: Any,
+    client: ClientLike | None,
     start: Callable[[StopSignal], Coroutine[Any, Any, SendResult]],
     journal: Any = None,
 ) -> SendResult:
@@ -362,6 +362,8 @@ def run_blocking(
     carrying the full account; a second one stops at once (a plain
     ``KeyboardInterrupt``, through :func:`run_sync_call`).
     """
+    from .backfill import StopSignal
+
     stop = StopSignal()
     with interrupts_drain(stop):
         result = run_sync_call(client, start(stop))
@@ -437,13 +439,15 @@ def start_background(
     source: Source,
     *,
     route: Literal["batch", "track"],
-    client: Any = None,
+    client: ClientLike | None = None,
     dry_run: bool = False,
     progress: Progress = True,
     journal: Any = None,
     **options: Any,
 ) -> SendHandle:
     """Start a send and return its :class:`SendHandle` at once (``background=True``)."""
+    from .backfill import StopSignal, route_limit
+
     client = sync_client(client, dry_run)
     stop = StopSignal()
     panel = choose_display(progress, route=route, limit=route_limit(client, route),
@@ -482,7 +486,7 @@ def send_sync(
     *,
     route: Literal["batch", "track"],
     stacklevel: int,
-    client: Any = None,
+    client: ClientLike | None = None,
     dry_run: bool = False,
     **options: Any,
 ) -> SendResult:
@@ -513,7 +517,7 @@ def send_sync(
 def backfill(
     source: Source,
     *,
-    client: Any = None,
+    client: ClientLike | None = None,
     journal: Journal | str | os.PathLike[str] | None = None,
     dry_run: bool = False,
     progress: bool | Observer = True,

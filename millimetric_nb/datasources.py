@@ -40,6 +40,7 @@ naming the extra to install.
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import itertools
@@ -49,31 +50,22 @@ import sys
 from collections.abc import Collection, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
+from .defaults import DEFAULT_CHUNKSIZE, PII_DEFAULT
 from .errors import ConfigurationError, MillimetricError, SourceError
-from .frame import (
-    ERROR_COLUMNS,
-    PII_DEFAULT,
-    ROWS_WARNING,
-    EventIdState,
-    MergedWarnings,
-    MissingTimestamp,
-    PiiMode,
-    check_mapping_keywords,
-    column_fields,
-    emit_warnings,
-    prepare_chunk,
-    resolve_mapping,
-    rows_phrase,
-)
-from .validate import ValidationReport
+from .rules import ERROR_COLUMNS, column_fields
 
-DEFAULT_CHUNKSIZE = 25_000
+if TYPE_CHECKING:  # the frame layer (and polars) is imported when a chunk is checked,
+    # pyarrow when a source is read through it
+    import pyarrow as pa
+
+    from .frame import MergedWarnings, MissingTimestamp, PiiMode
+    from .validate import ValidationReport
+
 _FIRST_CHUNK = 1000
 #: Dask partitions computed ahead of the one being sent.
 DASK_LOOKAHEAD = 2
@@ -161,6 +153,8 @@ def _duckdb_chunks(source: Any, chunksize: int) -> Iterator[pd.DataFrame]:
     The query starts here (before the run), so a query that cannot run is raised at
     once; one that fails while its rows stream ends the reading with the same error.
     """
+    import pyarrow as pa
+
     duckdb = _require("duckdb", "duckdb", "reading a DuckDB query")
     name = _duckdb_name(source)
 
@@ -192,11 +186,17 @@ def _duckdb_chunks(source: Any, chunksize: int) -> Iterator[pd.DataFrame]:
 # --------------------------------------------------------------------------- Arrow to pandas
 
 
-_NULLABLE: dict[pa.DataType, Any] = {
-    pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
-    pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
-    pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(), pa.bool_(): pd.BooleanDtype(),
-}
+@functools.cache
+def _nullable() -> dict[pa.DataType, Any]:
+    """Arrow integer and boolean types -> pandas' nullable dtypes (built on first use)."""
+    import pyarrow as pa
+
+    return {
+        pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+        pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
+        pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(),
+        pa.bool_(): pd.BooleanDtype(),
+    }
 
 
 def _to_pandas(batches: list[pa.RecordBatch], start: int) -> pd.DataFrame:
@@ -206,15 +206,18 @@ def _to_pandas(batches: list[pa.RecordBatch], start: int) -> pd.DataFrame:
     (``Int64``...), so an integer stays an integer (plain pandas would make it a
     float: ``7`` would be sent as ``7.0``); columns without nulls keep numpy dtypes.
     """
+    import pyarrow as pa
+
+    types = _nullable()
     table = pa.Table.from_batches(batches)
     nullable = {
         f.name for f, col in zip(table.schema, table.columns, strict=True)
-        if f.type in _NULLABLE and col.null_count
+        if f.type in types and col.null_count
     }
     if nullable:
-        df = table.to_pandas(types_mapper=_NULLABLE.get)
+        df = table.to_pandas(types_mapper=types.get)
         for f in table.schema:  # the columns without nulls go back to numpy dtypes
-            if f.type in _NULLABLE and f.name not in nullable and f.name in df.columns:
+            if f.type in types and f.name not in nullable and f.name in df.columns:
                 df[f.name] = df[f.name].to_numpy(dtype=f.type.to_pandas_dtype())
     else:
         df = table.to_pandas()
@@ -310,6 +313,7 @@ def parquet_dataset(
     hive partition folders (``key=value``) under ``base`` become columns (values as
     text or integers); ``base=None`` (a single file): none.
     """
+    import pyarrow as pa
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
@@ -357,6 +361,7 @@ def _dataset_chunks(
     dataset: Any, chunksize: int, filter: Any, name: str
 ) -> Iterator[pd.DataFrame]:
     """A dataset's rows in file order, part by part (a chunk never spans two parts)."""
+    import pyarrow as pa
     import pyarrow.dataset as pads
 
     if not isinstance(dataset, pads.FileSystemDataset):
@@ -399,12 +404,16 @@ def _whole_floats_to_int(frame: pd.DataFrame, columns: Collection[Hashable]) -> 
 
 def _open(path: Path, compression: str | None) -> Any:
     """A binary stream of the file's bytes, decompressed on the fly (pyarrow's codecs)."""
+    import pyarrow as pa
+
     return pa.input_stream(str(path), compression=compression)
 
 
 def _csv_separator(path: Path, compression: str | None) -> str:
     """``,`` unless the header line has no comma and has semicolons (the CSV that
     spreadsheet software writes where the comma is the decimal mark): then ``;``."""
+    import pyarrow as pa
+
     try:
         with _open(path, compression) as fh:
             head = fh.read(1 << 16)
@@ -441,8 +450,8 @@ def read_path(
     if kinds and kinds[-1] in (".jsonl", ".ndjson", ".json"):
         stream = io.TextIOWrapper(_open(path, compression), encoding="utf-8")
         # precise_float: pandas' fast parser reads 3.97 as 3.9699999999999998
-        reader = pd.read_json(stream, lines=True, chunksize=chunksize, dtype=False,
-                              precise_float=True)
+        reader = pd.read_json(stream, lines=True, chunksize=chunksize,  # type: ignore[call-overload]
+                              dtype=False, precise_float=True)  # (stubs: text streams too)
         chunks = (_whole_floats_to_int(c, text_columns) for c in reader)
         return _stream_closed_after(chunks, stream), None
     if any(s in (".csv", ".tsv", ".txt") for s in kinds):
@@ -659,6 +668,7 @@ def _arrow_source(
     source: Any, chunksize: int, filter: Any
 ) -> tuple[Iterator[pd.DataFrame], int | None] | None:
     """Chunks of a pyarrow Table / RecordBatch / RecordBatchReader / Dataset, else None."""
+    import pyarrow as pa
     import pyarrow.dataset as pads
 
     if isinstance(source, pa.RecordBatch):
@@ -794,6 +804,8 @@ def _check_partition(
     per warning (``kind="warning"``) and one ``kind="rows"`` row holding the
     partition's row count in ``position``, so that the client can number rows globally.
     """
+    from .frame import EventIdState, prepare_chunk, resolve_mapping
+
     del partition_info
     part = part.reset_index(drop=True)
     fm, warns = resolve_mapping(list(part.columns), **mapping)
@@ -808,7 +820,9 @@ def _check_partition(
         "message": errors["message"].astype(object).to_numpy(),
         "value": errors["value"].astype(object).to_numpy(),
     })
-    extra = [("warning", 0, None, None, w, None) for w in [*warns, *p.warnings]]
+    extra: list[tuple[str, int, str | None, str | None, str | None, str | None]] = [
+        ("warning", 0, None, None, w, None) for w in [*warns, *p.warnings]
+    ]
     extra.append(("rows", len(part), None, None, None, None))
     tail = pd.DataFrame(extra, columns=list(_PARTITION_META))
     return pd.concat([out, tail], ignore_index=True).astype({"position": "int64"})
@@ -846,6 +860,8 @@ def _validate_dask(
 def _shift_rows(message: str, offset: int) -> str:
     """A partition's warning naming rows by their place in the partition, renumbered
     from the partition's ``offset`` in the whole frame (as its errors are)."""
+    from .frame import ROWS_WARNING, rows_phrase
+
     named = ROWS_WARNING.match(message)
     if named is None or not offset:
         return message
@@ -901,8 +917,17 @@ def validate(
         SourceError: the source cannot be read (naming the part).
         ValidationError: a mapping naming a missing column; ``pii="error"``.
     """
-    from .frame import check_missing_timestamp, check_pii
-    from .validate import validate_frame
+    from .frame import (
+        EventIdState,
+        MergedWarnings,
+        check_mapping_keywords,
+        check_missing_timestamp,
+        check_pii,
+        emit_warnings,
+        prepare_chunk,
+        resolve_mapping,
+    )
+    from .validate import ValidationReport, validate_frame
 
     check_pii(pii)
     check_missing_timestamp(missing_timestamp)

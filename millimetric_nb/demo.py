@@ -26,7 +26,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import pandas as pd
 
@@ -42,6 +42,9 @@ from .sample import (
     Sample,
     generate_sample,
 )
+
+if TYPE_CHECKING:  # the client (httpx) is imported when the demo runs
+    from .sync import ClientLike
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -233,7 +236,9 @@ def _error_rows(errors: pd.DataFrame) -> list[Any]:
     return list(pd.unique(errors.index))
 
 
-def _send(sample: Sample, client: Any, progress: bool, out: DemoOutcome, p: _Printer) -> None:
+def _send(
+    sample: Sample, client: ClientLike, progress: bool, out: DemoOutcome, p: _Printer
+) -> None:
     p.step("Backfill the valid rows through /v1/batch")
     result = sample.events.millimetric.send_batch(
         event_col="event", client=client, progress=progress
@@ -254,7 +259,9 @@ def _send(sample: Sample, client: Any, progress: bool, out: DemoOutcome, p: _Pri
     ]
 
 
-def _identify(sample: Sample, client: Any, progress: bool, out: DemoOutcome, p: _Printer) -> None:
+def _identify(
+    sample: Sample, client: ClientLike, progress: bool, out: DemoOutcome, p: _Printer
+) -> None:
     p.step(f"Identify the {len(sample.identifies):,} visitors who signed up")
     result = sample.identifies.millimetric.identify(
         anonymous_id_col="anonymous_id", user_id_col="user_id", client=client,
@@ -266,7 +273,7 @@ def _identify(sample: Sample, client: Any, progress: bool, out: DemoOutcome, p: 
     out.checks.append(Check("every sign-up identified", len(sample.identifies), out.identified))
 
 
-def _read_back(sample: Sample, client: Any, srv: Any, out: DemoOutcome, p: _Printer) -> None:
+def _read_back(sample: Sample, client: ClientLike, srv: Any, out: DemoOutcome, p: _Printer) -> None:
     p.step("Read back through the read API (/v1/sources, /v1/stats, /v1/query)")
     # identify events are stamped with the server's clock: widen the window to now
     now = pd.Timestamp.now(tz="UTC") + pd.Timedelta(minutes=5)

@@ -237,7 +237,7 @@ def _array_to_list(arr: np.ndarray) -> list[Any]:
     if kind in "biufUSO":
         if kind == "S":
             raise _NotJSONType("numpy bytes arrays are not JSON; decode them to str first")
-        return arr.tolist()  # type: ignore[no-any-return]
+        return arr.tolist()
     raise _NotJSONType(f"numpy arrays of dtype {arr.dtype} are not JSON")
 
 

@@ -1,4 +1,5 @@
-"""One exception hierarchy, rooted at :class:`MillimetricError`.
+"""One exception hierarchy, rooted at :class:`MillimetricError`, and one warning
+hierarchy, rooted at :class:`MillimetricWarning`.
 
 Every error carries a stable ``code``: the contract's code for answers from the
 server (``invalid_payload``, ``rate_limited``, ...) and this package's own codes
@@ -198,14 +199,47 @@ def error_for_status(status: int) -> type[APIError]:
     return APIError
 
 
+# --------------------------------------------------------------------------- warnings
+
+
+class MillimetricWarning(UserWarning):
+    """Base of every warning this package issues.
+
+    ``warnings.filterwarnings("ignore", category=mm.MillimetricWarning)`` silences them
+    all; each subclass can be filtered on its own.
+    """
+
+
+class DataWarning(MillimetricWarning):
+    """Something in the data an analyst should know before sending it."""
+
+
+class EnrichedFieldWarning(MillimetricWarning):
+    """Server-enriched fields were given and dropped (the server derives them)."""
+
+
+class PossiblyTruncatedWarning(MillimetricWarning):
+    """A read returned exactly ``limit`` rows: there may be more in the window."""
+
+
+class IncompleteReadWarning(MillimetricWarning):
+    """:func:`~millimetric_nb.read.query_all` could not read every row of its window
+    (more than 1000 rows at one instant; see :mod:`millimetric_nb.read`)."""
+
+
 __all__ = [
     "APIError",
     "AuthenticationError",
     "ConfigurationError",
+    "DataWarning",
+    "EnrichedFieldWarning",
+    "IncompleteReadWarning",
     "InvalidRequestError",
     "KeyRefusedError",
     "MillimetricError",
+    "MillimetricWarning",
     "PermissionDeniedError",
+    "PossiblyTruncatedWarning",
     "RateLimitedError",
     "ServerError",
     "SourceError",

@@ -45,7 +45,7 @@ from .encode import (
     to_utc_iso,
     too_large_message,
 )
-from .errors import ValidationError
+from .errors import EnrichedFieldWarning, ValidationError
 from .rules import (
     Violation,
     describe,
@@ -71,10 +71,6 @@ __all__ = [
 
 #: ``(field path, contract.RULE_* code, message)``
 Problem = tuple[str, str, str]
-
-
-class EnrichedFieldWarning(UserWarning):
-    """Server-enriched fields were given and dropped (the server derives them)."""
 
 
 @dataclass(frozen=True, slots=True)

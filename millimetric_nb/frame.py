@@ -64,7 +64,9 @@ import polars as pl
 
 from . import contract, rules
 from .encode import EncodeError, dumps, is_missing, member_sizes, to_utc_iso, too_large_message
-from .errors import ConfigurationError, MillimetricError, ValidationError
+from .defaults import PII_DEFAULT
+from .errors import ConfigurationError, DataWarning, MillimetricError, ValidationError
+from .rules import ERROR_COLUMNS, column_fields
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -93,24 +95,12 @@ __all__ = [
     "rows_phrase",
 ]
 
-#: Columns of every errors DataFrame, in order (``value``: a short repr of the offending
-#: cell, :func:`millimetric_nb.rules.short`; null when there is no single cell to show).
-ERROR_COLUMNS: Final = ("row", "position", "field", "rule", "message", "value")
 #: Rule code for a property column that looks like personal data (``pii="error"``).
 RULE_PII: Final = "personal_data"
 #: Rule code for a cell that defeats every check (see :func:`prepare_chunk`).
 RULE_UNENCODABLE: Final = "unencodable"
 #: What to do with property columns that look like personal data.
 PiiMode = Literal["error", "warn", "allow", "ignore"]
-#: The default for event properties: refuse to send (``"allow"`` after deciding they may go).
-PII_DEFAULT: Final = "error"
-
-
-def column_fields() -> tuple[str, ...]:
-    """The event fields fed by one column each (every string and timestamp field of
-    ``contract.EVENT_FIELDS`` but ``event``), in the table's order, read when called."""
-    return tuple(n for n in rules.fields_of(contract.EVENT_FIELDS, "string", "timestamp")
-                 if n != "event")
 
 
 def _object_field() -> str:
@@ -134,10 +124,6 @@ _MAX_SAFE: Final = contract.MAX_SAFE_INTEGER
 
 #: What a row with an empty cell in the timestamp column becomes (see :func:`prepare_chunk`).
 MissingTimestamp = Literal["invalid", "server_time"]
-
-
-class DataWarning(UserWarning):
-    """Something in the data an analyst should know before sending it."""
 
 
 # --------------------------------------------------------------------------- mapping

@@ -51,6 +51,8 @@ from typing import IO
 
 import orjson
 
+from .errors import ConfigurationError
+
 PENDING = "pending"
 ACKED = "acked"
 AMBIGUOUS = "ambiguous"
@@ -79,8 +81,12 @@ CREATE TABLE IF NOT EXISTS runs (
 _LOOKUP_SLICE = 50_000
 
 
-class JournalBusy(Exception):
-    """The journal is held by another run (see :meth:`Journal.start_run`)."""
+class JournalBusy(ConfigurationError):
+    """The journal is held by another run (see :meth:`Journal.start_run`); code
+    ``journal_busy``. A :class:`~millimetric_nb.errors.ConfigurationError`, as what
+    the sending faces raise for it."""
+
+    code = "journal_busy"
 
 
 class Journal:

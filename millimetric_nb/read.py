@@ -27,16 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 import pandas as pd
 
 from . import contract
 from .encode import to_utc_iso
-from .errors import ValidationError
+from .errors import IncompleteReadWarning, PossiblyTruncatedWarning, ValidationError
+
+if TYPE_CHECKING:  # the client (httpx) is imported when one is made
+    from .client import AsyncClient, ReadRoute
+    from .sync import ClientLike
+
+T = TypeVar("T")
 
 #: Rule codes for read parameters (the field rules live in ``contract.RULE_*``).
 RULE_OUT_OF_RANGE = "out_of_range"
@@ -51,18 +57,10 @@ _TIME_COLUMNS = ("bucket", "period", "interval", "time", "timestamp", "date", "h
                  "week", "start")
 
 
-class PossiblyTruncatedWarning(UserWarning):
-    """A read returned exactly ``limit`` rows: there may be more in the window."""
-
-
-class IncompleteReadWarning(UserWarning):
-    """:func:`query_all` could not read every row of its window (see the module notes)."""
-
-
 # --------------------------------------------------------------------------- clients
 
 
-def _resolve(client: Any) -> Any:
+def _resolve(client: ClientLike | None) -> ClientLike:
     """The client to use: the one given, else the default client."""
     if client is not None:
         return client
@@ -71,24 +69,27 @@ def _resolve(client: Any) -> Any:
     return default_client()
 
 
-def _async_of(client: Any) -> Any:
+def _async_of(client: ClientLike | None) -> AsyncClient:
     """The async client behind ``client`` (a sync ``Client`` or an ``AsyncClient``)."""
     client = _resolve(client)
-    return getattr(client, "async_client", client)
+    return cast("AsyncClient", getattr(client, "async_client", client))
 
 
-def _run_sync(client: Any, make: Any) -> Any:
+def _run_sync(
+    client: ClientLike | None, make: Callable[[AsyncClient], Coroutine[Any, Any, T]]
+) -> T:
     """Run ``make(async_client)`` to completion from synchronous code."""
-    client = _resolve(client)
-    runner = getattr(client, "run", None)
-    if runner is not None and hasattr(client, "async_client"):
-        return runner(make(client.async_client))
+    resolved = _resolve(client)
+    runner = getattr(resolved, "run", None)
+    inner = getattr(resolved, "async_client", None)
+    if runner is not None and inner is not None:
+        return runner(make(inner))
     from .sync import run_sync
 
-    return run_sync(make(client))
+    return run_sync(make(_async_of(resolved)))
 
 
-async def _get(client: Any, route: str, params: Mapping[str, str]) -> dict[str, Any]:
+async def _get(client: AsyncClient, route: ReadRoute, params: Mapping[str, str]) -> dict[str, Any]:
     answer = await client.read(route, params)
     if not isinstance(answer, dict):  # pragma: no cover - the client always returns dicts
         raise TypeError(f"/v1/{route} answered {type(answer).__name__}, expected an object")
@@ -303,7 +304,7 @@ async def aquery(
     medium: str | None = None,
     user_id: str | None = None,
     limit: int = contract.QUERY_LIMIT_DEFAULT,
-    client: Any = None,
+    client: ClientLike | None = None,
 ) -> pd.DataFrame:
     """Async :func:`query`."""
     start, end = _window(from_, to)
@@ -325,7 +326,7 @@ def query(
     medium: str | None = None,
     user_id: str | None = None,
     limit: int = contract.QUERY_LIMIT_DEFAULT,
-    client: Any = None,
+    client: ClientLike | None = None,
 ) -> pd.DataFrame:
     """Stored events of the window ``[from_, to)``, at most ``limit`` (1 to 1000) of them.
 
@@ -355,7 +356,7 @@ async def aquery_all(
     max_rows: int | None = None,
     concurrency: int = 4,
     split: int = 4,
-    client: Any = None,
+    client: ClientLike | None = None,
 ) -> pd.DataFrame:
     """Async :func:`query_all`."""
     start, end = _window(from_, to)
@@ -448,7 +449,7 @@ def query_all(
     max_rows: int | None = None,
     concurrency: int = 4,
     split: int = 4,
-    client: Any = None,
+    client: ClientLike | None = None,
 ) -> pd.DataFrame:
     """Every stored event of the window ``[from_, to)``, however many, sorted by time.
 
@@ -548,7 +549,7 @@ async def astats(
     group_by: str | Sequence[str] | None = None,
     interval: str | None = None,
     limit: int | None = None,
-    client: Any = None,
+    client: ClientLike | None = None,
 ) -> pd.DataFrame:
     """Async :func:`stats`."""
     metric = _choice("metric", metric, contract.STATS_METRICS)
@@ -580,7 +581,7 @@ def stats(
     group_by: str | Sequence[str] | None = None,
     interval: str | None = None,
     limit: int | None = None,
-    client: Any = None,
+    client: ClientLike | None = None,
 ) -> pd.DataFrame:
     """Counts (``metric="count"``) or distinct visitors (``"uniques"``) over ``[from_, to)``.
 
@@ -608,7 +609,7 @@ async def asources(
     *,
     breakdown: str = "source_medium",
     limit: int = contract.SOURCES_LIMIT_MAX,
-    client: Any = None,
+    client: ClientLike | None = None,
 ) -> pd.DataFrame:
     """Async :func:`sources`."""
     start, end = _window(from_, to)
@@ -628,7 +629,7 @@ def sources(
     *,
     breakdown: str = "source_medium",
     limit: int = contract.SOURCES_LIMIT_MAX,
-    client: Any = None,
+    client: ClientLike | None = None,
 ) -> pd.DataFrame:
     """Where the traffic of ``[from_, to)`` came from, as the server's classifier saw it.
 
@@ -710,7 +711,7 @@ async def averify(
     to: Any,
     *,
     event: str | None = None,
-    client: Any = None,
+    client: ClientLike | None = None,
     timestamps: Iterable[Any] | None = None,
 ) -> Verification:
     """Async :func:`verify`."""
@@ -765,7 +766,7 @@ def verify(
     to: Any,
     *,
     event: str | None = None,
-    client: Any = None,
+    client: ClientLike | None = None,
     timestamps: Iterable[Any] | None = None,
 ) -> Verification:
     """Check that the events with ``event_ids`` are stored, each exactly once, in ``[from_, to)``.

@@ -26,7 +26,9 @@ from typing import Any, Final
 from . import contract
 
 __all__ = [
+    "ERROR_COLUMNS",
     "Violation",
+    "column_fields",
     "describe",
     "fields_of",
     "int_beyond",
@@ -45,6 +47,10 @@ __all__ = [
 ]
 
 _UNSET: Final = object()
+
+#: Columns of every errors DataFrame, in order (``value``: a short repr of the offending
+#: cell, :func:`short`; null when there is no single cell to show).
+ERROR_COLUMNS: Final = ("row", "position", "field", "rule", "message", "value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,3 +235,10 @@ def string_violation(
 def fields_of(specs: Mapping[str, contract.FieldSpec], *kinds: str) -> tuple[str, ...]:
     """The names of ``specs``' fields of the given kinds, in the table's order."""
     return tuple(name for name, spec in specs.items() if spec.kind in kinds)
+
+
+def column_fields() -> tuple[str, ...]:
+    """The event fields fed by one column each (every string and timestamp field of
+    ``contract.EVENT_FIELDS`` but ``event``), in the table's order, read when called."""
+    return tuple(n for n in fields_of(contract.EVENT_FIELDS, "string", "timestamp")
+                 if n != "event")

@@ -291,7 +291,8 @@ def generate_sample(
             elif kind == "oversize_property":
                 df.loc[row, "title"] = "x" * (contract.PROPERTIES_MAX_BYTES + 100)
             elif kind == "long_user_id":
-                df.loc[row, "user_id"] = "u" * (contract.EVENT_FIELDS["user_id"].max_length + 44)
+                too_long = (contract.EVENT_FIELDS["user_id"].max_length or 0) + 44
+                df.loc[row, "user_id"] = "u" * too_long
             invalid_rows.append((row, kind, field, rule))
     invalid = pd.DataFrame(invalid_rows, columns=["row", "kind", "field", "rule"])
     invalid = invalid.sort_values("row", ignore_index=True)

@@ -276,8 +276,9 @@ _default_lock = threading.Lock()
 
 
 #: What every ``client=`` parameter takes: the synchronous face or the async client
-#: itself (``None``, where a parameter allows it, means :func:`default_client`).
-ClientLike: TypeAlias = "Client | AsyncClient"
+#: itself (``None``, where a parameter allows it, means :func:`default_client`). A real
+#: union at run time too: ``isinstance(x, ClientLike)`` works.
+ClientLike: TypeAlias = Client | AsyncClient
 
 
 def connect(key: str | None = None, host: str | None = None, **kwargs: Any) -> Client:

@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "millimetric_nb"
 
 LEVELS: dict[str, int] = {
-    "contract": 1, "errors": 1, "keys": 1, "progress": 1,
+    "contract": 1, "errors": 1, "keys": 1, "progress": 1, "defaults": 1,
     "encode": 2, "rules": 2, "events": 2, "validate": 2, "frame": 2, "ratelimit": 2, "sample": 2,
     "datasources": 2,
     "client": 3,

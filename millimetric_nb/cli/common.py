@@ -18,15 +18,17 @@ import warnings
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 import pandas as pd
 
 from .. import contract
-from ..backfill import field_columns, iter_source
+from ..datasources import field_columns, iter_source
 from ..errors import ConfigurationError, MillimetricError, ValidationError
-from ..frame import check_mapping_keywords, resolve_mapping
+
+if TYPE_CHECKING:  # the client (httpx) is imported when one is made
+    from ..sync import Client
 
 #: Exit codes: 0 all good, 1 the data (some rows invalid, not sent, missing), 2 the
 #: command could not do its job (bad input, no key, the server refused the key...).
@@ -138,6 +140,8 @@ def add_mapping_options(parser: argparse.ArgumentParser) -> None:
 
 def mapping_of(args: argparse.Namespace) -> dict[str, Any]:
     """The ``backfill()`` mapping keywords the flags give."""
+    from ..frame import check_mapping_keywords
+
     mapping: dict[str, Any] = {}
     for keyword in MAPPING_FLAGS.values():
         value = getattr(args, keyword, None)
@@ -176,7 +180,7 @@ def read_key(args: argparse.Namespace) -> str:
     )
 
 
-def make_client(args: argparse.Namespace) -> Any:
+def make_client(args: argparse.Namespace) -> Client:
     """A synchronous :class:`~millimetric_nb.sync.Client` for the flags and environment."""
     from ..sync import Client
 
@@ -237,6 +241,8 @@ def check_source(path_text: str, mapping: dict[str, Any]) -> Path:
         raise CliError(f"{path} is empty: export the events with a header line and one row each")
     elif path.suffix.lower() in _TEXT_SUFFIXES:
         _check_utf8(path)
+    from ..frame import resolve_mapping
+
     first = _first_rows(path, field_columns(mapping))
     if first is None or len(first) == 0:
         raise CliError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -34,6 +34,9 @@ from .common import (
     printed_warnings,
     say,
 )
+
+if TYPE_CHECKING:  # the client (httpx) is imported when one is made
+    from ..sync import ClientLike
 
 JOURNAL_SUFFIX = ".journal.sqlite"
 FAILED_SUFFIX = ".failed.csv"
@@ -59,7 +62,9 @@ def _progress(args: argparse.Namespace) -> bool:
     return bool(args.progress) if args.progress is not None else sys.stderr.isatty()
 
 
-def _run(path: Path, args: argparse.Namespace, client: Any = None, **options: Any) -> SendResult:
+def _run(
+    path: Path, args: argparse.Namespace, client: ClientLike | None = None, **options: Any
+) -> SendResult:
     """One run of the engine over ``path`` (a dry run unless a client is given)."""
     coro = abackfill(
         path, client=client, dry_run=client is None, progress=_progress(args),
@@ -189,10 +194,11 @@ def run_backfill(args: argparse.Namespace) -> int:
     try:
         result = _run(path, args, client, **options)
     except KeyboardInterrupt as exc:
-        result = getattr(exc, "result", None)  # a drained stop carries its account
-        if result is None:  # a second Ctrl-C: stopped at once
+        drained: SendResult | None = getattr(exc, "result", None)  # a drained stop's account
+        if drained is None:  # a second Ctrl-C: stopped at once
             note(resume)
             return 130
+        result = drained
     finally:
         if client is not None:
             client.close()
@@ -271,7 +277,7 @@ def _window(result: SendResult, path: Path, args: argparse.Namespace,
         return args.from_, args.to
     mapping = mapping_of(args)
     column = mapping.get("timestamp_col", "timestamp")
-    from ..backfill import iter_source
+    from ..datasources import iter_source
 
     chunks, _ = iter_source(path, 100_000, {column})
     stamps: list[pd.Series] = []

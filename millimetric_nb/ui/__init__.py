@@ -71,11 +71,11 @@ class TqdmProgress:
 
     def _ensure_bar(self) -> Any:
         if self._bar is None:
-            if self._auto and self._file is None:
-                from tqdm.auto import tqdm
-            else:
-                from tqdm import tqdm
-            self._bar = tqdm(
+            import tqdm
+            import tqdm.auto
+
+            bar = tqdm.auto.tqdm if self._auto and self._file is None else tqdm.tqdm
+            self._bar = bar(
                 total=self.total,
                 desc=self.desc,
                 unit=self._unit,

@@ -38,7 +38,7 @@ import os
 import warnings
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
@@ -48,6 +48,9 @@ from ..frame import COLUMN_FIELDS, resolve_mapping
 from ..results import SendResult, account_line, resume_hint, stopped_by
 from .charts import chart_html
 from .forms import Form, check_key, resolve_client
+
+if TYPE_CHECKING:  # the client (httpx) is imported when the panel sends
+    from ..sync import ClientLike
 
 __all__ = ["BackfillPanel", "backfill_panel"]
 
@@ -64,7 +67,7 @@ _AMBER = "color:#8a5a00"
 def backfill_panel(
     source: pd.DataFrame | str | os.PathLike[str],
     *,
-    client: Any = None,
+    client: ClientLike | None = None,
     journal: str | os.PathLike[str] | None = None,
     pii: str = "warn",
     chunksize: int | None = None,
@@ -106,7 +109,7 @@ class BackfillPanel(Form):
         self,
         source: Any,
         *,
-        client: Any,
+        client: ClientLike | None,
         journal: str | os.PathLike[str] | None,
         pii: str,
         chunksize: int | None,
@@ -116,7 +119,7 @@ class BackfillPanel(Form):
         w = self._w
         self.client = client
         self.pii = pii
-        self.options = {
+        self.options: dict[str, Any] = {
             k: v for k, v in (("chunksize", chunksize), ("concurrency", concurrency))
             if v is not None
         }
@@ -211,7 +214,7 @@ class BackfillPanel(Form):
 
     def _load(self, text: str) -> None:
         """Read the head of the file at ``text`` for its columns (nothing else)."""
-        from ..backfill import iter_source
+        from ..datasources import iter_source
 
         self.path = None
         self._set_columns([])
@@ -256,7 +259,8 @@ class BackfillPanel(Form):
                 dd = self.fields[f]
                 dd.options = opts
                 dd.value = event_col if f == "event" else default.columns.get(f)
-            self._dict_props = default.properties if default.properties_is_dict_column else None
+            self._dict_props = (
+                cast(Hashable, default.properties) if default.properties_is_dict_column else None)
             self._refresh_properties(default)
         finally:
             self._refreshing = False
@@ -282,7 +286,8 @@ class BackfillPanel(Form):
         self._refreshing = True
         try:
             self._dict_props = (
-                resolved.properties if resolved.properties_is_dict_column else None)
+                cast(Hashable, resolved.properties) if resolved.properties_is_dict_column
+                else None)
             self._refresh_properties(resolved)
         finally:
             self._refreshing = False
@@ -410,7 +415,7 @@ class BackfillPanel(Form):
         """Whether a send of this panel is running."""
         return self.task is not None and not self.task.done()
 
-    def _make_display(self, client: Any, journal: str | None) -> Any:
+    def _make_display(self, client: ClientLike | None, journal: str | None) -> Any:
         from ..backfill import route_limit
         from .panel import SendPanel
 

@@ -41,13 +41,18 @@ import datetime as dt
 import html
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
 from .. import contract
 from ..errors import ConfigurationError, MillimetricError
 from ..events import check_event, prepare_identify
+
+if TYPE_CHECKING:  # the client (httpx) is imported when a form sends
+    from ..client import AsyncClient
+    from ..keys import Use
+    from ..sync import ClientLike
 
 __all__ = [
     "Form",
@@ -150,7 +155,7 @@ class Form:
         self.history_view = self.html("history")
         self.widget: Any = None
         #: The client the form sends with (``None``: the default one, at send time).
-        self.client: Any = None
+        self.client: ClientLike | None = None
         self._checker: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ building
@@ -194,7 +199,7 @@ class Form:
         widget.layout.width = _INPUT_WIDTH
         return self.field(part, widget)
 
-    def button(self, part: str, label: str, on_click: Callable[[], None], **kw: Any) -> Any:
+    def button(self, part: str, label: str, on_click: Callable[[], object], **kw: Any) -> Any:
         """A button with class ``mm-<form>-<part>``; its handler never raises into the
         notebook (an unexpected error is shown in the answer)."""
         widget = self.classed(self._w.Button(description=label, **kw), part)
@@ -327,7 +332,7 @@ def parse_object(text: str, what: str) -> tuple[dict[str, Any] | None, str]:
     return value, ""
 
 
-def resolve_client(client: Any) -> Any:
+def resolve_client(client: ClientLike | None) -> ClientLike:
     """The client a form sends with: the one given, else the default one (at send time)."""
     if client is not None:
         return client
@@ -336,7 +341,7 @@ def resolve_client(client: Any) -> Any:
     return default_client()
 
 
-def call(client: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+def call(client: ClientLike | None, method: str, *args: Any, **kwargs: Any) -> Any:
     """``client.<method>(...)`` on a Client, or run through the package's one bridge for
     an AsyncClient (whose methods are coroutines)."""
     result = getattr(resolve_client(client), method)(*args, **kwargs)
@@ -347,10 +352,10 @@ def call(client: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     return result
 
 
-def check_key(client: Any, use: str) -> None:
+def check_key(client: ClientLike | None, use: Use) -> None:
     """Refuse, before any request, a client whose key may not ``use`` (keys.py's rules)."""
     c = resolve_client(client)
-    getattr(c, "async_client", c).check_key(use)
+    cast("AsyncClient", getattr(c, "async_client", c)).check_key(use)
 
 
 def _limits(spec: contract.FieldSpec | None) -> str:
@@ -402,7 +407,7 @@ def _clean(values: Mapping[str, str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- track
 
 
-def track_form(client: Any = None, *, event: str = "") -> Form:
+def track_form(client: ClientLike | None = None, *, event: str = "") -> Form:
     """A form sending one event through ``/v1/track`` (``Client.track``).
 
     Args:
@@ -460,7 +465,7 @@ def _track_fields(form: Form) -> tuple[dict[str, Any], dict[str, list[str]]]:
     return fields, problems
 
 
-def _send_track(form: Form, client: Any) -> None:
+def _send_track(form: Form, client: ClientLike | None) -> None:
     fields, problems = _track_fields(form)
     if problems or "event" not in fields:
         form.check()
@@ -503,7 +508,7 @@ def _traits_warning(traits: Mapping[str, Any]) -> str:
     )
 
 
-def identify_form(client: Any = None) -> Form:
+def identify_form(client: ClientLike | None = None) -> Form:
     """A form linking an anonymous visitor to a user (``Client.identify``).
 
     Traits are a JSON object; traits that look like personal data (``email``,
@@ -547,7 +552,7 @@ def _identify_body(form: Form) -> tuple[dict[str, Any] | None, dict[str, list[st
     return (None if problems else body), problems, warning
 
 
-def _send_identify(form: Form, client: Any) -> None:
+def _send_identify(form: Form, client: ClientLike | None) -> None:
     body, _, _ = _identify_body(form)
     if body is None:
         form.check()
@@ -575,7 +580,7 @@ _FORGET_STATEMENT = (
 )
 
 
-def forget_form(client: Any = None) -> Form:
+def forget_form(client: ClientLike | None = None) -> Form:
     """A form deleting every event of one user (``Client.forget``, GDPR / CCPA).
 
     The user id must be typed twice; a key that is not ``sk_`` is refused before
@@ -614,7 +619,7 @@ def _forget_target(form: Form) -> tuple[str | None, dict[str, list[str]]]:
     return (None if problems else user), problems
 
 
-def _send_forget(form: Form, client: Any) -> None:
+def _send_forget(form: Form, client: ClientLike | None) -> None:
     user, problems = _forget_target(form)
     if user is None:
         form.check()
