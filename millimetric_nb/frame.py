@@ -63,8 +63,8 @@ import pandas as pd
 import polars as pl
 
 from . import contract, rules
-from .encode import EncodeError, dumps, is_missing, member_sizes, to_utc_iso, too_large_message
 from .defaults import PII_DEFAULT
+from .encode import EncodeError, dumps, is_missing, member_sizes, to_utc_iso, too_large_message
 from .errors import ConfigurationError, DataWarning, MillimetricError, ValidationError
 from .rules import ERROR_COLUMNS, column_fields
 
