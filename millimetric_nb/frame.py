@@ -504,6 +504,15 @@ def _derive_ids(contents: list[bytes], state: EventIdState | None) -> pl.Series:
 _Cells = pd.Series | pl.Series | np.ndarray | None
 
 
+def _repeated(text: str, n: int) -> np.ndarray:
+    """``n`` references to ``text`` in an object array. (``np.full(n, text, dtype=object)``
+    goes through a numpy unicode scalar, which drops trailing NUL characters: a property
+    key ending in ``\x00`` lost it from the field path.)"""
+    out = np.empty(n, dtype=object)
+    out.fill(text)
+    return out
+
+
 class _Problems:
     """Accumulates per-row problems as arrays (local positions); the frame they make has
     the columns of :class:`~millimetric_nb.rules.Violation` (``field`` is its ``path``).
@@ -528,10 +537,10 @@ class _Problems:
             return
         self.invalid[pos] = True
         self._pos.append(pos)
-        self._field.append(np.full(pos.size, field, dtype=object))
-        self._rule.append(np.full(pos.size, rule, dtype=object))
+        self._field.append(_repeated(field, pos.size))
+        self._rule.append(_repeated(rule, pos.size))
         if isinstance(message, str):
-            self._msg.append(np.full(pos.size, message, dtype=object))
+            self._msg.append(_repeated(message, pos.size))
         else:
             m = np.empty(pos.size, dtype=object)
             m[:] = list(message)

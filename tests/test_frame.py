@@ -638,3 +638,18 @@ def test_too_large_names_the_largest_property_columns_of_that_row():
     d = pd.DataFrame({"event": ["e"], "properties": [{"a": "x" * 9000, "b": [1, 2]}]})
     (msg,) = prep(d).errors["message"].tolist()
     assert msg.endswith("largest: a (9,006), b (9)")
+
+
+def test_a_property_key_ending_in_nul_keeps_it_in_the_error_path() -> None:
+    """Found by the agreement test: numpy's unicode scalars drop trailing NULs, so a
+    path built with ``np.full(n, path, dtype=object)`` lost the key's last character."""
+    from millimetric_nb import events, frame
+
+    df = pd.DataFrame({"event": ["e"], "timestamp": [dt.datetime(2000, 1, 1)],
+                       "obj": [{"k\x00": 2**53}]})
+    mapping, _ = frame.resolve_mapping(list(df.columns))
+    got = frame.prepare_chunk(df, mapping, pii="allow").errors
+    assert got["field"].tolist() == ["properties.obj.k\x00"]
+    with pytest.raises(ValidationError) as raised:
+        events.prepare_event({"event": "e", "properties": {"obj": {"k\x00": 2**53}}})
+    assert [p[0] for p in raised.value.problems] == ["properties.obj.k\x00"]
