@@ -460,14 +460,13 @@ class EventIdState:
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         keys = np.asarray(keys, dtype=np.uint64)
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys)  # not stable (faster): equal keys are put in row order below
         sk = keys[order]
-        idx = np.arange(n, dtype=np.int64)
         starts = np.r_[True, sk[1:] != sk[:-1]]
-        group_start = np.maximum.accumulate(np.where(starts, idx, 0))
+        first = np.flatnonzero(starts)
         group = np.cumsum(starts) - 1  # group number of each sorted row
-        uniq = sk[starts]
-        counts = np.diff(np.r_[np.flatnonzero(starts), n])
+        uniq = sk[first]
+        counts = np.diff(np.r_[first, n])
         prior = np.zeros(uniq.size, dtype=np.int64)
         seen = np.zeros(uniq.size, dtype=bool)
         for run_keys, run_counts in self._runs:
@@ -475,8 +474,14 @@ class EventIdState:
             hit = run_keys[pos] == uniq
             prior[hit] += run_counts[pos[hit]]
             seen |= hit
+        within = np.zeros(n, dtype=np.int64)
+        if first.size < n:  # repeats within the chunk: number each group's rows in row order
+            rep = np.flatnonzero(counts[group] > 1)  # sorted positions, groups contiguous
+            rows = np.sort(group[rep] * n + order[rep])  # per group, rows ascending
+            order[rep] = rows % n
+            within[rep] = rep - first[group[rep]]
         occ = np.empty(n, dtype=np.int64)
-        occ[order] = idx - group_start + prior[group]
+        occ[order] = within + prior[group]
         self._distinct += int(uniq.size - np.count_nonzero(seen))
         self._add_run(uniq, counts)
         return occ
@@ -492,15 +497,18 @@ class EventIdState:
 def _merge_runs(
     a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Two sorted runs as one, the counts of a key present in both added up."""
+    """Two sorted runs as one (new arrays), the counts of a key present in both added up."""
     keys = np.concatenate([a[0], b[0]])
     counts = np.concatenate([a[1], b[1]])
     order = np.argsort(keys, kind="stable")  # two sorted runs: timsort merges them in O(n)
     keys, counts = keys[order], counts[order]
-    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    if first.size == keys.size:
-        return keys, counts
-    return keys[first], np.add.reduceat(counts, first)
+    dup = np.flatnonzero(keys[1:] == keys[:-1])  # each run holds a key once: pairs at most
+    if dup.size:
+        counts[dup] += counts[dup + 1]
+        keep = np.ones(keys.size, dtype=bool)
+        keep[dup + 1] = False
+        keys, counts = keys[keep], counts[keep]
+    return keys, counts
 
 
 def _within_occurrences(keys: np.ndarray) -> np.ndarray:
