@@ -1783,7 +1783,9 @@ def _prepare_chunk(
                 need_idx = need.arg_true()
                 id_s = id_s.scatter(need_idx, _derive_ids(content.gather(need_idx), ids))
         event_ids[vpos] = id_s.to_numpy()
-        lengths, blob = _payloads(id_s, content, encode is True)
+        # derived ids ("mm_" and hex digits) need no JSON escaping: only given ones are checked
+        quoted = (id_s, True) if given is None else _quote(id_s)
+        lengths, blob = _payloads(quoted, content, encode is True)
     return PreparedChunk(
         index=df.index, offset=offset, valid=valid, event_ids=event_ids,
         errors=probs.frame(df.index, offset), warnings=warns,
@@ -1794,14 +1796,15 @@ def _prepare_chunk(
 _ID_MEMBER: Final = '{"event_id"'
 
 
-def _payloads(ids: pl.Series, content: pl.Series, build: bool) -> tuple[np.ndarray, bytes | None]:
+def _payloads(ids: _JsonCol, content: pl.Series, build: bool) -> tuple[np.ndarray, bytes | None]:
     """Each row's payload: ``content`` (a JSON object) with ``"event_id"`` put first.
 
-    Returns the payloads' byte lengths and, when ``build``, the payloads joined by
-    commas (one string built column-wise). Without ``build`` nothing is joined: a
-    length is the content's plus the quoted id's plus the member's fixed text.
+    ``ids`` are the rows' ids as JSON (see :func:`_quote`). Returns the payloads' byte
+    lengths and, when ``build``, the payloads joined by commas (one string built
+    column-wise). Without ``build`` nothing is joined: a length is the content's plus
+    the quoted id's plus the member's fixed text.
     """
-    id_vals, wrap = _quote(ids)
+    id_vals, wrap = ids
     if not build:
         quoted = id_vals.str.len_bytes().to_numpy().astype(np.int64) + (2 if wrap else 0)
         fixed = len(_ID_MEMBER) + len(":") + len(",") - len("{")
