@@ -52,7 +52,7 @@ import reprlib
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 import orjson
@@ -417,8 +417,33 @@ def describe_recipe_change(old: str, new: str) -> str:
     return "; ".join(parts) or "the content's shape differs"
 
 
+class _Run(NamedTuple):
+    """Keys seen in some chunks: each once, except ``rep_keys`` (a sorted subset), seen
+    ``rep_counts`` (>= 2) times. Never changed in place (a snapshot shares them)."""
+
+    keys: np.ndarray
+    rep_keys: np.ndarray
+    rep_counts: np.ndarray
+
+    def counts_of(self, query: np.ndarray) -> np.ndarray:
+        """How many times each of the sorted ``query`` keys was seen in this run."""
+        out = _member(self.keys, query).astype(np.int64)
+        if self.rep_keys.size:
+            hit, pos = _member(self.rep_keys, query), np.searchsorted(self.rep_keys, query)
+            out[hit] = self.rep_counts[pos[hit]]
+        return out
+
+
+def _member(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Whether each of ``query`` is in ``sorted_keys``."""
+    if not sorted_keys.size:
+        return np.zeros(query.size, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, query), sorted_keys.size - 1)
+    return sorted_keys[pos] == query
+
+
 #: What :meth:`EventIdState.snapshot` returns: the runs as they were, and the distinct count.
-IdSnapshot = tuple[tuple[tuple[np.ndarray, np.ndarray], ...], int]
+IdSnapshot = tuple[tuple[_Run, ...], int]
 
 
 class EventIdState:
@@ -429,17 +454,18 @@ class EventIdState:
     :func:`prepare_chunk` call of one input makes streaming produce exactly the ids
     one big frame would. Keys are the first 64 bits of each content digest.
 
-    The counts live in a few sorted *runs* (key and count arrays, never changed in
-    place): each chunk adds one run of its distinct keys, and two runs are merged
-    when the newer one has grown as large as the one before it (a binary counter), so
-    there are about log2(total / chunk) runs and a chunk costs the same whatever came
-    before it, give or take that logarithm. A key's count is the sum over the runs;
-    merging adds them up. About 16 bytes per distinct content (a key seen again in a
-    later chunk holds one more entry until its runs merge).
+    The keys live in a few sorted *runs*, never changed in place: each chunk adds one
+    run of its distinct keys, and two runs are merged when the newer one has grown as
+    large as the one before it (a binary counter), so there are about
+    log2(total / chunk) runs and a chunk's cost does not grow with what came before
+    it, but for that logarithm. A key counts once in each run that holds it, unless
+    the run lists it among its repeats with a count. About 8 bytes per distinct
+    content, 16 more per content seen more than once (a key seen again in a later
+    chunk holds one more entry until their runs merge).
     """
 
     def __init__(self) -> None:
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, counts), larger first
+        self._runs: list[_Run] = []  # larger first
         self._distinct = 0
 
     def __len__(self) -> int:
@@ -468,12 +494,8 @@ class EventIdState:
         uniq = sk[first]
         counts = np.diff(np.r_[first, n])
         prior = np.zeros(uniq.size, dtype=np.int64)
-        seen = np.zeros(uniq.size, dtype=bool)
-        for run_keys, run_counts in self._runs:
-            pos = np.minimum(np.searchsorted(run_keys, uniq), run_keys.size - 1)
-            hit = run_keys[pos] == uniq
-            prior[hit] += run_counts[pos[hit]]
-            seen |= hit
+        for run in self._runs:
+            prior += run.counts_of(uniq)
         within = np.zeros(n, dtype=np.int64)
         if first.size < n:  # repeats within the chunk: number each group's rows in row order
             rep = np.flatnonzero(counts[group] > 1)  # sorted positions, groups contiguous
@@ -482,33 +504,30 @@ class EventIdState:
             within[rep] = rep - first[group[rep]]
         occ = np.empty(n, dtype=np.int64)
         occ[order] = within + prior[group]
-        self._distinct += int(uniq.size - np.count_nonzero(seen))
-        self._add_run(uniq, counts)
+        self._distinct += int(np.count_nonzero(prior == 0))
+        repeated = counts > 1
+        self._add_run(_Run(uniq, uniq[repeated], counts[repeated]))
         return occ
 
-    def _add_run(self, keys: np.ndarray, counts: np.ndarray) -> None:
-        runs = [*self._runs, (keys, counts)]  # a new list: a snapshot keeps the old one
-        while len(runs) > 1 and runs[-2][0].size <= runs[-1][0].size:
+    def _add_run(self, run: _Run) -> None:
+        runs = [*self._runs, run]  # a new list: a snapshot keeps the old one
+        while len(runs) > 1 and runs[-2].keys.size <= runs[-1].keys.size:
             newer = runs.pop()
             runs.append(_merge_runs(runs.pop(), newer))
         self._runs = runs
 
 
-def _merge_runs(
-    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two sorted runs as one (new arrays), the counts of a key present in both added up."""
-    keys = np.concatenate([a[0], b[0]])
-    counts = np.concatenate([a[1], b[1]])
-    order = np.argsort(keys, kind="stable")  # two sorted runs: timsort merges them in O(n)
-    keys, counts = keys[order], counts[order]
-    dup = np.flatnonzero(keys[1:] == keys[:-1])  # each run holds a key once: pairs at most
-    if dup.size:
-        counts[dup] += counts[dup + 1]
-        keep = np.ones(keys.size, dtype=bool)
-        keep[dup + 1] = False
-        keys, counts = keys[keep], counts[keep]
-    return keys, counts
+def _merge_runs(a: _Run, b: _Run) -> _Run:
+    """Two runs as one (new arrays); a key in both becomes a repeat, its counts added."""
+    both = np.sort(np.concatenate([a.keys, b.keys]), kind="stable")  # timsort: a linear merge
+    dup = both[1:] == both[:-1]  # each run holds a key once: pairs at most
+    if not dup.any() and not a.rep_keys.size and not b.rep_keys.size:
+        return _Run(both, a.rep_keys, a.rep_counts)
+    shared = both[1:][dup]
+    keys = both[np.r_[True, ~dup]]
+    del both
+    rep = np.unique(np.concatenate([a.rep_keys, b.rep_keys, shared]))
+    return _Run(keys, rep, a.counts_of(rep) + b.counts_of(rep))
 
 
 def _within_occurrences(keys: np.ndarray) -> np.ndarray:
