@@ -1819,22 +1819,22 @@ def _payloads(ids: _JsonCol, content: pl.Series, build: bool) -> tuple[np.ndarra
     """Each row's payload: ``content`` (a JSON object) with ``"event_id"`` put first.
 
     ``ids`` are the rows' ids as JSON (see :func:`_quote`). Returns the payloads' byte
-    lengths and, when ``build``, the payloads joined by commas (one string built
-    column-wise). Without ``build`` nothing is joined: a length is the content's plus
-    the quoted id's plus the member's fixed text.
+    lengths (the content's, plus the quoted id's, plus the member's fixed text: no
+    payload needs building for them) and, when ``build``, the payloads joined by
+    commas, built column-wise as one string.
     """
     id_vals, wrap = ids
+    quoted = id_vals.str.len_bytes().to_numpy().astype(np.int64) + (2 if wrap else 0)
+    fixed = len(_ID_MEMBER) + len(":") + len(",") - len("{")
+    lengths = content.str.len_bytes().to_numpy().astype(np.int64) + quoted + fixed
     if not build:
-        quoted = id_vals.str.len_bytes().to_numpy().astype(np.int64) + (2 if wrap else 0)
-        fixed = len(_ID_MEMBER) + len(":") + len(",") - len("{")
-        return content.str.len_bytes().to_numpy().astype(np.int64) + quoted + fixed, None
-    payload = pl.DataFrame({"i": id_vals, "c": content}).select(
+        return lengths, None
+    blob = pl.DataFrame({"i": id_vals, "c": content}).select(
         pl.concat_str([
             _frag_expr(_ID_MEMBER, "i", wrap), pl.lit(","), pl.col("c").str.slice(1)
-        ])
-    ).to_series()
-    lengths = payload.str.len_bytes().to_numpy().astype(np.int64)
-    return lengths, payload.str.join(",").cast(pl.Binary).item()
+        ]).str.join(",").cast(pl.Binary)
+    ).item()
+    return lengths, blob
 
 
 def emit_warnings(messages: Sequence[str], *, stacklevel: int = 2) -> None:
