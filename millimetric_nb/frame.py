@@ -159,6 +159,13 @@ class FieldMapping:
         return self.properties is not None and not isinstance(self.properties, list)
 
     @property
+    def dict_column(self) -> Hashable:
+        """The one column of dicts (only when :attr:`properties_is_dict_column`)."""
+        if isinstance(self.properties, list) or self.properties is None:
+            raise ValueError("the mapping's properties are not one column of dicts")
+        return self.properties
+
+    @property
     def property_columns(self) -> list[Hashable]:
         """The property columns (list form), else an empty list."""
         return list(self.properties) if isinstance(self.properties, list) else []
@@ -237,7 +244,7 @@ def check_mapping_keywords(mapping: Mapping[str, Any]) -> None:
 
 
 def resolve_mapping(
-    columns: Sequence[Hashable],
+    columns: Sequence[Hashable] | pd.Index,
     *,
     event: str | None = None,
     event_col: str | None = "event",
@@ -723,7 +730,7 @@ def _is_str_dtype(dtype: Any) -> bool:
 def _plain(s: pd.Series) -> pd.Series:
     """Sparse columns densified, categoricals as their values (object)."""
     if isinstance(s.dtype, pd.SparseDtype):
-        s = s.sparse.to_dense()
+        s = s.sparse.to_dense()  # type: ignore[attr-defined]  # pandas-stubs: no .sparse
     if isinstance(s.dtype, pd.CategoricalDtype):
         s = pd.Series(np.asarray(s.astype(object), dtype=object), index=s.index, dtype=object)
     return s
@@ -1206,19 +1213,19 @@ def _property_values(
                       rules.not_a_json_number("infinity", where), s)
             ps = ps.scatter(idx, None)
         return (ps.cast(pl.String), False), None
-    ps = pl.from_pandas(s) if pd.api.types.is_datetime64_any_dtype(dtype) else None
-    if ps is not None and isinstance(ps.dtype, pl.Datetime):  # (Arrow dates go below)
-        if ps.dtype.time_zone is not None:
-            ps = ps.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-        ps = _to_us(ps)
-        years = ps.dt.year()
+    dts = pl.from_pandas(s) if pd.api.types.is_datetime64_any_dtype(dtype) else None
+    if dts is not None and isinstance(dts.dtype, pl.Datetime):  # (Arrow dates go below)
+        if dts.dtype.time_zone is not None:
+            dts = dts.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        dts = _to_us(dts)
+        years = dts.dt.year()
         oor = ((years < 1) | (years > 9999)).fill_null(False)
         if oor.any():
             idx = oor.arg_true()
             probs.add(idx.to_numpy(), path, contract.RULE_NOT_JSON,
                       rules.year_out_of_range(where, what="datetime"), s)
-            ps = ps.scatter(idx, None)
-        return _quote(_format_ts(ps)), None
+            dts = dts.scatter(idx, None)
+        return _quote(_format_ts(dts)), None
     vals = _object_values(s)
     if pd.api.types.is_object_dtype(dtype) or _is_str_dtype(dtype):
         inferred = pd.api.types.infer_dtype(vals, skipna=True)
@@ -1411,9 +1418,9 @@ def refuse_personal_data(df: pd.DataFrame, mapping: Mapping[str, Any]) -> None:
         return
     found: dict[str, str]
     if fm.properties_is_dict_column:
-        if fm.properties not in df.columns:
+        if fm.dict_column not in df.columns:
             return
-        texts, keys = _dict_properties(df[fm.properties], fm.properties, _Problems(len(df)))
+        texts, keys = _dict_properties(df[fm.dict_column], fm.dict_column, _Problems(len(df)))
         found = detect_pii({k: None for k in keys}, json_texts=texts)
     else:
         cols = [c for c in fm.property_columns if c in df.columns]
@@ -1655,7 +1662,7 @@ def _culprit(row: pd.DataFrame, mapping: FieldMapping, now: pd.Timestamp | None)
         fields.append(("event", mapping.event_col))
     fields += list(mapping.columns.items())
     if mapping.properties_is_dict_column:
-        fields.append(("properties", mapping.properties))
+        fields.append(("properties", mapping.dict_column))
     else:
         fields += [(f"properties.{_property_key(c)}", c) for c in mapping.property_columns]
     for name, label in fields:
@@ -1752,7 +1759,7 @@ def _prepare_chunk(
     if mapping.event_col is not None:
         needed.append(mapping.event_col)
     if mapping.properties_is_dict_column:
-        needed.append(mapping.properties)
+        needed.append(mapping.dict_column)
     missing_cols = [c for c in needed if c not in df.columns]
     if missing_cols:
         raise _mapping_error(f"column(s) {_short(missing_cols, 200)} named by the mapping are "
@@ -1782,7 +1789,7 @@ def _prepare_chunk(
     props_obj: pl.Series | None = None  # one JSON object per row, null = no properties
     items_by_key: dict[str, tuple[pl.Series, bool]] = {}  # property columns' JSON values
     if mapping.properties_is_dict_column:
-        label = mapping.properties
+        label = mapping.dict_column
         props_obj, keys = _dict_properties(df[label], label, probs)
         if pii in ("warn", "error") and n:
             pii_found = detect_pii({k: None for k in keys}, json_texts=props_obj)
