@@ -369,7 +369,9 @@ async def _write(
     if fault in ("internal_error", "upstream_failed", "forget_failed"):
         return error_response(fault, {"injected": True})
     try:
-        rows_for()
+        # in a worker thread: SQLite writes without the GIL while the loop reads and
+        # checks the next request
+        await asyncio.to_thread(rows_for)
     except sqlite3.Error as exc:
         code = "forget_failed" if route == "forget" else "upstream_failed"
         return error_response(code, {"message": f"storage error: {type(exc).__name__}"})
@@ -466,7 +468,8 @@ def _read_endpoint(name: str) -> Any:
                     "(group_by takes a comma list)"] for k in repeated
             }))
         try:
-            answer = runner(state.storage, key.project, request.query_params)
+            answer = await asyncio.to_thread(runner, state.storage, key.project,
+                                             request.query_params)
         except reads.ParamError as exc:
             raise Refusal(exc.code, field_errors(exc.problems)) from None
         return JSONResponse(answer, 200)

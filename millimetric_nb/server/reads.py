@@ -181,10 +181,13 @@ def query(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
+    # one user's rows through the user index (then sorted), not every row of the window
+    table = ("events_main INDEXED BY events_project_user" if "user_id" in params
+             else "events_main")
     rows = storage.fetch(
-        f"SELECT {', '.join(contract.QUERY_COLUMNS)} FROM events WHERE {' AND '.join(where)} "
+        f"SELECT {', '.join(contract.QUERY_COLUMNS)} FROM {table} WHERE {' AND '.join(where)} "
         "ORDER BY ts_us, seq LIMIT ?",
-        [*args, limit],
+        [*args, limit], indexed=True,
     )
     return {"rows": rows}
 
@@ -219,12 +222,12 @@ def stats(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str
     keys = (["bucket"] if interval else []) + group
     order += ["value DESC", *group]
     sql = (
-        f"SELECT {', '.join([*select, f'{value} AS value'])} FROM events "
+        f"SELECT {', '.join([*select, f'{value} AS value'])} FROM events_main "
         f"WHERE {' AND '.join(where)}"
         + (f" GROUP BY {', '.join(keys)}" if keys else "")
         + f" ORDER BY {', '.join(order)} LIMIT ?"
     )
-    rows = storage.fetch(sql, [*args, limit])
+    rows = storage.fetch(sql, [*args, limit], indexed=True)
     if interval:
         for row in rows:
             row["bucket"] = enrich.format_us(row["bucket"])
@@ -247,8 +250,8 @@ def sources(storage: Storage, project: str, params: Mapping[str, str]) -> dict[s
         "COUNT(DISTINCT anonymous_id) AS uniques, "
         f"CAST(SUM(CASE WHEN medium IN ({paid}) THEN 1 ELSE 0 END) AS REAL) / COUNT(*) "
         "AS paid_share "
-        "FROM events WHERE project = ? AND ts_us >= ? AND ts_us < ? "
+        "FROM events_main WHERE project = ? AND ts_us >= ? AND ts_us < ? "
         f"GROUP BY {group} ORDER BY events DESC, source, medium LIMIT ?",
-        [project, start, end, limit],
+        [project, start, end, limit], indexed=True,
     )
     return {"breakdown": breakdown, "rows": rows}
