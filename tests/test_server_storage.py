@@ -5,7 +5,11 @@ its rows."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+
+import httpx
+from test_server_cli import SK, start_serve, stop, wait_for_listening
 
 from millimetric_nb.server import ServerConfig, run_in_thread
 from millimetric_nb.server.checks import COLUMNS
@@ -116,3 +120,21 @@ def test_arrival_order_survives_a_restart_with_rows_left_in_the_tail(tmp_path):
     again.insert([row("d")])
     assert [e["event_id"] for e in again.stored_events("dev")] == ["a", "b", "c", "d"]
     again.close()
+
+
+def test_an_acknowledged_batch_survives_a_sigkill_of_the_server(tmp_path):
+    db = tmp_path / "killed.sqlite3"
+    proc = start_serve("--db", str(db), "--key", SK, "--limits", "off")
+    try:
+        url, _ = wait_for_listening(proc)
+        events = [_event(i) for i in range(5)]
+        r = httpx.post(f"{url}/v1/batch", json={"events": events},
+                       headers={"Authorization": f"Bearer {SK}"}, timeout=30)
+        assert r.status_code == 202
+    finally:
+        code, _ = stop(proc, signal.SIGKILL)  # no shutdown: nothing flushed after the answer
+    assert code == -signal.SIGKILL
+    with sqlite3.connect(db) as conn:
+        ids = [i for (i,) in conn.execute("SELECT event_id FROM events ORDER BY seq")]
+    conn.close()
+    assert ids == [e["event_id"] for e in events]

@@ -93,6 +93,8 @@ class Storage:
             if db != ":memory:":
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # a move writes tens of MB to the WAL: give the space back after it
+                conn.execute("PRAGMA journal_size_limit=67108864")
             # the pages a move rewrites stay in memory until its commit (64 MB at most)
             conn.execute("PRAGMA cache_size=-65536")
             conn.execute("BEGIN IMMEDIATE")
