@@ -22,6 +22,9 @@ Choices (the public reference is silent):
 - ``/v1/query`` rows come in timestamp order, ties in insertion order.
 - ``/v1/forget`` deletes the rows whose ``user_id`` is that user (in the key's project).
 - ``/v1/identify`` stores a ``$identify`` event and rewrites no other row.
+- Storage calls (writes and reads) run in a worker thread, so the event loop keeps
+  reading and checking other requests meanwhile; a write is committed before its
+  answer is sent.
 """
 
 from __future__ import annotations
