@@ -138,3 +138,24 @@ def test_an_acknowledged_batch_survives_a_sigkill_of_the_server(tmp_path):
         ids = [i for (i,) in conn.execute("SELECT event_id FROM events ORDER BY seq")]
     conn.close()
     assert ids == [e["event_id"] for e in events]
+
+
+def test_aggregates_agree_whether_they_read_the_index_or_the_whole_table(
+    mm_server, mm_client
+):
+    sk = mm_client(mm_server)
+    events = [{"event": ("a", "b")[i % 2], "anonymous_id": f"x{i % 5}",
+               "timestamp": f"2024-01-{1 + i % 20:02d}T12:00:00Z"} for i in range(200)]
+    assert sk.post("/v1/batch", json={"events": events}).status_code == 202
+    for window, days in (
+        (WINDOW, range(1, 21)),  # every row: the whole table is read
+        ({"from": "2024-01-03", "to": "2024-01-05"}, (3, 4)),  # 10%: through the index
+    ):
+        inside = [e for e in events if int(e["timestamp"][8:10]) in days]
+        stats = sk.get("/v1/stats", params={**window, "group_by": "event_name",
+                                            "metric": "uniques"}).json()["rows"]
+        assert {r["event_name"]: r["value"] for r in stats} == {
+            name: len({e["anonymous_id"] for e in inside if e["event"] == name})
+            for name in ("a", "b")}
+        sources = sk.get("/v1/sources", params=window).json()["rows"]
+        assert [(r["source"], r["events"]) for r in sources] == [("direct", len(inside))]
