@@ -60,14 +60,14 @@ CREATE VIEW IF NOT EXISTS events AS
 _INSERT = (
     f"INSERT INTO events_tail ({_ALL}) VALUES (?, {', '.join('?' for _ in COLUMNS)})"
 )
-# parameters: ?1 is seq, then the row (?2 project, ?3 event_id: asserted below)
+# parameters: ?1 is seq, then the row's columns, each given once
+_P, _E = (f"?{2 + COLUMNS.index(c)}" for c in ("project", "event_id"))
 _INSERT_NEW = (
     f"INSERT INTO events_tail ({_ALL}) "
     f"SELECT {', '.join(f'?{i}' for i in range(1, len(COLUMNS) + 2))} "
-    "WHERE NOT EXISTS (SELECT 1 FROM events_main WHERE project = ?2 AND event_id = ?3) "
-    "AND NOT EXISTS (SELECT 1 FROM events_tail WHERE project = ?2 AND event_id = ?3)"
+    f"WHERE NOT EXISTS (SELECT 1 FROM events_main WHERE project = {_P} AND event_id = {_E}) "
+    f"AND NOT EXISTS (SELECT 1 FROM events_tail WHERE project = {_P} AND event_id = {_E})"
 )
-assert COLUMNS[:2] == ("project", "event_id")
 _DEDUP_INDEXES = (
     "CREATE INDEX IF NOT EXISTS events_project_event_id ON events_main (project, event_id);"
     "CREATE INDEX IF NOT EXISTS events_tail_project_event_id ON events_tail (project, event_id);"
