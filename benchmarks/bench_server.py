@@ -90,6 +90,7 @@ class Run:
     client_cpu: float = 0.0
     stored: int = 0
     reads: dict[str, float] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # seconds per request, sorted
 
 
 class Server:
@@ -157,20 +158,24 @@ def run(n_events: int, concurrency: int, dedup: bool, tmp: str, name: str) -> Ru
         for _ in range(concurrency):
             todo.put(None)
         done_at: list[tuple[float, int]] = []
+        latencies: list[float] = []
         lock = threading.Lock()
         failures: list[str] = []
 
         def worker() -> None:
             conn = server.connect()
             while (body := todo.get()) is not None:
+                sent = time.perf_counter()
                 conn.request("POST", "/v1/batch", body=body, headers=_HEADERS)
                 resp = conn.getresponse()
                 answer = resp.read()
                 if resp.status != 202:
                     failures.append(f"{resp.status}: {answer[:200]!r}")
                     return
+                now = time.perf_counter()
                 with lock:
-                    done_at.append((time.perf_counter(), BATCH))
+                    done_at.append((now, BATCH))
+                    latencies.append(now - sent)
             conn.close()
 
         threads = [threading.Thread(target=worker) for _ in range(concurrency)]
@@ -182,7 +187,8 @@ def run(n_events: int, concurrency: int, dedup: bool, tmp: str, name: str) -> Ru
             t.join()
         elapsed = time.perf_counter() - start
         result = Run(n_batches * BATCH, elapsed, [(t - start, n) for t, n in done_at],
-                     cpu_seconds(server.proc.pid) - s0, time.process_time() - c0)
+                     cpu_seconds(server.proc.pid) - s0, time.process_time() - c0,
+                     latencies=sorted(latencies))
         if failures:
             raise SystemExit(f"[{name}] unexpected answer {failures[0]}")
         _, stats = server.get(f"/v1/stats?{_WINDOW}")
@@ -215,6 +221,10 @@ def report(name: str, r: Run, slice_size: int) -> bool:
                 print(f"    events {next_mark - slice_size:>9,} - {next_mark:>9,}: "
                       f"{slice_size / (t - last_t):>8,.0f} events/s")
                 last_t, next_mark = t, next_mark + slice_size
+    lat = r.latencies
+    print(f"    answer times per 1000-event request: median {lat[len(lat) // 2] * 1000:.0f} ms, "
+          f"p99 {lat[min(len(lat) - 1, len(lat) * 99 // 100)] * 1000:.0f} ms, "
+          f"slowest {lat[-1] * 1000:.0f} ms")
     print("    reads on the full database: " + ", ".join(
         f"{label} {took * 1000:.0f} ms" for label, took in r.reads.items()))
     if r.stored != r.events:
