@@ -22,6 +22,9 @@ Choices (the public reference is silent):
 - ``/v1/query`` rows come in timestamp order, ties in insertion order.
 - ``/v1/forget`` deletes the rows whose ``user_id`` is that user (in the key's project).
 - ``/v1/identify`` stores a ``$identify`` event and rewrites no other row.
+- Storage calls (writes and reads) run in a worker thread, so the event loop keeps
+  reading and checking other requests meanwhile; a write is committed before its
+  answer is sent.
 """
 
 from __future__ import annotations
@@ -369,7 +372,9 @@ async def _write(
     if fault in ("internal_error", "upstream_failed", "forget_failed"):
         return error_response(fault, {"injected": True})
     try:
-        rows_for()
+        # in a worker thread: SQLite writes without the GIL while the loop reads and
+        # checks the next request
+        await asyncio.to_thread(rows_for)
     except sqlite3.Error as exc:
         code = "forget_failed" if route == "forget" else "upstream_failed"
         return error_response(code, {"message": f"storage error: {type(exc).__name__}"})
@@ -466,7 +471,8 @@ def _read_endpoint(name: str) -> Any:
                     "(group_by takes a comma list)"] for k in repeated
             }))
         try:
-            answer = runner(state.storage, key.project, request.query_params)
+            answer = await asyncio.to_thread(runner, state.storage, key.project,
+                                             request.query_params)
         except reads.ParamError as exc:
             raise Refusal(exc.code, field_errors(exc.problems)) from None
         return JSONResponse(answer, 200)

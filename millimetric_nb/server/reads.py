@@ -167,6 +167,26 @@ class _Params:
             raise ParamError("invalid_params", self.problems)
 
 
+#: Past this share of the table in the window, an aggregate reads the table in order.
+_SCAN_SHARE = 0.25
+
+
+def _aggregate_source(storage: Storage, project: str, start: int, end: int) -> str:
+    """Where an aggregate that needs more than ``ts_us`` reads its rows.
+
+    Through ``events_project_ts`` each row of the window is a jump into the table:
+    for a window holding much of the table, reading the whole table in order is
+    several times faster (at 1,000,000 rows, about 0.7 s against 3 s). Both counts
+    come from indexes alone.
+    """
+    (window,) = storage.fetch(
+        "SELECT COUNT(*) AS n FROM events_main WHERE project = ? AND ts_us >= ? AND ts_us < ?",
+        [project, start, end], indexed=True)
+    (total,) = storage.fetch("SELECT COUNT(*) AS n FROM events_main", indexed=True)
+    wide = window["n"] >= _SCAN_SHARE * total["n"]
+    return "events_main NOT INDEXED" if wide else "events_main"
+
+
 def query(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str, Any]:
     """``GET /v1/query``: ``{"rows": [...]}``."""
     p = _Params(params)
@@ -181,10 +201,13 @@ def query(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
+    # one user's rows through the user index (then sorted), not every row of the window
+    table = ("events_main INDEXED BY events_project_user" if "user_id" in params
+             else "events_main")
     rows = storage.fetch(
-        f"SELECT {', '.join(contract.QUERY_COLUMNS)} FROM events WHERE {' AND '.join(where)} "
+        f"SELECT {', '.join(contract.QUERY_COLUMNS)} FROM {table} WHERE {' AND '.join(where)} "
         "ORDER BY ts_us, seq LIMIT ?",
-        [*args, limit],
+        [*args, limit], indexed=True,
     )
     return {"rows": rows}
 
@@ -218,13 +241,16 @@ def stats(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str
         order.append("bucket")
     keys = (["bucket"] if interval else []) + group
     order += ["value DESC", *group]
+    # counts by time bucket alone read the timestamp index only (it covers them)
+    table = ("events_main" if not group and metric == "count" and "event" not in params
+             else _aggregate_source(storage, project, start, end))
     sql = (
-        f"SELECT {', '.join([*select, f'{value} AS value'])} FROM events "
+        f"SELECT {', '.join([*select, f'{value} AS value'])} FROM {table} "
         f"WHERE {' AND '.join(where)}"
         + (f" GROUP BY {', '.join(keys)}" if keys else "")
         + f" ORDER BY {', '.join(order)} LIMIT ?"
     )
-    rows = storage.fetch(sql, [*args, limit])
+    rows = storage.fetch(sql, [*args, limit], indexed=True)
     if interval:
         for row in rows:
             row["bucket"] = enrich.format_us(row["bucket"])
@@ -242,13 +268,14 @@ def sources(storage: Storage, project: str, params: Mapping[str, str]) -> dict[s
     paid = ", ".join(f"'{m}'" for m in sorted(enrich.PAID_MEDIUMS))
     medium = "medium" if breakdown == "source_medium" else "NULL"
     group = "source, medium" if breakdown == "source_medium" else "source"
+    table = _aggregate_source(storage, project, start, end)
     rows = storage.fetch(
         f"SELECT source, {medium} AS medium, COUNT(*) AS events, "
         "COUNT(DISTINCT anonymous_id) AS uniques, "
         f"CAST(SUM(CASE WHEN medium IN ({paid}) THEN 1 ELSE 0 END) AS REAL) / COUNT(*) "
         "AS paid_share "
-        "FROM events WHERE project = ? AND ts_us >= ? AND ts_us < ? "
+        f"FROM {table} WHERE project = ? AND ts_us >= ? AND ts_us < ? "
         f"GROUP BY {group} ORDER BY events DESC, source, medium LIMIT ?",
-        [project, start, end, limit],
+        [project, start, end, limit], indexed=True,
     )
     return {"breakdown": breakdown, "rows": rows}
