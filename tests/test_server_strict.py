@@ -45,6 +45,20 @@ def test_empty_window_bound_is_refused_and_the_document_says_so(mm_server, mm_cl
     assert name in r.json()["details"]["fieldErrors"]
 
 
+@pytest.mark.parametrize("route", ["query", "stats", "sources"])
+def test_an_unknown_read_parameter_is_refused_by_name_and_the_document_lists_the_known(
+        mm_server, mm_client, route):
+    from millimetric_nb.server.reads import READ_PARAMS
+
+    listed = openapi_document()["paths"][f"/v1/{route}"]["get"]["parameters"]
+    assert {p["name"] for p in listed} == set(READ_PARAMS[route])
+    r = mm_client(mm_server).get(f"/v1/{route}", params={**WINDOW, "evnet": "signup"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_params"
+    assert "unknown parameter" in r.json()["details"]["fieldErrors"]["evnet"][0]
+    assert mm_client(mm_server).get(f"/v1/{route}", params=WINDOW).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("value", "accepted"),
     [("2024-01-01", True), ("2024-01-01T10:00", True), ("2024-01-01t10:00:00.123456789z", True),

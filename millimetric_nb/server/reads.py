@@ -116,12 +116,26 @@ class ParamError(Exception):
         self.problems = problems
 
 
+#: The query parameters each read takes (the OpenAPI document lists the same; a test
+#: checks); any other is refused, so a misspelt filter is not silently ignored.
+READ_PARAMS: dict[str, tuple[str, ...]] = {
+    "query": ("from", "to", "event", "source", "medium", "user_id", "limit"),
+    "stats": ("from", "to", "metric", "event", "group_by", "interval", "limit"),
+    "sources": ("from", "to", "breakdown", "limit"),
+}
+
+
 class _Params:
     """Collects parameter problems; raises once at the end."""
 
-    def __init__(self, params: Mapping[str, str]) -> None:
+    def __init__(self, params: Mapping[str, str], route: str) -> None:
         self.params = params
         self.problems: dict[str, list[str]] = {}
+        known = READ_PARAMS[route]
+        for name in params:
+            if name not in known:
+                self.add(name[:64], "not_allowed",
+                         f"unknown parameter; /v1/{route} takes {', '.join(known)}")
 
     def add(self, name: str, rule: str, message: str) -> None:
         self.problems.setdefault(name, []).append(f"{rule}: {message}")
@@ -189,7 +203,7 @@ def _aggregate_source(storage: Storage, project: str, start: int, end: int) -> s
 
 def query(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str, Any]:
     """``GET /v1/query``: ``{"rows": [...]}``."""
-    p = _Params(params)
+    p = _Params(params, "query")
     start, end = p.window()
     limit = p.limit(contract.QUERY_LIMIT_MAX, contract.QUERY_LIMIT_DEFAULT)
     p.done()
@@ -214,7 +228,7 @@ def query(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str
 
 def stats(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str, Any]:
     """``GET /v1/stats``: ``{"metric": ..., "rows": [{..., "value": N}]}``."""
-    p = _Params(params)
+    p = _Params(params, "stats")
     start, end = p.window()
     metric = p.choice("metric", contract.STATS_METRICS, "count")
     interval = p.choice("interval", contract.STATS_INTERVALS, None)
@@ -260,7 +274,7 @@ def stats(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str
 def sources(storage: Storage, project: str, params: Mapping[str, str]) -> dict[str, Any]:
     """``GET /v1/sources``: ``{"breakdown": ..., "rows": [{source, medium, events, uniques,
     paid_share}]}``."""
-    p = _Params(params)
+    p = _Params(params, "sources")
     start, end = p.window()
     breakdown = p.choice("breakdown", contract.SOURCES_BREAKDOWNS, "source_medium")
     limit = p.limit(contract.SOURCES_LIMIT_MAX, 100)
