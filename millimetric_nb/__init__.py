@@ -9,9 +9,9 @@ from __future__ import annotations
 from . import accessor as accessor  # registers df.millimetric
 from . import contract
 from .api import SendHandle, SendInterrupted, abackfill, backfill
-from .backfill import StopSignal
 from .client import AsyncClient
 from .datasources import sql, validate  # mm.validate: this function, not the submodule
+from .engine import StopSignal
 from .errors import (
     APIError,
     AuthenticationError,

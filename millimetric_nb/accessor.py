@@ -33,7 +33,8 @@ from .api import (
     start_background,
     sync_client,
 )
-from .backfill import (
+from .encode import EncodeError, dumps, is_missing
+from .engine import (
     DEFAULT_CHUNKSIZE,
     DEFAULT_CONCURRENCY,
     OnAmbiguous,
@@ -43,7 +44,6 @@ from .backfill import (
     resolve_async_client,
     run_rows,
 )
-from .encode import EncodeError, dumps, is_missing
 from .errors import ConfigurationError, ValidationError
 from .events import prepare_forget, prepare_identify
 from .frame import (

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from . import contract
-from .backfill import (
+from .engine import (
     DEFAULT_CHUNKSIZE,
     DEFAULT_CONCURRENCY,
     OnAmbiguous,

@@ -46,6 +46,7 @@ Choices (documented, and tested):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import reprlib
@@ -1330,6 +1331,10 @@ class PreparedChunk:
         errors: one row per problem: ``row`` (index label), ``position`` (global),
             ``field``, ``rule``, ``message``.
         warnings: chunk-level warnings, as sentences.
+        lengths: int64 byte length of each valid row's payload, in valid-row order.
+        blob: the valid rows' payloads joined by ``b","`` (``None`` when prepared with
+            ``encode="lengths"``).
+        starts: int64 start offset of each payload in ``blob``.
     """
 
     index: pd.Index
@@ -1339,6 +1344,24 @@ class PreparedChunk:
     payloads: list[bytes]
     errors: pd.DataFrame
     warnings: list[str]
+    lengths_only: bool = False
+
+    @functools.cached_property
+    def lengths(self) -> np.ndarray:
+        """Byte length of each valid row's payload (int64)."""
+        return np.fromiter(map(len, self.payloads), dtype=np.int64, count=len(self.payloads))
+
+    @functools.cached_property
+    def starts(self) -> np.ndarray:
+        """Start offset of each payload in :attr:`blob` (int64)."""
+        starts = np.zeros(len(self.lengths), dtype=np.int64)
+        np.cumsum(self.lengths[:-1] + 1, out=starts[1:])
+        return starts
+
+    @functools.cached_property
+    def blob(self) -> bytes | None:
+        """The payloads joined by ``b","`` (``None`` for ``encode="lengths"``)."""
+        return None if self.lengths_only else b",".join(self.payloads)
 
     @property
     def n_rows(self) -> int:
@@ -1660,6 +1683,7 @@ def _prepare_chunk(
     return PreparedChunk(
         index=df.index, offset=offset, valid=valid, event_ids=event_ids, payloads=payloads,
         errors=probs.frame(df.index, offset), warnings=warns,
+        lengths_only=encode == "lengths",
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from .. import contract
-from ..backfill import iter_source
+from ..engine import iter_source
 from .common import (
     EXIT_DATA,
     EXIT_OK,

@@ -24,7 +24,7 @@ import orjson
 import pandas as pd
 
 from .. import contract
-from ..backfill import field_columns, iter_source
+from ..engine import field_columns, iter_source
 from ..errors import ConfigurationError, MillimetricError, ValidationError
 from ..frame import check_mapping_keywords, resolve_mapping
 

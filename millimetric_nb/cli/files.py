@@ -271,7 +271,7 @@ def _window(result: SendResult, path: Path, args: argparse.Namespace,
         return args.from_, args.to
     mapping = mapping_of(args)
     column = mapping.get("timestamp_col", "timestamp")
-    from ..backfill import iter_source
+    from ..engine import iter_source
 
     chunks, _ = iter_source(path, 100_000, {column})
     stamps: list[pd.Series] = []

@@ -42,7 +42,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..backfill import StopSignal
+from ..engine import StopSignal
 from ..errors import MillimetricError
 from ..frame import COLUMN_FIELDS, resolve_mapping
 from ..results import SendResult, account_line, resume_hint, stopped_by
@@ -211,7 +211,7 @@ class BackfillPanel(Form):
 
     def _load(self, text: str) -> None:
         """Read the head of the file at ``text`` for its columns (nothing else)."""
-        from ..backfill import iter_source
+        from ..engine import iter_source
 
         self.path = None
         self._set_columns([])
@@ -411,7 +411,7 @@ class BackfillPanel(Form):
         return self.task is not None and not self.task.done()
 
     def _make_display(self, client: Any, journal: str | None) -> Any:
-        from ..backfill import route_limit
+        from ..engine import route_limit
         from .panel import SendPanel
 
         display = SendPanel(
