@@ -31,7 +31,7 @@ __all__ = [
 
 #: Sizes of the first chunks handed out (rows), cut from the source's first chunk(s):
 #: a full burst of requests can leave before a whole chunk is prepared.
-RAMP: tuple[int, ...] = (1_000, 3_000, 8_000)
+RAMP: tuple[int, ...] = (1_000, 3_000, 16_000)
 
 
 class ChunkReader:
