@@ -19,19 +19,34 @@ from .prepare import PreparedRows
 
 @dataclass(slots=True)
 class Request:
-    """One request of a run: the chunk positions of its rows and their journal keys."""
+    """One request of a run: the chunk positions of its rows and their journal keys.
+
+    A ``/v1/batch`` request's body is cut out of its chunk's joined payloads when it is
+    first asked for (as the request is sent), so a chunk's bodies never all exist at
+    once beside the payloads they copy.
+    """
 
     chunk: Chunk
     positions: np.ndarray
     keys: list[Any]  # the rows' journal keys (empty: the run keeps no journal)
-    body: bytes | None = None
+    content: bytes | None = None
     call: dict[str, Any] | None = None
     resend: bool = False  # some ids had an uncertain earlier outcome
     before_send: Callable[[], None] | None = None  # set as it is sent: see route_sender
+    # (blob, starts, lengths, which): where the body is, until it is built
+    source: tuple[bytes, np.ndarray, np.ndarray, slice | np.ndarray] | None = None
 
     @property
     def count(self) -> int:
         return len(self.positions)
+
+    @property
+    def body(self) -> bytes | None:
+        """The ``/v1/batch`` body (``None`` for a call, or in a dry run)."""
+        if self.content is None and self.source is not None:
+            self.content = body_of_blob(*self.source)
+            self.source = None
+        return self.content
 
 
 @dataclass(slots=True)
@@ -90,13 +105,13 @@ def batch_requests(
     for a, b in zip(s.tolist(), e.tolist(), strict=True):
         which: slice | np.ndarray = slice(a, b) if sel is None else sel[a:b]
         positions = vpos[which]
-        body = None
+        source = None
         if bodies:
             assert blob is not None, "a send needs the payloads, not only their lengths"
-            body = body_of_blob(blob, starts, lengths, which)
+            source = (blob, starts, lengths, which)
         out.append(Request(
             chunk, positions, keys[positions].tolist() if keys is not None else [],
-            body=body, resend=flagged and bool(resend[which].any()),  # type: ignore[index]
+            source=source, resend=flagged and bool(resend[which].any()),  # type: ignore[index]
         ))
     return out, int(nbytes.sum())
 

@@ -201,20 +201,20 @@ class _Run:
                 flight.task.cancel()
         self.emit(Stopping(self.route, reason, sum(f.on_wire for f in flights)))
 
-    def before_send(self, req: Request) -> Callable[[], None]:
+    def before_send(self, keys: list[Any]) -> Callable[[], None]:
         """The hook run right before each attempt of ``req`` leaves (after its rate-limit
         wait): nothing leaves once a stop was asked for, and the first attempt journals
         the ids ``pending`` (so a crash flags only rows that may have reached the
         server); a journal that cannot be written keeps the request from leaving."""
-        begun = self.gate is None or not req.keys
+        begun = self.gate is None or not keys
 
-        def hook() -> None:
+        def hook() -> None:  # holds the keys, not the request: no cycle keeps its body
             nonlocal begun
             if self.stopping is not None:
                 raise CalledOff(self.stopping)
             if not begun:
                 begun = True
-                if not self.gate.begin_now(req.keys):  # type: ignore[union-attr]
+                if not self.gate.begin_now(keys):  # type: ignore[union-attr]
                     raise CalledOff("journal")
         return hook
 
@@ -237,7 +237,7 @@ class _Run:
             if isinstance(event, (RequestSent, Retrying, Waiting)):
                 self.emit(event)
 
-        req.before_send = self.before_send(req)
+        req.before_send = self.before_send(req.keys)
         flight.task = asyncio.ensure_future(self.send(req, watch))
         self.flights[id(flight)] = flight
         try:
@@ -335,7 +335,7 @@ class _Run:
         await self.send_one(Request(  # takes over the request's place in chunk.pending
             chunk, req.positions[keep],
             [req.keys[i] for i in keep] if len(req.keys) == req.count else [],
-            body=body_of([orjson.dumps(events[i]) for i in keep]), resend=req.resend))
+            content=body_of([orjson.dumps(events[i]) for i in keep]), resend=req.resend))
         return True
 
     async def record_failure(self, req: Request, exc: MillimetricError) -> None:
