@@ -41,19 +41,18 @@ Choices (documented, and tested):
   hashes the first digest together with *n*. The id depends neither on the index nor on chunking
   (:class:`EventIdState` carries occurrence counts across chunks), and is stable
   across processes and library versions because it hashes this module's own
-  canonical encoding with ``hashlib`` (not Python's ``hash()`` nor polars' hash).
+  canonical encoding with SHA-256 (the ``polars-hash`` plugin, column-wise, whose
+  digests are ``hashlib``'s; not Python's ``hash()`` nor polars' own hash).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import re
 import reprlib
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 import orjson
@@ -71,6 +70,7 @@ __all__ = [
     "RULE_PII",
     "RULE_UNENCODABLE",
     "DataWarning",
+    "EncodeMode",
     "EventIdState",
     "FieldMapping",
     "MergedWarnings",
@@ -104,6 +104,7 @@ COLUMN_FIELDS: Final = (
     "event_id", "timestamp", "anonymous_id", "user_id", "session_id", "url", "path", "referrer",
 )
 _ID_PREFIX: Final = "mm_"
+_ID_HEX: Final = 32  # hex digits of the digest kept in a derived id (128 bits)
 _ID_REPEAT: Final = b"mm-nb-repeat\x00"  # domain tag for the n-th repeat of a content
 _MAX_SAFE: Final = contract.MAX_SAFE_INTEGER
 
@@ -416,61 +417,117 @@ def describe_recipe_change(old: str, new: str) -> str:
     return "; ".join(parts) or "the content's shape differs"
 
 
+class _Run(NamedTuple):
+    """Keys seen in some chunks: each once, except ``rep_keys`` (a sorted subset), seen
+    ``rep_counts`` (>= 2) times. Never changed in place (a snapshot shares them)."""
+
+    keys: np.ndarray
+    rep_keys: np.ndarray
+    rep_counts: np.ndarray
+
+    def counts_of(self, query: np.ndarray) -> np.ndarray:
+        """How many times each of the sorted ``query`` keys was seen in this run."""
+        out = _member(self.keys, query).astype(np.int64)
+        if self.rep_keys.size:
+            hit, pos = _member(self.rep_keys, query), np.searchsorted(self.rep_keys, query)
+            out[hit] = self.rep_counts[pos[hit]]
+        return out
+
+
+def _member(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Whether each of ``query`` is in ``sorted_keys``."""
+    if not sorted_keys.size:
+        return np.zeros(query.size, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, query), sorted_keys.size - 1)
+    return sorted_keys[pos] == query
+
+
+#: What :meth:`EventIdState.snapshot` returns: the runs as they were, and the distinct count.
+IdSnapshot = tuple[tuple[_Run, ...], int]
+
+
 class EventIdState:
     """Occurrence counts of event contents already seen in one input.
 
     Derived ids number repeats of identical content (the second identical row gets
     a different id from the first); passing the same state to every
     :func:`prepare_chunk` call of one input makes streaming produce exactly the ids
-    one big frame would. Keys are the first 64 bits of each content digest, kept in
-    sorted numpy arrays (about 16 bytes per distinct content).
+    one big frame would. Keys are the first 64 bits of each content digest.
+
+    The keys live in a few sorted *runs*, never changed in place: each chunk adds one
+    run of its distinct keys, and two runs are merged when the newer one has grown as
+    large as the one before it (a binary counter), so there are about
+    log2(total / chunk) runs and a chunk's cost does not grow with what came before
+    it, but for that logarithm. A key counts once in each run that holds it, unless
+    the run lists it among its repeats with a count. About 8 bytes per distinct
+    content, 16 more per content seen more than once (a key seen again in a later
+    chunk holds one more entry until their runs merge).
     """
 
     def __init__(self) -> None:
-        self._keys = np.empty(0, dtype=np.uint64)
-        self._counts = np.empty(0, dtype=np.int64)
+        self._runs: list[_Run] = []  # larger first
+        self._distinct = 0
 
     def __len__(self) -> int:
-        return int(self._keys.size)
+        """Distinct contents seen."""
+        return self._distinct
 
-    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
-        """The counts as they are now, for :meth:`restore` (keys are never changed in place)."""
-        return self._keys, self._counts.copy()
+    def snapshot(self) -> IdSnapshot:
+        """The counts as they are now, for :meth:`restore` (runs are never changed in place)."""
+        return tuple(self._runs), self._distinct
 
-    def restore(self, saved: tuple[np.ndarray, np.ndarray]) -> None:
+    def restore(self, saved: IdSnapshot) -> None:
         """Go back to a :meth:`snapshot` (after a chunk that failed half-way)."""
-        self._keys, self._counts = saved[0], saved[1].copy()
+        self._runs, self._distinct = list(saved[0]), saved[1]
 
     def occurrences(self, keys: np.ndarray) -> np.ndarray:
         """For each key (in row order), how many earlier rows had it; records them."""
         n = keys.size
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        order = np.argsort(keys, kind="stable")
+        keys = np.asarray(keys, dtype=np.uint64)
+        order = np.argsort(keys)  # not stable (faster): equal keys are put in row order below
         sk = keys[order]
-        idx = np.arange(n, dtype=np.int64)
         starts = np.r_[True, sk[1:] != sk[:-1]]
-        group_start = np.maximum.accumulate(np.where(starts, idx, 0))
+        first = np.flatnonzero(starts)
         group = np.cumsum(starts) - 1  # group number of each sorted row
-        uniq = sk[starts]
-        counts = np.diff(np.r_[np.flatnonzero(starts), n])
+        uniq = sk[first]
+        counts = np.diff(np.r_[first, n])
         prior = np.zeros(uniq.size, dtype=np.int64)
-        if self._keys.size:
-            pos = np.searchsorted(self._keys, uniq)
-            pos_c = np.minimum(pos, self._keys.size - 1)
-            found = self._keys[pos_c] == uniq
-            prior[found] = self._counts[pos_c[found]]
-            self._counts[pos_c[found]] += counts[found]
-        else:
-            pos = np.zeros(uniq.size, dtype=np.int64)
-            found = np.zeros(uniq.size, dtype=bool)
+        for run in self._runs:
+            prior += run.counts_of(uniq)
+        within = np.zeros(n, dtype=np.int64)
+        if first.size < n:  # repeats within the chunk: number each group's rows in row order
+            rep = np.flatnonzero(counts[group] > 1)  # sorted positions, groups contiguous
+            rows = np.sort(group[rep] * n + order[rep])  # per group, rows ascending
+            order[rep] = rows % n
+            within[rep] = rep - first[group[rep]]
         occ = np.empty(n, dtype=np.int64)
-        occ[order] = idx - group_start + prior[group]
-        new = ~found
-        if new.any():  # merge the new sorted keys in: O(total), no re-sort
-            self._keys = np.insert(self._keys, pos[new], uniq[new])
-            self._counts = np.insert(self._counts, pos[new], counts[new])
+        occ[order] = within + prior[group]
+        self._distinct += int(np.count_nonzero(prior == 0))
+        repeated = counts > 1
+        self._add_run(_Run(uniq, uniq[repeated], counts[repeated]))
         return occ
+
+    def _add_run(self, run: _Run) -> None:
+        runs = [*self._runs, run]  # a new list: a snapshot keeps the old one
+        while len(runs) > 1 and runs[-2].keys.size <= runs[-1].keys.size:
+            newer = runs.pop()
+            runs.append(_merge_runs(runs.pop(), newer))
+        self._runs = runs
+
+
+def _merge_runs(a: _Run, b: _Run) -> _Run:
+    """Two runs as one (new arrays); a key in both becomes a repeat, its counts added."""
+    both = np.sort(np.concatenate([a.keys, b.keys]), kind="stable")  # timsort: a linear merge
+    dup = both[1:] == both[:-1]  # each run holds a key once: pairs at most
+    if not dup.any() and not a.rep_keys.size and not b.rep_keys.size:
+        return _Run(both, a.rep_keys, a.rep_counts)
+    shared = both[1:][dup]
+    keys = both[np.r_[True, ~dup]]
+    del both
+    rep = np.unique(np.concatenate([a.rep_keys, b.rep_keys, shared]))
+    return _Run(keys, rep, a.counts_of(rep) + b.counts_of(rep))
 
 
 def _within_occurrences(keys: np.ndarray) -> np.ndarray:
@@ -478,18 +535,47 @@ def _within_occurrences(keys: np.ndarray) -> np.ndarray:
     return EventIdState().occurrences(keys)
 
 
-def _derive_ids(contents: list[bytes], state: EventIdState | None) -> pl.Series:
-    """Stable ids (a String series) for encoded contents (see the module docstring)."""
-    sha = hashlib.sha256
-    digests = [sha(c).digest() for c in contents]
-    if not digests:
+_HEX_DIGITS: Final = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hex_u64(values: np.ndarray) -> pl.Series:
+    """Each value as 16 lowercase hex digits (its 8 big-endian bytes), as a String series."""
+    octets = np.asarray(values).astype(">u8").view(np.uint8).reshape(-1, 8)
+    nibbles = np.stack([octets >> 4, octets & 15], axis=-1).reshape(-1, 16)
+    text = np.ascontiguousarray(_HEX_DIGITS[nibbles]).view("S16").ravel()
+    return pl.Series(values=text, dtype=pl.Binary).cast(pl.String)
+
+
+def _sha256_hex(values: pl.Series) -> pl.Series:
+    """SHA-256 of each value (String as UTF-8, or Binary) as 64 hex digits, in one pass."""
+    import polars_hash as plh  # registers the ``chash`` namespace; imported on first use
+
+    return pl.DataFrame({"v": values}).select(plh.col("v").chash.sha2_256()).to_series()
+
+
+def _derive_ids(contents: pl.Series, state: EventIdState | None) -> pl.Series:
+    """Stable ids (a String series) for encoded contents (see the module docstring).
+
+    Column-wise: one SHA-256 pass over the contents (the ``polars-hash`` plugin, the
+    same digests as ``hashlib``); the n-th repeat of a content hashes the domain tag,
+    the first digest and n as 8 big-endian bytes, also as one pass over those rows.
+    """
+    if not len(contents):
         return pl.Series(values=[], dtype=pl.String)
-    keys = np.frombuffer(b"".join(digests), dtype=">u8")[::4].astype(np.uint64)
+    digests = _sha256_hex(contents)
+    keys = digests.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).to_numpy()
     occ = state.occurrences(keys) if state is not None else _within_occurrences(keys)
-    for i in np.flatnonzero(occ).tolist():
-        digests[i] = sha(_ID_REPEAT + digests[i] + int(occ[i]).to_bytes(8, "big")).digest()
-    hexed = pl.Series(values=digests, dtype=pl.Binary).bin.encode("hex").str.slice(0, 32)
-    return pl.select(pl.concat_str([pl.lit(_ID_PREFIX), pl.lit(hexed)])).to_series()
+    repeats = np.flatnonzero(occ)
+    if repeats.size:
+        tagged = pl.DataFrame(
+            {"d": digests.gather(repeats), "n": _hex_u64(occ[repeats])}
+        ).select(
+            pl.concat_str([pl.lit(_ID_REPEAT.hex()), pl.col("d"), pl.col("n")]).str.decode("hex")
+        ).to_series()
+        digests = digests.scatter(repeats, _sha256_hex(tagged))
+    return pl.select(
+        pl.concat_str([pl.lit(_ID_PREFIX), pl.lit(digests).str.slice(0, _ID_HEX)])
+    ).to_series()
 
 
 # --------------------------------------------------------------------------- problems
@@ -1326,42 +1412,28 @@ class PreparedChunk:
         event_ids: object per row: the given ``event_id``, or the derived stable id;
             ``None`` for invalid rows (and for every row when ``encode=False`` without
             an ``event_id`` column).
-        payloads: compact JSON of each valid row's event, in row order, with its
-            ``event_id``.
         errors: one row per problem: ``row`` (index label), ``position`` (global),
             ``field``, ``rule``, ``message``.
         warnings: chunk-level warnings, as sentences.
-        lengths: int64 byte length of each valid row's payload, in valid-row order.
-        blob: the valid rows' payloads joined by ``b","`` (``None`` when prepared with
-            ``encode="lengths"``).
-        starts: int64 start offset of each payload in ``blob``.
+        lengths: int64 byte length of each valid row's payload (compact JSON of its
+            event, with its ``event_id``), in row order; empty when ``encode=False``.
+        blob: the valid rows' payloads joined by ``b","`` (``b""`` for none); ``None``
+            when ``encode`` was ``False`` or ``"lengths"``.
+        starts: int64 offset of each payload in ``blob``: payload ``j`` is
+            ``blob[starts[j]:starts[j] + lengths[j]]``, and valid rows ``a..b-1`` joined
+            by commas are ``blob[starts[a]:starts[b - 1] + lengths[b - 1]]``.
     """
 
     index: pd.Index
     offset: int
     valid: np.ndarray
     event_ids: np.ndarray
-    payloads: list[bytes]
     errors: pd.DataFrame
     warnings: list[str]
-    lengths_only: bool = False
-
-    @functools.cached_property
-    def lengths(self) -> np.ndarray:
-        """Byte length of each valid row's payload (int64)."""
-        return np.fromiter(map(len, self.payloads), dtype=np.int64, count=len(self.payloads))
-
-    @functools.cached_property
-    def starts(self) -> np.ndarray:
-        """Start offset of each payload in :attr:`blob` (int64)."""
-        starts = np.zeros(len(self.lengths), dtype=np.int64)
-        np.cumsum(self.lengths[:-1] + 1, out=starts[1:])
-        return starts
-
-    @functools.cached_property
-    def blob(self) -> bytes | None:
-        """The payloads joined by ``b","`` (``None`` for ``encode="lengths"``)."""
-        return None if self.lengths_only else b",".join(self.payloads)
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    blob: bytes | None = None
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _payloads: list[bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_rows(self) -> int:
@@ -1375,8 +1447,52 @@ class PreparedChunk:
 
     @property
     def payload_bytes(self) -> int:
-        """Total size of the payloads."""
-        return sum(map(len, self.payloads))
+        """Total size of the payloads (also known after ``encode="lengths"``)."""
+        return int(self.lengths.sum())
+
+    @property
+    def payloads(self) -> list[bytes]:
+        """Each valid row's payload, in row order (cut from :attr:`blob` when first asked).
+
+        ``[]`` after ``encode=False``. Raises ``ValueError`` after ``encode="lengths"``,
+        which computes only their sizes.
+        """
+        if self._payloads is None:
+            if self.blob is None:
+                if self.lengths.size:
+                    raise ValueError("this chunk was prepared with encode='lengths': it has "
+                                     "the payloads' sizes, not the payloads")
+                return []
+            blob = self.blob
+            self._payloads = [
+                blob[s : s + n]
+                for s, n in zip(self.starts.tolist(), self.lengths.tolist(), strict=True)
+            ]
+        return self._payloads
+
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    """Where each of ``lengths`` payloads begins in their comma-joined blob."""
+    starts = np.zeros(lengths.size, dtype=np.int64)
+    if lengths.size > 1:
+        np.cumsum(lengths[:-1] + 1, out=starts[1:])
+    return starts
+
+
+#: What ``prepare_chunk(encode=...)`` takes.
+EncodeMode = bool | Literal["lengths"]
+
+
+def _check_encode(encode: object) -> EncodeMode:
+    """``encode`` as ``True``, ``False`` or ``"lengths"``; any other value is refused."""
+    if isinstance(encode, bool | np.bool_):
+        return bool(encode)
+    if isinstance(encode, str) and encode == "lengths":
+        return "lengths"
+    raise ConfigurationError(
+        f"encode must be True, False or 'lengths', not {_short(encode, 60)}",
+        code="invalid_encode",
+    )
 
 
 def prepare_chunk(
@@ -1387,7 +1503,7 @@ def prepare_chunk(
     pii: PiiMode = PII_DEFAULT,
     now: pd.Timestamp | None = None,
     ids: EventIdState | None = None,
-    encode: bool = True,
+    encode: EncodeMode = True,
     missing_timestamp: MissingTimestamp = "invalid",
 ) -> PreparedChunk:
     """Validate (and encode) a chunk of rows column-wise.
@@ -1401,7 +1517,10 @@ def prepare_chunk(
         now: the time future timestamps are measured against (default: now, UTC).
         ids: the :class:`EventIdState` of the whole input, so derived ids do not
             depend on chunking (a fresh state is used when ``None``).
-        encode: ``False`` validates only (no payloads, no derived ids).
+        encode: ``True`` (the default) builds the payloads (:attr:`PreparedChunk.blob`,
+            ``starts``, ``lengths``); ``"lengths"`` derives the ids and computes only
+            the payloads' byte lengths (a dry run: ``blob`` is ``None``); ``False``
+            validates only (no payloads, no derived ids).
         missing_timestamp: when the mapping has a timestamp column, a row whose cell
             is empty is invalid (rule ``required``) with ``"invalid"`` (the default),
             or sent without a timestamp (stored at server time) with ``"server_time"``.
@@ -1418,6 +1537,7 @@ def prepare_chunk(
     """
     check_pii(pii)
     check_missing_timestamp(missing_timestamp)
+    encode = _check_encode(encode)
     saved = ids.snapshot() if ids is not None else None
     try:
         return _prepare_chunk(df, mapping, offset=offset, pii=pii, now=now, ids=ids,
@@ -1428,7 +1548,8 @@ def prepare_chunk(
         if ids is not None and saved is not None:
             ids.restore(saved)
         return _prepare_rows_alone(df, mapping, exc, {
-            "offset": offset, "pii": pii, "now": now, "ids": ids or EventIdState(),
+            "offset": offset, "pii": pii, "now": now,
+            "ids": EventIdState() if ids is None else ids,  # an empty state is falsy
             "encode": encode, "missing_timestamp": missing_timestamp,
         })
 
@@ -1446,7 +1567,8 @@ def _prepare_rows_alone(
     offset = opts["offset"]
     valid = np.zeros(n, dtype=bool)
     event_ids = np.full(n, None, dtype=object)
-    payloads: list[bytes] = []
+    lengths: list[np.ndarray] = []
+    blobs: list[bytes] = []
     errors: list[pd.DataFrame] = []
     warns: list[str] = []
     probs = _Problems(n)
@@ -1465,7 +1587,10 @@ def _prepare_rows_alone(
             continue
         valid[i] = bool(one.valid[0])
         event_ids[i] = one.event_ids[0]
-        payloads.extend(one.payloads)
+        if one.lengths.size:
+            lengths.append(one.lengths)
+            if one.blob is not None:
+                blobs.append(one.blob)
         if len(one.errors):
             errors.append(one.errors)
         warns.extend(one.warnings)
@@ -1475,8 +1600,11 @@ def _prepare_rows_alone(
                  f"encoded ({why}); they are invalid, the other rows are not held back")
     errs = pd.concat([e for e in errors if len(e)] or [_empty_errors()], ignore_index=True)
     errs = errs.sort_values("position", kind="stable", ignore_index=True)
+    sizes = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
     return PreparedChunk(index=df.index, offset=offset, valid=valid, event_ids=event_ids,
-                         payloads=payloads, errors=errs, warnings=warns)
+                         errors=errs, warnings=warns, lengths=sizes,
+                         blob=b",".join(blobs) if opts["encode"] is True else None,
+                         starts=_starts(sizes))
 
 
 _COUNTED: Final = re.compile(r"^(\d+)( row\(s\) .*)$", re.DOTALL)
@@ -1529,7 +1657,7 @@ def _prepare_chunk(
     pii: PiiMode,
     now: pd.Timestamp | None,
     ids: EventIdState | None,
-    encode: bool,
+    encode: EncodeMode,
     missing_timestamp: MissingTimestamp = "invalid",
 ) -> PreparedChunk:
     """The column-wise work of :func:`prepare_chunk`."""
@@ -1643,8 +1771,9 @@ def _prepare_chunk(
                 f"{n_dup} row(s) repeat an event_id of an earlier row in column "
                 f"{_col_name(mapping.columns['event_id'])}; the server does not deduplicate"
             )
-    payloads: list[bytes] = []
-    if encode and valid.any():
+    lengths = np.zeros(0, dtype=np.int64)
+    blob: bytes | None = b"" if encode is True else None
+    if encode is not False and valid.any():
         mask = pl.Series(valid)
         cols = {}
         items = []
@@ -1665,26 +1794,47 @@ def _prepare_chunk(
         ).to_series()
         vpos = np.flatnonzero(valid)
         if given is None:
-            id_s = _derive_ids(content.cast(pl.Binary).to_list(), ids)
+            id_s = _derive_ids(content, ids)
         else:
             id_s = given.filter(mask)
             need = id_s.is_null()
             if need.any():
                 need_idx = need.arg_true()
-                derived = _derive_ids(content.gather(need_idx).cast(pl.Binary).to_list(), ids)
-                id_s = id_s.scatter(need_idx, derived)
-        event_ids[vpos] = id_s.to_list()
-        id_vals, wrap = _quote(id_s)
-        payloads = pl.DataFrame({"i": id_vals, "c": content}).select(
-            pl.concat_str([
-                _frag_expr('{"event_id"', "i", wrap), pl.lit(","), pl.col("c").str.slice(1)
-            ]).cast(pl.Binary)
-        ).to_series().to_list()
+                id_s = id_s.scatter(need_idx, _derive_ids(content.gather(need_idx), ids))
+        event_ids[vpos] = id_s.to_numpy()
+        # derived ids ("mm_" and hex digits) need no JSON escaping: only given ones are checked
+        quoted = (id_s, True) if given is None else _quote(id_s)
+        lengths, blob = _payloads(quoted, content, encode is True)
     return PreparedChunk(
-        index=df.index, offset=offset, valid=valid, event_ids=event_ids, payloads=payloads,
+        index=df.index, offset=offset, valid=valid, event_ids=event_ids,
         errors=probs.frame(df.index, offset), warnings=warns,
-        lengths_only=encode == "lengths",
+        lengths=lengths, blob=blob, starts=_starts(lengths),
     )
+
+
+_ID_MEMBER: Final = '{"event_id"'
+
+
+def _payloads(ids: _JsonCol, content: pl.Series, build: bool) -> tuple[np.ndarray, bytes | None]:
+    """Each row's payload: ``content`` (a JSON object) with ``"event_id"`` put first.
+
+    ``ids`` are the rows' ids as JSON (see :func:`_quote`). Returns the payloads' byte
+    lengths (the content's, plus the quoted id's, plus the member's fixed text: no
+    payload needs building for them) and, when ``build``, the payloads joined by
+    commas, built column-wise as one string.
+    """
+    id_vals, wrap = ids
+    quoted = id_vals.str.len_bytes().to_numpy().astype(np.int64) + (2 if wrap else 0)
+    fixed = len(_ID_MEMBER) + len(":") + len(",") - len("{")
+    lengths = content.str.len_bytes().to_numpy().astype(np.int64) + quoted + fixed
+    if not build:
+        return lengths, None
+    blob = pl.DataFrame({"i": id_vals, "c": content}).select(
+        pl.concat_str([
+            _frag_expr(_ID_MEMBER, "i", wrap), pl.lit(","), pl.col("c").str.slice(1)
+        ]).str.join(",").cast(pl.Binary)
+    ).item()
+    return lengths, blob
 
 
 def emit_warnings(messages: Sequence[str], *, stacklevel: int = 2) -> None:
