@@ -74,7 +74,7 @@ class EventPreparer:
     """The preparer of event sends: see :func:`event_preparer`."""
 
     def __init__(self, mapping: dict[str, Any], pii: str, now: dt.datetime | None,
-                 missing_timestamp: str, encode: str = "full") -> None:
+                 missing_timestamp: str, encode: bool | str = True) -> None:
         from ..frame import EventIdState
 
         self.options = (mapping, pii, now, missing_timestamp)
