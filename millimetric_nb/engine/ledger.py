@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import MillimetricError
+from ..errors import MillimetricError, ValidationError
 from ..results import STATUS_CODES, STATUSES, Plan, SendResult, empty_rows, reason_names
 
 UNSET = -1
@@ -100,6 +100,32 @@ class Chunk:
                 for f, r, d in zip(np.atleast_1d(field), np.atleast_1d(rule),
                                    np.atleast_1d(detail), strict=True)
             ]
+
+
+def failure(exc: MillimetricError, *, per_row: bool, stopped: bool) -> tuple[int, str]:
+    """The status and message of the rows of a request that failed with ``exc``
+    (``stopped``: never sent because the run stopped; ``per_row``: a one-row route,
+    where a validation error is the row's own)."""
+    if stopped:
+        return FAILED, f"not sent: the run stopped ({exc.code})"
+    if exc.ambiguous:
+        return AMBIGUOUS, "outcome unknown (may or may not be stored): " + str(exc)
+    if per_row and isinstance(exc, ValidationError):
+        return INVALID, str(exc)
+    return FAILED, str(exc)
+
+
+def sent_note(ambiguous: bool, resend: bool, journaled: bool) -> str | None:
+    """The message of rows acknowledged by the server (``None``: nothing to say)."""
+    msg = None
+    if ambiguous:
+        msg = "stored; an earlier attempt may also have been written (possible duplicate)"
+    elif resend:
+        msg = "resent after an uncertain earlier outcome (possible duplicate)"
+    if not journaled:
+        msg = (f"{msg}; " if msg else "") + (
+            "stored, but the journal could not record it: a resume resends it")
+    return msg
 
 
 class Piece:

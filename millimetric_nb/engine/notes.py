@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from ..errors import MillimetricError, ValidationError
+from .ledger import INVALID, Chunk
 
 _EVENT_PATH = re.compile(r"events\.(\d+)(?:\.(.+))?$")
 
@@ -90,3 +93,39 @@ def refusals(exc: MillimetricError, count: int) -> dict[int, Refusal] | None:
             rule, message = exc.code, text
         out.setdefault(int(m.group(1)), Refusal(m.group(2) or "event", rule, message))
     return out
+
+
+def events_of(body: bytes | None, count: int) -> list[Any] | None:
+    """The ``count`` events of a ``/v1/batch`` body (``None`` if it holds other than that)."""
+    try:
+        events = orjson.loads(body or b"")["events"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return events if isinstance(events, list) and len(events) == count else None
+
+
+def mark_refused(
+    chunk: Chunk, positions: np.ndarray, found: dict[int, Refusal], attempts: int
+) -> pd.DataFrame:
+    """Mark the refused events of a request (``positions``: its rows in ``chunk``)
+    ``invalid`` with the server's field and rule; their problems, as ``errors`` rows."""
+    bad = sorted(found)
+    pos = positions[bad]
+    fields = np.array([found[i].field for i in bad], dtype=object)
+    rules = np.array([found[i].rule for i in bad], dtype=object)
+    detail = np.array([f"{found[i].message} (refused by the server)" for i in bad],
+                      dtype=object)
+    chunk.mark(pos, INVALID, attempts=attempts)
+    chunk.note(pos, fields, rules, detail)
+    return pd.DataFrame({"row": chunk.frame.index[pos], "position": chunk.offset + pos,
+                         "field": fields, "rule": rules, "message": detail})
+
+
+def mark_invalid(chunk: Chunk, valid: np.ndarray, errors: pd.DataFrame) -> int:
+    """Mark the invalid rows of ``chunk`` with their first problem; how many there are."""
+    n_invalid = int(chunk.n - np.count_nonzero(valid))
+    if n_invalid:
+        chunk.mark(~valid, INVALID, error="invalid", message="invalid row")
+        if (first := first_problems(errors, chunk.offset, chunk.n)) is not None:
+            chunk.note(first.pos, first.field, first.rule, first.message)
+    return n_invalid

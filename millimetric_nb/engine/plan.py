@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 
 from ..batching import body_of_blob, pack_arrays
+from .journal_gate import JournalGate
 from .ledger import Chunk
 from .prepare import PreparedRows
 
@@ -132,3 +133,22 @@ def call_requests(
         out.append(Request(chunk, np.asarray(rows), [key] if key else [], call=call,
                            resend=resend is not None and bool(resend[i])))
     return out, total
+
+
+async def plan_requests(
+    chunk: Chunk, prep: PreparedRows, route: str, gate: JournalGate | None, dry_run: bool
+) -> tuple[list[Request], int, int]:
+    """The requests of a prepared chunk, once the journal (if any) has said what to send,
+    skip or resend: ``(requests, their bytes, rows skipped)``."""
+    units = batch_units(chunk, prep) if route == "batch" else call_units(chunk, prep)
+    keep = resend = None
+    skipped = 0
+    if gate is not None and len(units.keys):
+        keep, resend, skipped = await gate.partition(chunk, units.keys, units.rows_of,
+                                                     units.what)
+    if route == "batch":
+        requests, nbytes = batch_requests(chunk, prep, keep, resend, bodies=not dry_run,
+                                          with_keys=gate is not None)
+    else:
+        requests, nbytes = call_requests(chunk, units, keep, resend)
+    return requests, nbytes, skipped

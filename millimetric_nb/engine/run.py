@@ -9,34 +9,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
 import orjson
 import pandas as pd
 
 from ..batching import body_of, stops_run
-from ..errors import MillimetricError, ValidationError
+from ..errors import MillimetricError
 from ..frame import RULE_PII, MergedWarnings
-from ..progress import (
-    Acknowledged,
-    Emitter,
-    Failed,
-    Observer,
-    Planned,
-    ProgressEvent,
-    RequestSent,
-    Retrying,
-    Stopping,
-    Waiting,
-)
+from ..progress import Acknowledged, Emitter, Failed, Observer, Planned, ProgressEvent, Stopping
 from ..results import UNCHECKED
 from . import ledger
 from .journal_gate import JournalGate
-from .ledger import AMBIGUOUS, FAILED, INVALID, PLANNED, SENT, UNSET, Chunk
-from .notes import chunk_field, first_problems, refusals, short
-from .plan import Request, batch_requests, batch_units, call_requests, call_units
+from .ledger import FAILED, INVALID, PLANNED, SENT, UNSET, Chunk
+from .notes import chunk_field, events_of, mark_invalid, mark_refused, refusals, short
+from .plan import Request, plan_requests
 from .prepare import Preparer
 from .sources import ChunkReader
-from .stop import CalledOff, Flight
+from .stop import CalledOff, Flight, stop_error
 
 log = logging.getLogger("millimetric_nb")
 
@@ -127,28 +115,15 @@ class _Run:
             self.warnings.add(w)
         chunk.keys = prep.keys
         self.id_column = prep.id_column if prep.id_column is not None else self.id_column
-        n_invalid = int(chunk.n - np.count_nonzero(prep.valid))
         if len(prep.errors):
             self.errors.append(prep.errors)
-        if n_invalid:
-            chunk.mark(~prep.valid, INVALID, error="invalid", message="invalid row")
-            if (first := first_problems(prep.errors, chunk.offset, chunk.n)) is not None:
-                chunk.note(first.pos, first.field, first.rule, first.message)
+        n_invalid = mark_invalid(chunk, prep.valid, prep.errors)
         gate = self.gate
         if (gate is not None and prep.id_recipe is not None and not gate.recipe_checked
                 and not await gate.check_recipe(prep.id_recipe)):
             return self.stop_chunk(chunk)  # the invalid rows stay invalid, the rest fail
-        units = batch_units(chunk, prep) if self.route == "batch" else call_units(chunk, prep)
-        keep = resend = None
-        skipped = 0
-        if gate is not None and len(units.keys):
-            keep, resend, skipped = await gate.partition(chunk, units.keys, units.rows_of,
-                                                         units.what)
-        if self.route == "batch":
-            requests, nbytes = batch_requests(chunk, prep, keep, resend,
-                                              bodies=not self.dry_run, with_keys=gate is not None)
-        else:
-            requests, nbytes = call_requests(chunk, units, keep, resend)
+        requests, nbytes, skipped = await plan_requests(chunk, prep, self.route, gate,
+                                                        self.dry_run)
         self.requests += len(requests)
         self.events += sum(r.count for r in requests)
         self.bytes += nbytes
@@ -188,17 +163,11 @@ class _Run:
         if self.stopping is not None:
             return
         self.stopping = reason
-        what = ("interrupted (Ctrl-C or a kernel interrupt)", "interrupted") if (
-            reason == "interrupt") else ("cancelled", "cancelled")
         if self.stop_error is None:  # the account says it; no warning about it
-            self.stop_error = MillimetricError(
-                f"the send was {what[0]}: nothing new was sent after it, the requests in "
-                "flight were awaited", code=what[1])
+            self.stop_error = stop_error(reason)
         flights = list(self.flights.values())
         for flight in flights:
-            if not flight.on_wire and flight.task is not None:
-                flight.called_off = True
-                flight.task.cancel()
+            flight.call_off(on_wire=False)
         self.emit(Stopping(self.route, reason, sum(f.on_wire for f in flights)))
 
     def before_send(self, keys: list[Any]) -> Callable[[], None]:
@@ -224,17 +193,7 @@ class _Run:
         assert self.send is not None
 
         def watch(event: ProgressEvent) -> None:
-            if isinstance(event, RequestSent):
-                flight.left = flight.on_wire = True
-                flight.attempts += 1
-            elif isinstance(event, Retrying):
-                flight.on_wire = False
-                flight.maybe_written = flight.maybe_written or event.ambiguous
-                if self.stopping is not None and flight.task is not None:
-                    flight.called_off = True
-                    flight.task.cancel()  # no retry after a stop: ends the backoff sleep
-            # the client's Acknowledged / Failed are the run's to emit, knowing the rows
-            if isinstance(event, (RequestSent, Retrying, Waiting)):
+            if flight.observe(event, stopping=self.stopping is not None):
                 self.emit(event)
 
         req.before_send = self.before_send(req.keys)
@@ -273,15 +232,8 @@ class _Run:
         journaled = gate is None or not req.keys or (
             await gate.call("acknowledge", req.keys, ambiguous=ambiguous))[0]
         flag = ambiguous or req.resend
-        msg = None
-        if ambiguous:
-            msg = "stored; an earlier attempt may also have been written (possible duplicate)"
-        elif req.resend:
-            msg = "resent after an uncertain earlier outcome (possible duplicate)"
-        if not journaled:
-            msg = (f"{msg}; " if msg else "") + (
-                "stored, but the journal could not record it: a resume resends it")
-        req.chunk.mark(req.positions, SENT, attempts=attempts, ambiguous=flag, message=msg)
+        req.chunk.mark(req.positions, SENT, attempts=attempts, ambiguous=flag,
+                       message=ledger.sent_note(ambiguous, req.resend, journaled))
         self.emit(Acknowledged(self.route, req.count, attempts=attempts, ambiguous=flag))
         req.chunk.pending -= 1
         self.settle(req.chunk)
@@ -304,29 +256,15 @@ class _Run:
         the server's rule and send the others again, so rows the server refuses do not
         take their neighbours down. ``False`` when the refusal names no single events."""
         found = refusals(exc, req.count) if self.route == "batch" and req.body else None
-        if not found:
-            return False
-        try:
-            events = orjson.loads(req.body)["events"]  # type: ignore[arg-type]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            return False
-        if len(events) != req.count:
+        events = events_of(req.body, req.count) if found else None
+        if not found or events is None:
             return False
         if self.gate is not None and req.keys:  # certainly not written: no duplicate flag
             if not (await self.gate.call("fail", req.keys, ambiguous=False))[0]:
                 return False
-        chunk, bad = req.chunk, sorted(found)
-        pos = req.positions[bad]
-        detail = [f"{found[i].message} (refused by the server)" for i in bad]
-        chunk.mark(pos, INVALID, attempts=exc.attempts)
-        chunk.note(pos, np.array([found[i].field for i in bad], dtype=object),
-                   np.array([found[i].rule for i in bad], dtype=object),
-                   np.array(detail, dtype=object))
-        self.errors.append(pd.DataFrame({
-            "row": chunk.frame.index[pos], "position": chunk.offset + pos,
-            "field": [found[i].field for i in bad], "rule": [found[i].rule for i in bad],
-            "message": detail}))
-        self.emit(Failed(self.route, len(bad), exc.code, short(exc.message)))
+        chunk = req.chunk
+        self.errors.append(mark_refused(chunk, req.positions, found, exc.attempts))
+        self.emit(Failed(self.route, len(found), exc.code, short(exc.message)))
         keep = [i for i in range(req.count) if i not in found]
         if not keep:
             chunk.pending -= 1
@@ -348,14 +286,7 @@ class _Run:
         self.fail_request(req, exc)
 
     def fail_request(self, req: Request, exc: MillimetricError, *, stopped: bool = False) -> None:
-        if stopped:
-            status, msg = FAILED, f"not sent: the run stopped ({exc.code})"
-        elif exc.ambiguous:
-            status, msg = AMBIGUOUS, "outcome unknown (may or may not be stored): " + str(exc)
-        elif isinstance(exc, ValidationError) and self.route != "batch":
-            status, msg = INVALID, str(exc)
-        else:
-            status, msg = FAILED, str(exc)
+        status, msg = ledger.failure(exc, per_row=self.route != "batch", stopped=stopped)
         flag = exc.ambiguous and not stopped
         req.chunk.mark(req.positions, status, error=exc.code, message=short(msg),
                        attempts=0 if stopped else exc.attempts, ambiguous=flag)

@@ -9,6 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import MillimetricError
+from ..progress import ProgressEvent, RequestSent, Retrying, Waiting
+
 
 class StopSignal:
     """Asks a running send to stop gracefully: nothing new leaves, the requests already
@@ -54,6 +57,16 @@ class StopSignal:
         self._target = None
 
 
+def stop_error(reason: str) -> MillimetricError:
+    """The error a graceful stop ends a run with (``reason``: ``"cancel"``/``"interrupt"``)."""
+    if reason == "interrupt":
+        what, code = "interrupted (Ctrl-C or a kernel interrupt)", "interrupted"
+    else:
+        what, code = "cancelled", "cancelled"
+    return MillimetricError(f"the send was {what}: nothing new was sent after it, the "
+                            "requests in flight were awaited", code=code)
+
+
 class CalledOff(Exception):
     """A request kept from leaving (again): a stop was asked for, or the journal could
     not mark its ids pending. Raised by the request's ``before_send`` hook (the client
@@ -70,3 +83,23 @@ class Flight:
     called_off: bool = False  # cancelled by a stop before (again) leaving
     attempts: int = 0
     task: asyncio.Future[Any] | None = None
+
+    def call_off(self, *, on_wire: bool) -> None:
+        """Cancel the request's task (unless an attempt is on the wire and ``on_wire`` is
+        ``False``): it will not leave (again)."""
+        if (on_wire or not self.on_wire) and self.task is not None:
+            self.called_off = True
+            self.task.cancel()
+
+    def observe(self, event: ProgressEvent, *, stopping: bool) -> bool:
+        """Follow the client's events of this request; whether the run passes ``event``
+        on (the client's Acknowledged / Failed are the run's to emit, knowing the rows)."""
+        if isinstance(event, RequestSent):
+            self.left = self.on_wire = True
+            self.attempts += 1
+        elif isinstance(event, Retrying):
+            self.on_wire = False
+            self.maybe_written = self.maybe_written or event.ambiguous
+            if stopping:
+                self.call_off(on_wire=True)  # no retry after a stop: ends the backoff sleep
+        return isinstance(event, (RequestSent, Retrying, Waiting))
