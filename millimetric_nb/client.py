@@ -305,6 +305,7 @@ def _full_jitter(attempt: int, initial: float, cap: float) -> float:
 def _retry_after(response: httpx.Response, body: Mapping[str, Any]) -> float:
     header = response.headers.get("retry-after")
     if header is not None:
+        seconds: float | None
         try:
             seconds = float(header)
         except ValueError:
@@ -986,7 +987,7 @@ class AsyncClient:
                 for task, (i, (a, b)) in zip(tasks, enumerate(plan), strict=True)
             ])
             emit(Done(result.counts, loop.time() - started))
-            cancelled.result = result  # type: ignore[attr-defined]  # read by sync.run_sync
+            cancelled.result = result  # type: ignore[union-attr]  # read by sync.run_sync
             cancelled.add_note(interrupted_note(result))  # shown under a notebook's traceback
             raise
         result = BatchResult(n, requests)

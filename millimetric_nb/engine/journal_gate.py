@@ -27,9 +27,9 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from ..client import AsyncClient
 from ..errors import ConfigurationError, MillimetricError
 from ..journal import ACKED, AMBIGUOUS, PENDING, Journal, JournalBusy, open_journal
-from ..sync import ClientLike
 from .ledger import SKIPPED, Chunk
 
 log = logging.getLogger("millimetric_nb")
@@ -83,7 +83,7 @@ class JournalGate:
         stop: Callable[[MillimetricError], None],
         on_ambiguous: OnAmbiguous,
         dry_run: bool,
-        reader: ClientLike | None,
+        reader: AsyncClient | None,
     ) -> None:
         self.journal = journal
         self.stop = stop

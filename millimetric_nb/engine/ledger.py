@@ -198,10 +198,10 @@ def assemble(pieces: list[Piece]) -> pd.DataFrame:
     first = pieces[0]
     index = first.index.append([p.index for p in pieces[1:]]) if len(pieces) > 1 else first.index
     status = pd.Categorical.from_codes(
-        np.concatenate([p.status for p in pieces]), categories=list(STATUSES)
+        np.concatenate([p.status for p in pieces]), categories=pd.Index(STATUSES)
     )
     ids = [p.event_id for p in pieces]
-    event_id = ids[0] if len(ids) == 1 else type(ids[0])._concat_same_type(ids)
+    event_id = ids[0] if len(ids) == 1 else type(ids[0])._concat_same_type(ids)  # type: ignore[attr-defined]
     return pd.DataFrame(
         {
             "status": status,

@@ -82,7 +82,7 @@ def call_units(chunk: Chunk, prep: PreparedRows) -> Units:
     """One unit per call (or per valid row's payload, for ``/v1/track``)."""
     if prep.calls is not None:
         rows = [np.asarray(p, dtype=np.int64) for p, _ in prep.calls]
-        what = [c for _, c in prep.calls]
+        what: list[Any] = [c for _, c in prep.calls]
     else:
         rows = [np.array([p], dtype=np.int64) for p in np.flatnonzero(prep.valid).tolist()]
         what = list(prep.payload_list())

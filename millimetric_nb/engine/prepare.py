@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -77,7 +77,8 @@ class EventPreparer:
                  missing_timestamp: str, encode: bool | str = True) -> None:
         from ..frame import EventIdState
 
-        self.options = (mapping, pii, now, missing_timestamp)
+        self.options: tuple[dict[str, Any], Any, Any, Any] = (
+            mapping, pii, now, missing_timestamp)
         self.encode = encode
         self.mapping: Any = None
         self.columns: list[Hashable] = []
@@ -125,11 +126,12 @@ class EventPreparer:
         )
 
 
-def _mappable(columns: Sequence[Hashable]) -> Sequence[Hashable]:
+def _mappable(columns: Sequence[Hashable] | pd.Index) -> Sequence[Hashable]:
     # a resent ``result.failed`` (or its CSV): its reason columns are no properties
     # (the frame's own Index is passed on as it is, so a MultiIndex is still seen)
     reasons = reason_columns(list(columns))
-    return [c for c in columns if c not in reasons] if reasons else columns
+    return [c for c in columns if c not in reasons] if reasons else cast(
+        "Sequence[Hashable]", columns)
 
 
 def event_preparer(

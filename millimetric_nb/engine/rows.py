@@ -9,11 +9,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
 from .. import contract
+from ..client import AsyncClient
 from ..errors import ConfigurationError
 from ..journal import Journal
 from ..progress import Done, Emitter, Observer
@@ -109,6 +110,7 @@ async def run_rows(
         )
     if client is not None or (send is None and not dry_run):
         client = resolve_async_client(client)
+    aclient = cast("AsyncClient | None", client)  # resolved (or None: a dry run)
     announces = send is None
     if send is None and not dry_run:
         send = route_sender(client, route)
@@ -120,7 +122,7 @@ async def run_rows(
                show_keys, announces)
     if jr is not None:
         run.gate = JournalGate(jr, stop=run.stop, on_ambiguous=on_ambiguous, dry_run=dry_run,
-                               reader=client if route in ("batch", "track") else None)
+                               reader=aclient if route in ("batch", "track") else None)
     for w in warnings:
         run.warnings.add(w)
     if stop is not None:
