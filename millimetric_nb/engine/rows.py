@@ -25,7 +25,7 @@ from .journal_gate import JournalGate, OnAmbiguous, open_for_run
 from .plan import Request
 from .prepare import EventPreparer, Preparer
 from .run import DEFAULT_CONCURRENCY, SendFn, _Run
-from .sources import RAMP, ChunkReader
+from .sources import ChunkReader
 from .stop import StopSignal
 
 
@@ -127,7 +127,7 @@ async def run_rows(
         run.warnings.add(w)
     if stop is not None:
         stop.bind(asyncio.get_running_loop(), lambda: run.request_stop(stop.reason or "cancel"))
-    reader = ChunkReader(chunks, ramp=RAMP if route == "batch" and not dry_run else ())
+    reader = ChunkReader(chunks)
     started = time.perf_counter()
     result: SendResult | None = None
     try:

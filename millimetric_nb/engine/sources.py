@@ -4,10 +4,8 @@ A DataFrame is sliced; files, Parquet datasets, Arrow, polars, DuckDB and Dask a
 streamed, so memory stays bounded. Each chunk is read in a worker thread. A source
 that cannot be read further (a corrupt line, an item that is not a DataFrame) ends
 the reading: :class:`ChunkReader` keeps the error, and the rows read so far are still
-sent and accounted.
-
-The first rows are handed out in small chunks that grow (:data:`RAMP`), so the
-first requests leave while the rest of the first chunk is still being prepared.
+sent and accounted. (A DataFrame's first chunks are small and grow, so the first
+requests leave while the rest is prepared: see ``datasources``.)
 """
 
 from __future__ import annotations
@@ -22,45 +20,30 @@ from ..errors import MillimetricError, SourceError
 
 __all__ = [
     "DEFAULT_CHUNKSIZE",
-    "RAMP",
     "ChunkReader",
     "Source",
     "field_columns",
     "iter_source",
 ]
 
-#: Sizes of the first chunks handed out (rows), cut from the source's first chunk(s):
-#: a full burst of requests can leave before a whole chunk is prepared.
-RAMP: tuple[int, ...] = (1_000, 3_000, 16_000)
-
 
 class ChunkReader:
     """A source's chunks, read in a thread, with the offset of each; a failure to read
     ends them and is kept in :attr:`error` (it names where the reading stopped)."""
 
-    def __init__(self, chunks: Iterator[pd.DataFrame], *, ramp: tuple[int, ...] = ()) -> None:
+    def __init__(self, chunks: Iterator[pd.DataFrame]) -> None:
         self.chunks = chunks
         self.offset = 0
         self.error: MillimetricError | None = None
         self.template: pd.DataFrame | None = None  # the input's columns, no rows
-        self._ramp = list(ramp)
-        self._left: pd.DataFrame | None = None  # the rest of a chunk cut for the ramp
 
     async def next(self) -> tuple[pd.DataFrame, int] | None:
         """The next chunk and its offset (global position of its first row), or ``None``."""
-        frame = self._left
-        self._left = None
+        frame = await self._read()
         if frame is None:
-            frame = await self._read()
-            if frame is None:
-                return None
+            return None
         if self.template is None:
             self.template = frame.iloc[:0]
-        if self._ramp and len(frame) > self._ramp[0]:
-            size = self._ramp.pop(0)
-            frame, self._left = frame.iloc[:size], frame.iloc[size:]
-        elif self._ramp:
-            self._ramp.pop(0)
         offset = self.offset
         self.offset += len(frame)
         return frame, offset
