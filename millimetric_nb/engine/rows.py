@@ -130,6 +130,10 @@ async def run_rows(
     reader = ChunkReader(chunks)
     started = time.perf_counter()
     result: SendResult | None = None
+    warming = None
+    if announces and not dry_run and hasattr(aclient, "warm_up"):
+        # the connection pool is built while the first chunk is prepared
+        warming = asyncio.create_task(aclient.warm_up())  # type: ignore[union-attr]
     try:
         await run.run(reader)
         result = _result(run, reader, client, time.perf_counter() - started)
@@ -138,6 +142,10 @@ async def run_rows(
                 await asyncio.to_thread(jr.finish_run, result.counts)
         return result
     finally:
+        if warming is not None:
+            warming.cancel()
+            with contextlib.suppress(BaseException):
+                await warming
         if stop is not None:
             stop.unbind()
         emit(Done(ledger.counts_of([p for _, p in run.pieces]), time.perf_counter() - started,
