@@ -283,3 +283,36 @@ def test_the_fallback_counts_into_the_callers_state(monkeypatch):
     assert any("cannot be checked" in w for w in first.warnings)
     rest = prep(df.iloc[8:], state, 8)
     assert [*first.event_ids.tolist(), *rest.event_ids.tolist()] == EXPECTED["derived"][0]
+
+
+def hashlib_ids(payloads: list[bytes]) -> list[str]:
+    """The id rule written row by row with hashlib, from each payload's content."""
+    seen: dict[bytes, int] = {}
+    out = []
+    for p in payloads:
+        content = b"{" + p[p.index(b",") + 1 :]  # derived ids hold no comma
+        d = hashlib.sha256(content).digest()
+        n = seen.get(content, 0)
+        seen[content] = n + 1
+        if n:
+            d = hashlib.sha256(b"mm-nb-repeat\x00" + d + n.to_bytes(8, "big")).digest()
+        out.append("mm_" + d.hex()[:32])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "é ☕", 'q"\\', "\U0001f600"]),
+                  st.one_of(st.none(), st.sampled_from(["u1", "ü", "u\n2"])),
+                  st.one_of(st.none(), st.integers(-3, 3))),
+        min_size=1, max_size=60,
+    ),
+    st.integers(1, 25),
+)
+def test_column_wise_ids_follow_the_hashlib_rule(rows, size):
+    df = pd.DataFrame(rows, columns=["event", "user_id", "n"]).astype({"n": "Int64"})
+    whole = prep(df)
+    assert whole.event_ids.tolist() == hashlib_ids(whole.payloads)
+    parts = chunked(df, size, encode="lengths")
+    assert [i for p in parts for i in p.event_ids.tolist()] == whole.event_ids.tolist()
