@@ -40,16 +40,16 @@ def route_limit(client: ClientLike | None, route: str) -> contract.RateLimit | N
     return contract.RATE_LIMITS.get(route)
 
 
-def resolve_async_client(client: ClientLike | None) -> Any:
+def resolve_async_client(client: ClientLike | None) -> AsyncClient:
     """The AsyncClient behind ``client`` (a Client, an AsyncClient, or None: default)."""
     if client is None:
         from ..sync import default_client
 
         client = default_client()
-    return getattr(client, "async_client", client)
+    return cast(AsyncClient, getattr(client, "async_client", client))
 
 
-def route_sender(aclient: Any, route: str) -> SendFn:
+def route_sender(aclient: AsyncClient, route: str) -> SendFn:
     """How a run sends one request through ``aclient``: a ``/v1/batch`` body, or one call.
 
     For the per-row routes (track, identify, forget: the client method of that name)
@@ -108,12 +108,12 @@ async def run_rows(
         raise ConfigurationError(
             "on_ambiguous must be 'verify', 'resend' or 'skip'", code="invalid_on_ambiguous"
         )
+    aclient = None  # a dry run without a client needs none
     if client is not None or (send is None and not dry_run):
-        client = resolve_async_client(client)
-    aclient = cast("AsyncClient | None", client)  # resolved (or None: a dry run)
+        aclient = resolve_async_client(client)
     announces = send is None
-    if send is None and not dry_run:
-        send = route_sender(client, route)
+    if send is None and aclient is not None and not dry_run:
+        send = route_sender(aclient, route)
     if dry_run and route == "batch" and isinstance(prepare, EventPreparer):
         prepare = prepare.lengths_only()  # a dry run builds no body
     emit = Emitter([observer])
@@ -136,7 +136,7 @@ async def run_rows(
         warming = asyncio.create_task(aclient.warm_up())  # type: ignore[union-attr]
     try:
         await run.run(reader)
-        result = _result(run, reader, client, time.perf_counter() - started)
+        result = _result(run, reader, aclient, time.perf_counter() - started)
         if jr is not None and not dry_run:
             with contextlib.suppress(sqlite3.Error, OSError):  # the ids are what matters
                 await asyncio.to_thread(jr.finish_run, result.counts)
