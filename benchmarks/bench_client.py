@@ -2,25 +2,47 @@
 
 1. The client's own overhead per event for ``batch``: validate + encode + split,
    measured alone (no network), as events/s and µs of CPU per event.
-2. ``AsyncClient.batch`` end to end against the local server with limits off.
-3. 1,000 ``track`` calls against the local server with *production* limits and
+2. ``df.millimetric.send_batch`` of a DataFrame to a sink (a loopback process that
+   answers 202 and stores nothing, ``benchmarks/sink.py``) with limits off: µs of
+   this process's CPU per event (every thread: validation, encoding, engine, HTTP).
+   Target: <= 4 µs.
+3. The burst: ``send_batch`` of 20,000 rows (20 requests, the burst of the
+   production limits) to the sink: when each request leaves after the call; target:
+   all 20 within 150 ms. It runs after (2), so the process's one-time costs (imports,
+   the first TLS context) are paid; a process's very first send adds some 40 ms.
+4. ``AsyncClient.batch`` end to end against the local server with limits off.
+5. 1,000 ``track`` calls against the local server with *production* limits and
    the client's mirrored buckets: duration vs the (1000 - 200) / 50 = 16 s ideal,
    and the number of 429 answers (must be 0).
 
-Run: ``.venv/bin/python benchmarks/bench_client.py [--events 100000] [--skip-track]``.
-The server runs in a thread of this process (it shares the CPU and the GIL).
+Run: ``.venv/bin/python benchmarks/bench_client.py [--events 100000] [--skip-track]
+[--only-sink]``. The local server runs in a thread of this process (it shares the
+CPU and the GIL); the sink is a process of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import sys
 import time
 
+import numpy as np
+import pandas as pd
+
+import millimetric_nb  # noqa: F401  (registers df.millimetric)
 from millimetric_nb import contract
-from millimetric_nb.client import _BATCH_CLOSE, _BATCH_OPEN, AsyncClient, _split
+from millimetric_nb.client import AsyncClient, _split
 from millimetric_nb.events import check_event
+from millimetric_nb.progress import RequestSent
 from millimetric_nb.server import run_in_thread
+from millimetric_nb.sync import Client
+
+sys.path.insert(0, os.path.dirname(__file__))
+from sink import start_sink, stop_sink
+
+KEY = "sk_live_bench001_" + "b" * 32
 
 
 def make_events(n: int) -> list[dict]:
@@ -48,11 +70,71 @@ def bench_overhead(events: list[dict]) -> None:
         assert raw is not None, problems
         encoded.append(raw)
     plan = _split(encoded)
-    bodies = [_BATCH_OPEN + b",".join(encoded[a:b]) + _BATCH_CLOSE for a, b in plan]
+    bodies = [b'{"events":[' + b",".join(encoded[a:b]) + b"]}" for a, b in plan]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = len(events)
     print(f"[overhead] validate+encode+split of {n:,} events into {len(bodies)} bodies: "
           f"{n / wall:,.0f} events/s wall, {cpu / n * 1e6:.1f} µs CPU/event")
+
+
+def frame(n: int) -> pd.DataFrame:
+    """A flat frame as an export gives it: 8 columns, ids derived by the toolkit."""
+    rng = np.random.default_rng(5)
+    i = np.arange(n)
+    return pd.DataFrame({
+        "event": np.where(i % 5 == 0, "purchase", "pageview"),
+        "timestamp": pd.Timestamp("2024-05-01", tz="UTC")
+        + pd.to_timedelta(rng.integers(0, 28 * 86400, n), unit="s"),
+        "anonymous_id": pd.Series(np.char.add("anon-", (i % 5000).astype(str)), dtype="str"),
+        "user_id": pd.Series(np.where(i % 3 == 0, np.char.add("user-", (i % 2000).astype(str)),
+                                      None), dtype="str"),
+        "url": pd.Series(np.char.add("https://shop.example.com/p/", (i % 300).astype(str)),
+                         dtype="str"),
+        "price": (i % 100) + 0.99,
+        "sku": pd.Series(np.char.add("SKU-", (i % 700).astype(str)), dtype="str"),
+        "qty": i % 4,
+    })
+
+
+def bench_send_batch_sink(n: int) -> None:
+    df = frame(n)
+    proc, url = start_sink()
+    try:
+        client = Client(KEY, url, rate_limits="off", allow_insecure_http=True)
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = df.millimetric.send_batch(client=client, progress=False)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        client.close()
+    finally:
+        stop_sink(proc)
+    assert res.counts["sent"] == n, res.counts
+    print(f"[send_batch to a sink, limits off] {n:,} events in {res.plan.requests} requests: "
+          f"{wall:.2f} s wall, {n / wall:,.0f} events/s, {cpu / n * 1e6:.2f} µs CPU/event "
+          "(target <= 4)")
+
+
+def bench_burst(n: int = 20_000) -> None:
+    df = frame(n)
+    proc, url = start_sink()
+    left: list[float] = []
+    try:
+        client = Client(KEY, url, allow_insecure_http=True)  # production limits: burst 20
+        t0 = time.perf_counter()
+
+        def observe(event: object) -> None:
+            if isinstance(event, RequestSent):
+                left.append(time.perf_counter() - t0)
+
+        res = df.millimetric.send_batch(client=client, progress=False, observer=observe)
+        wall = time.perf_counter() - t0
+        client.close()
+    finally:
+        stop_sink(proc)
+    assert res.counts["sent"] == n, res.counts
+    ms = [round(x * 1000) for x in left]
+    print(f"[burst, production limits] {len(left)} requests; first left after {ms[0]} ms, "
+          f"the 10th after {ms[9]} ms, the 20th after {ms[-1]} ms (target <= 150 ms); "
+          f"whole call {wall * 1000:.0f} ms")
 
 
 async def bench_batch(events: list[dict]) -> None:
@@ -84,7 +166,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--skip-track", action="store_true")
+    parser.add_argument("--only-sink", action="store_true",
+                        help="only the sink measurements (send_batch CPU and the burst)")
     args = parser.parse_args()
+    bench_send_batch_sink(args.events)
+    bench_burst()
+    if args.only_sink:
+        return
     events = make_events(args.events)
     bench_overhead(events)
     asyncio.run(bench_batch(events))

@@ -1,9 +1,9 @@
 """Peak memory above the frame itself while sending a 1,000,000-row frame.
 
 The frame is built first and the process RSS measured (the baseline); then
-`backfill` sends it to the local server (a subprocess, `--limits off`, so its
-storage does not count) while a thread samples this process's RSS every 20 ms.
-Prints the peak above the baseline in MB.
+`backfill` sends it to a loopback sink (a subprocess answering 202 and storing
+nothing, `benchmarks/sink.py`; limits off) while a thread samples this process's RSS
+every 20 ms. Prints the peak above the baseline in MB (target: under 300 MB).
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import asyncio
 import gc
 import os
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +23,8 @@ from millimetric_nb import abackfill
 from millimetric_nb.client import AsyncClient
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_backfill import KEY, start_server
+from bench_backfill import KEY
+from sink import start_sink, stop_sink
 
 N = 1_000_000
 
@@ -49,8 +48,8 @@ def frame(n: int) -> pd.DataFrame:
 
 def main() -> None:
     proc = psutil.Process(os.getpid())
-    with tempfile.TemporaryDirectory() as tmp:
-        srv, url = start_server(Path(tmp) / "mem.sqlite", limits="off")
+    srv, url = start_sink()
+    try:
         df = frame(N)
         gc.collect()
         base = proc.memory_info().rss
@@ -76,8 +75,8 @@ def main() -> None:
         elapsed = time.perf_counter() - t0
         stop.set()
         t.join()
-        srv.terminate()
-        srv.wait(10)
+    finally:
+        stop_sink(srv)
     counts = res.counts  # type: ignore[attr-defined]
     print(f"rows: {N:,}  frame: {frame_mb:.0f} MB (deep)  sent: {counts['sent']:,}  "
           f"elapsed: {elapsed:.1f} s")

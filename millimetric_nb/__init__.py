@@ -57,8 +57,8 @@ from .results import SendResult
 from .ui.connect import connect  # sync.connect, or the connect form in a notebook without a key
 
 if TYPE_CHECKING:  # resolved lazily at run time, by __getattr__
-    from .backfill import StopSignal
     from .client import AsyncClient, BatchFailedError
+    from .engine import StopSignal
     from .sync import Client, ClientLike, default_client
     from .validate import ValidationReport, validate_frame
 
@@ -71,12 +71,12 @@ _LAZY: dict[str, str] = {
     "Client": "sync",
     "ClientLike": "sync",
     "default_client": "sync",
-    "StopSignal": "backfill",
+    "StopSignal": "engine",
     "ValidationReport": "validate",
     "validate_frame": "validate",
 }
 #: Faces that share their name with a submodule: the function stays the attribute.
-_FACES = frozenset({"backfill", "validate"})
+_FACES = frozenset({"validate"})
 
 
 def __getattr__(name: str) -> Any:
@@ -94,7 +94,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The package's module object: keeps a face (``mm.backfill``, ``mm.validate``) when
+    """The package's module object: keeps a face (``mm.validate``) when
     the submodule of the same name is first imported, lazily, after the package (the
     import system binds a new submodule as an attribute of its package)."""
 

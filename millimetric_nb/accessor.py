@@ -43,7 +43,7 @@ from .progress import Observer
 from .results import SendResult
 
 if TYPE_CHECKING:  # the engine and the frame layer (polars) load when a frame is prepared
-    from .backfill import OnAmbiguous, PreparedRows, Preparer
+    from .engine import OnAmbiguous, PreparedRows, Preparer
     from .frame import MissingTimestamp
     from .sync import ClientLike
     from .validate import ValidationReport
@@ -121,7 +121,7 @@ def _identify_key(body: dict[str, Any]) -> str:
 
 def _identify_preparer(anonymous_id_col: str, user_id_col: str, traits: Any) -> Preparer:
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
-        from .backfill import PreparedRows
+        from .engine import PreparedRows
 
         anon = _column(frame, anonymous_id_col, "anonymous_id")
         user = _column(frame, user_id_col, "user_id")
@@ -147,7 +147,7 @@ def _identify_preparer(anonymous_id_col: str, user_id_col: str, traits: Any) -> 
 
 def _forget_preparer(user_id_col: str) -> Preparer:
     def prepare(frame: pd.DataFrame, offset: int) -> PreparedRows:
-        from .backfill import PreparedRows
+        from .engine import PreparedRows
 
         user = _column(frame, user_id_col, "user_id")
         n = len(frame)
@@ -342,7 +342,7 @@ class MillimetricAccessor:
         new request to delete the same users, use a new journal (or none), or
         their newer events stay.
         """
-        from .backfill import resolve_async_client
+        from .engine import resolve_async_client
         from .frame import check_pii
 
         check_pii(pii)  # only user ids are sent: nothing else to check
@@ -378,7 +378,7 @@ class MillimetricAccessor:
         whole: bool = False,
     ) -> SendResult:
         """identify / forget: one call per unit the preparer plans, through the engine."""
-        from .backfill import run_rows
+        from .engine import run_rows
 
         df = self._df
         chunks, total = iter_source(df, max(1, len(df)) if whole else DEFAULT_CHUNKSIZE)

@@ -4,7 +4,7 @@ A face (level 6 in DESIGN.md) does what the engine must not: it turns
 ``progress=True`` into a display from :mod:`millimetric_nb.ui`, bridges the async
 engine to synchronous code, and issues the data warnings with
 :func:`warnings.warn` pointing at the user's line. The engine
-(:mod:`millimetric_nb.backfill`) only sees observers.
+(:mod:`millimetric_nb.engine`) only sees observers.
 
 :func:`abackfill` owns the argument list of an event send; :func:`backfill` and
 ``df.millimetric.send_batch`` / ``.track`` reach it through :func:`send_sync`.
@@ -37,8 +37,8 @@ from .ui import choose_display, display_kind
 from .ui.charts import frame_timestamps
 
 if TYPE_CHECKING:  # the engine and the frame layer (polars) load when a send starts
-    from .backfill import OnAmbiguous, StopSignal
     from .datasources import Source
+    from .engine import OnAmbiguous, StopSignal
     from .frame import MissingTimestamp
     from .sync import ClientLike
 
@@ -67,7 +67,7 @@ def observer_for(
     ``False`` attaches nothing. A panel gets a Cancel button calling ``cancel``, or,
     without one (a send that blocks its cell), a line saying how to stop it.
     """
-    from .backfill import route_limit
+    from .engine import route_limit
 
     display = choose_display(
         progress, route=route, limit=route_limit(client, route), dry_run=dry_run,
@@ -284,7 +284,7 @@ async def abackfill(
             ``NaN``, ``NaT``: e.g. "N/A" read by ``read_csv``) is ``invalid`` (rule
             ``required``) by default; ``"server_time"`` sends it without a timestamp,
             stored at the time it arrives. The warning names the first such rows.
-        stop: a :class:`~millimetric_nb.backfill.StopSignal`; ``stop.request()`` stops
+        stop: a :class:`~millimetric_nb.engine.StopSignal`; ``stop.request()`` stops
             the send gracefully. The panel's Cancel and the first Ctrl-C / kernel
             interrupt do the same: nothing new leaves, the requests in flight are
             awaited, and the result (returned, not raised) accounts for every row,
@@ -307,7 +307,7 @@ async def abackfill(
         raise ConfigurationError(
             f"route must be 'batch' or 'track', not {route!r}", code="invalid_route"
         )
-    from .backfill import StopSignal, event_preparer, run_rows
+    from .engine import StopSignal, event_preparer, run_rows
     from .frame import RULE_PII, refuse_personal_data
 
     prepare = event_preparer(mapping, pii, now, missing_timestamp)
@@ -362,7 +362,7 @@ def run_blocking(
     carrying the full account; a second one stops at once (a plain
     ``KeyboardInterrupt``, through :func:`run_sync_call`).
     """
-    from .backfill import StopSignal
+    from .engine import StopSignal
 
     stop = StopSignal()
     with interrupts_drain(stop):
@@ -446,7 +446,7 @@ def start_background(
     **options: Any,
 ) -> SendHandle:
     """Start a send and return its :class:`SendHandle` at once (``background=True``)."""
-    from .backfill import StopSignal, route_limit
+    from .engine import StopSignal, route_limit
 
     client = sync_client(client, dry_run)
     stop = StopSignal()

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from millimetric_nb import contract
-from millimetric_nb.backfill import PreparedRows, body_of, iter_source, pack, run_rows
+from millimetric_nb.engine import PreparedRows, body_of, iter_source, pack, run_rows
 from millimetric_nb.errors import (
     AuthenticationError,
     InvalidRequestError,

@@ -17,9 +17,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "millimetric_nb"
 LEVELS: dict[str, int] = {
     "contract": 1, "errors": 1, "keys": 1, "progress": 1, "defaults": 1,
     "encode": 2, "rules": 2, "events": 2, "validate": 2, "frame": 2, "ratelimit": 2, "sample": 2,
-    "datasources": 2,
+    "datasources": 2, "batching": 2,
     "client": 3,
-    "sync": 4, "journal": 4, "backfill": 4, "results": 4, "read": 4,
+    "sync": 4, "journal": 4, "engine": 4, "results": 4, "read": 4,
     "ui": 5,
     "accessor": 6, "api": 6, "cli": 6, "demo": 6, "__init__": 6,
     # modules of ui/ with a level of their own: the charts draw data and know nothing of
@@ -93,7 +93,7 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 def test_every_module_has_a_level():
     units = {unit_of(p) for p in SOURCES}
     assert units - set(LEVELS) - {"server"} == set()
-    assert {"backfill", "api", "accessor", "ui", "client"} <= units
+    assert {"engine", "api", "accessor", "ui", "client"} <= units
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -127,7 +127,7 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     (pkg / "ui" / "__init__.py").write_text("from ..progress import Done\nfrom . import bar\n")
     found = package_imports(pkg / "backfill.py", pkg)
     assert found == [(1, "journal"), (3, "ui"), (4, "api")]
-    assert [t for _, t in found if LEVELS[t] > LEVELS["backfill"]] == ["ui", "api"]
+    assert [t for _, t in found if LEVELS[t] > LEVELS["engine"]] == ["ui", "api"]
     assert package_imports(pkg / "ui" / "__init__.py", pkg) == [(1, "progress"), (2, "ui")]
 
 

@@ -136,12 +136,9 @@ def test_client_like_is_the_union_of_both_clients():
 
 
 def test_no_client_parameter_is_typed_any():
-    # the faces type every client= parameter as ClientLike (the engine is typed on its
-    # own branch; backfill.py is left to it)
+    # every client= parameter, the faces' and the engine's, is ClientLike
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "backfill.py" or "engine" in path.parts:
-            continue
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if "client: Any" in line:
                 offenders.append(f"{path.relative_to(ROOT)}:{n}")
@@ -156,10 +153,9 @@ def test_py_typed_ships_with_the_package():
 
 
 def test_the_faces_defaults_are_the_engines():
-    from millimetric_nb import backfill as _face  # the function, see below
-    from millimetric_nb import datasources, frame
+    from millimetric_nb import backfill as _face  # the function
+    from millimetric_nb import datasources, engine, frame
 
-    engine = sys.modules["millimetric_nb.backfill"]
     assert _face is mm.backfill
     assert engine.DEFAULT_CONCURRENCY == defaults.DEFAULT_CONCURRENCY
     assert inspect.signature(engine.run_rows).parameters["concurrency"].default == (
@@ -184,12 +180,12 @@ import json, sys
 import millimetric_nb as mm
 heavy = {heavy!r}
 at_import = [m for m in heavy if m in sys.modules]
-import millimetric_nb.backfill, millimetric_nb.validate  # the submodules, first use
+import millimetric_nb.engine, millimetric_nb.validate  # the submodules, first use
 faces = [mm.backfill.__module__, mm.validate.__module__, type(mm.Client).__name__]
 print(json.dumps({{"at_import": at_import, "faces": faces}}))
 """
 HEAVY = ("polars", "pyarrow", "ipywidgets", "matplotlib", "duckdb", "dask", "httpx",
-         "millimetric_nb.frame", "millimetric_nb.backfill", "millimetric_nb.validate",
+         "millimetric_nb.frame", "millimetric_nb.engine", "millimetric_nb.validate",
          "millimetric_nb.client")
 
 

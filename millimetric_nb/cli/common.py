@@ -225,7 +225,7 @@ def check_source(path_text: str, mapping: dict[str, Any]) -> Path:
     UTF-8 (text formats) and has a column for the event (unless ``--event``).
 
     Reading goes through the package's own source reading
-    (:func:`millimetric_nb.backfill.iter_source`), so every format it reads, the
+    (:func:`millimetric_nb.engine.iter_source`), so every format it reads, the
     command reads. Raises :class:`CliError` (exit 2) naming the problem and the fix.
     """
     path = Path(path_text)

@@ -1,7 +1,7 @@
 """``validate``, ``backfill`` and ``verify``: the sub-commands that take a file.
 
 All three read the input through the package's own source reading
-(:func:`millimetric_nb.backfill.iter_source`, via :func:`millimetric_nb.abackfill`),
+(:func:`millimetric_nb.engine.iter_source`, via :func:`millimetric_nb.abackfill`),
 so any format the package reads, they read; ``validate`` is a dry run of the
 backfill, so it reports exactly what a send would refuse.
 """

@@ -351,7 +351,7 @@ def _drop_connection(request: Request) -> Response:
         # Not under uvicorn (e.g. an in-memory ASGI transport): fail the exchange.
         raise ConnectionResetError("connection dropped by fault injection")
     transport.abort()
-    if hasattr(cycle, "disconnected"):
+    if cycle is not None and hasattr(cycle, "disconnected"):
         cycle.disconnected = True  # uvicorn then sends nothing for this request
     return _Dropped()
 
@@ -503,7 +503,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         return error_response("method_not_allowed", {"path": request.url.path,
                                                      "method": request.method},
-                              headers=exc.headers)
+                              headers=dict(exc.headers or {}))
     if exc.status_code == 404:
         return error_response("not_found", {"path": request.url.path})
     return JSONResponse({"error": "http_error", "details": {"status": exc.status_code}},

@@ -9,10 +9,12 @@ prints ``listening on http://HOST:PORT`` (the real port when ``--port 0``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 from .config import MAX_LATENCY_MS, MAX_PORT, ServerConfig, parse_key_spec, parse_limits
 
@@ -121,15 +123,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The :class:`ServerConfig` described by parsed ``serve`` options."""
-    kwargs = {}
-    if args.allow_origin:
-        kwargs["allowed_origins"] = tuple(args.allow_origin)
-    return ServerConfig(
+    config = ServerConfig(
         host=args.host, port=args.port, db=args.db, keys=args.key, limits=args.limits,
         fail_rate=args.fail_rate, ambiguous_rate=args.ambiguous_rate,
         reset_rate=args.reset_rate, latency_ms=args.latency_ms, seed=args.seed,
-        dedup=args.dedup, **kwargs,
+        dedup=args.dedup,
     )
+    if args.allow_origin:
+        config = dataclasses.replace(config, allowed_origins=tuple(args.allow_origin))
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
 
     class _Server(uvicorn.Server):
-        async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+        async def startup(self, sockets: list[Any] | None = None) -> None:
             await super().startup(sockets=sockets)
             if not self.should_exit:
                 print(f"listening on http://{shown}:{port}", flush=True)

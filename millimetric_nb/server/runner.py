@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from .app import MillimetricApp, ServerState, create_app
 from .config import ServerConfig
@@ -35,10 +36,10 @@ def uvicorn_config(
     ``own_logging=False`` leaves the process's logging configuration alone (in-process
     servers must not reconfigure the host's logging each time one starts).
     """
-    extra = {} if own_logging else {"log_config": None}
     return uvicorn.Config(
         app, host=config.host, port=config.port, lifespan="off", access_log=False,
-        log_level="warning", timeout_graceful_shutdown=2, timeout_keep_alive=30, **extra,
+        log_level="warning", timeout_graceful_shutdown=2, timeout_keep_alive=30,
+        log_config=LOGGING_CONFIG if own_logging else None,
     )
 
 

@@ -24,7 +24,7 @@ property). Validate and Dry run are dry runs of :func:`millimetric_nb.abackfill`
 Send runs :func:`millimetric_nb.abackfill` as an ``asyncio`` task on the running
 loop (the kernel's, in a notebook): the click returns at once, the live panel
 updates while the cell is idle, and its Cancel stops the send gracefully (a
-:class:`~millimetric_nb.backfill.StopSignal`: nothing new leaves, the requests in
+:class:`~millimetric_nb.engine.StopSignal`: nothing new leaves, the requests in
 flight are awaited and journaled, and the account covers every row). Without a
 running loop (a plain script) Send runs to the end before returning.
 """
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
-from ..backfill import StopSignal
+from ..engine import StopSignal
 from ..errors import MillimetricError
 from ..frame import COLUMN_FIELDS, resolve_mapping
 from ..results import SendResult, account_line, resume_hint, stopped_by
@@ -101,7 +101,7 @@ class BackfillPanel(Form):
         result: the last send's :class:`SendResult`, once it ended.
         failed: the rows of the last send that did not get in (a DataFrame).
         task: the running (or last) send's ``asyncio.Task``.
-        stop: its :class:`~millimetric_nb.backfill.StopSignal` (Cancel requests it).
+        stop: its :class:`~millimetric_nb.engine.StopSignal` (Cancel requests it).
         display: the progress display of the running (or last) send.
     """
 
@@ -416,7 +416,7 @@ class BackfillPanel(Form):
         return self.task is not None and not self.task.done()
 
     def _make_display(self, client: ClientLike | None, journal: str | None) -> Any:
-        from ..backfill import route_limit
+        from ..engine import route_limit
         from .panel import SendPanel
 
         display = SendPanel(

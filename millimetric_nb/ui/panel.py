@@ -11,7 +11,7 @@
     panel(event)              # an observer: pass ``panel`` as ``observer=`` / ``progress=``
     panel.set_cancel(fn)      # show Cancel ("mm-panel-cancel"); a click calls fn() once,
                               # e.g. ``handle.cancel`` of a background send, or
-                              # ``stop.request`` of a :class:`~millimetric_nb.backfill.StopSignal`
+                              # ``stop.request`` of a :class:`~millimetric_nb.engine.StopSignal`
                               # passed to ``abackfill(..., stop=stop)``
     panel.set_cancel(None)    # no button: says how to stop (the kernel's interrupt)
     panel.set_result(result)  # the final account (done for you: the engine's Done event
@@ -104,7 +104,7 @@ class SendPanel:
             limit sets the ceiling shown and the ETA.
         limit: the rate limit the client applies to the route (default: the
             contract's production limit for it; pass the client's own, e.g.
-            ``millimetric_nb.backfill.route_limit(client, "batch")``).
+            ``millimetric_nb.engine.route_limit(client, "batch")``).
         dry_run: a dry run: the bar counts planned rows, and the end shows the plan.
         journal: the run's journal path (for the resume line of a stopped send).
         title: the heading (default ``"/v1/<route>"``).

@@ -1,0 +1,297 @@
+"""The account of a run: per-chunk status arrays, counts, and :class:`SendResult`.
+
+Every row of a chunk has its status in numpy arrays (:class:`Chunk`) from the
+moment it is read until its chunk is finished; a finished chunk becomes a compact
+:class:`Piece` (codes and categoricals, the ids as one Arrow string array, no
+per-row Python object), and the pieces become ``SendResult.rows`` once, at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import MillimetricError, ValidationError
+from ..results import STATUS_CODES, STATUSES, Plan, SendResult, empty_rows, reason_names
+
+UNSET = -1
+SENT = STATUS_CODES["sent"]
+FAILED = STATUS_CODES["failed"]
+AMBIGUOUS = STATUS_CODES["ambiguous"]
+INVALID = STATUS_CODES["invalid"]
+SKIPPED = STATUS_CODES["skipped"]
+PLANNED = STATUS_CODES["planned"]
+_BAD = np.array([FAILED, AMBIGUOUS, INVALID], dtype=np.int8)
+
+
+class Chunk:
+    """One chunk of input rows and the status of each, as arrays.
+
+    ``message`` is what ``.rows.message`` shows; ``detail`` (where a field is at fault)
+    is the same note without its ``field: rule:`` head, what ``.failed.message`` shows.
+    """
+
+    __slots__ = (
+        "ambiguous",
+        "attempts",
+        "detail",
+        "error",
+        "field",
+        "frame",
+        "keys",
+        "message",
+        "n",
+        "offset",
+        "pending",
+        "sealed",
+        "status",
+    )
+
+    def __init__(self, frame: pd.DataFrame, offset: int) -> None:
+        n = len(frame)
+        self.frame = frame
+        self.n = n
+        self.offset = offset
+        self.status = np.full(n, UNSET, dtype=np.int8)
+        self.attempts = np.zeros(n, dtype=np.int16)
+        self.ambiguous = np.zeros(n, dtype=bool)
+        self.error = np.full(n, None, dtype=object)
+        self.message = np.full(n, None, dtype=object)
+        self.detail = np.full(n, None, dtype=object)
+        self.field = np.full(n, None, dtype=object)  # the field at fault, for .failed
+        self.keys: Any = np.full(n, None, dtype=object)
+        self.pending = 0
+        self.sealed = False
+
+    def mark(
+        self,
+        pos: np.ndarray | slice,
+        status: int,
+        *,
+        error: str | None = None,
+        message: str | None = None,
+        attempts: int | None = None,
+        ambiguous: bool | None = None,
+    ) -> None:
+        """Give the rows ``pos`` (positions in the chunk) a status and its facts."""
+        self.status[pos] = status
+        if error is not None:
+            self.error[pos] = error
+        if message is not None:
+            self.message[pos] = message
+        if attempts is not None:
+            self.attempts[pos] = attempts
+        if ambiguous:
+            self.ambiguous[pos] = True
+
+    def note(self, pos: np.ndarray | int, field: Any, rule: Any, detail: Any) -> None:
+        """A fault of a named field at ``pos``: ``error`` is the rule, ``message`` says
+        ``field: rule: detail`` (one string per row only for the rows at fault)."""
+        self.field[pos] = field
+        self.error[pos] = rule
+        self.detail[pos] = detail
+        if np.ndim(pos) == 0:
+            self.message[pos] = f"{field}: {rule}: {detail}"
+        else:
+            self.message[pos] = [
+                f"{f}: {r}: {d}"
+                for f, r, d in zip(np.atleast_1d(field), np.atleast_1d(rule),
+                                   np.atleast_1d(detail), strict=True)
+            ]
+
+
+def failure(exc: MillimetricError, *, per_row: bool, stopped: bool) -> tuple[int, str]:
+    """The status and message of the rows of a request that failed with ``exc``
+    (``stopped``: never sent because the run stopped; ``per_row``: a one-row route,
+    where a validation error is the row's own)."""
+    if stopped:
+        return FAILED, f"not sent: the run stopped ({exc.code})"
+    if exc.ambiguous:
+        return AMBIGUOUS, "outcome unknown (may or may not be stored): " + str(exc)
+    if per_row and isinstance(exc, ValidationError):
+        return INVALID, str(exc)
+    return FAILED, str(exc)
+
+
+def sent_note(ambiguous: bool, resend: bool, journaled: bool) -> str | None:
+    """The message of rows acknowledged by the server (``None``: nothing to say)."""
+    msg = None
+    if ambiguous:
+        msg = "stored; an earlier attempt may also have been written (possible duplicate)"
+    elif resend:
+        msg = "resent after an uncertain earlier outcome (possible duplicate)"
+    if not journaled:
+        msg = (f"{msg}; " if msg else "") + (
+            "stored, but the journal could not record it: a resume resends it")
+    return msg
+
+
+class Piece:
+    """The finished account of one chunk's rows."""
+
+    __slots__ = ("ambiguous", "attempts", "error", "event_id", "index", "message", "status")
+
+    def __init__(self, chunk: Chunk, show_keys: bool) -> None:
+        self.index = chunk.frame.index
+        self.status = chunk.status
+        self.event_id = id_array(chunk.keys if show_keys else None, chunk.n)
+        self.error = categorical(chunk.error)
+        self.attempts = chunk.attempts
+        self.ambiguous = chunk.ambiguous
+        self.message = categorical(chunk.message)
+
+
+def id_array(keys: Any, n: int) -> pd.api.extensions.ExtensionArray:
+    """The ids as one Arrow-backed string array (``None`` or a missing id: NA)."""
+    if keys is None:
+        return pd.array(np.full(n, None, dtype=object), dtype="string")
+    return pd.array(keys, dtype="string")
+
+
+def categorical(values: np.ndarray) -> pd.Categorical:
+    """Strings (or None) as a categorical with object categories (so pieces combine)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return pd.Categorical.from_codes(codes, categories=pd.Index(uniques, dtype=object))
+
+
+def finish_chunk(
+    chunk: Chunk, *, show_keys: bool, id_column: Any
+) -> tuple[Piece, pd.DataFrame | None]:
+    """All of ``chunk``'s rows have a status: its :class:`Piece`, and its rows that did
+    not get in (``SendResult.failed``'s part), if any. Lets the chunk's data go."""
+    unset = chunk.status == UNSET
+    if unset.any():  # defensive: nothing may vanish
+        chunk.mark(unset, FAILED, error="not_sent", message="not sent")
+    piece = Piece(chunk, show_keys)
+    failed = None
+    bad = np.flatnonzero(np.isin(chunk.status, _BAD))
+    if len(bad):
+        rows = chunk.frame.iloc[bad]
+        if id_column is not None and show_keys:
+            rows = with_ids(rows, id_column, np.asarray(chunk.keys, dtype=object)[bad])
+        detail = chunk.detail[bad]
+        failed = with_reasons(
+            rows, chunk.status[bad], chunk.error[bad], chunk.field[bad],
+            np.where(pd.isna(detail), chunk.message[bad], detail),
+        )
+    empty = np.empty(0, dtype=object)
+    chunk.keys = chunk.error = chunk.message = chunk.detail = chunk.field = empty
+    chunk.frame = chunk.frame.iloc[:0]
+    return piece, failed
+
+
+def counts_of(pieces: list[Piece]) -> dict[str, int]:
+    """Rows by status over the finished pieces."""
+    total = np.zeros(len(STATUSES), dtype=np.int64)
+    for piece in pieces:
+        total += np.bincount(piece.status, minlength=len(STATUSES))
+    return {s: int(total[i]) for i, s in enumerate(STATUSES)}
+
+
+def assemble(pieces: list[Piece]) -> pd.DataFrame:
+    """``SendResult.rows`` from the pieces, column by column (the ids' Arrow chunks are
+    combined without a copy)."""
+    from pandas.api.types import union_categoricals
+
+    first = pieces[0]
+    index = first.index.append([p.index for p in pieces[1:]]) if len(pieces) > 1 else first.index
+    status = pd.Categorical.from_codes(
+        np.concatenate([p.status for p in pieces]), categories=pd.Index(STATUSES)
+    )
+    ids = [p.event_id for p in pieces]
+    event_id = ids[0] if len(ids) == 1 else type(ids[0])._concat_same_type(ids)  # type: ignore[attr-defined]
+    return pd.DataFrame(
+        {
+            "status": status,
+            "event_id": event_id,
+            "error": union_categoricals([p.error for p in pieces]),
+            "attempts": np.concatenate([p.attempts for p in pieces]),
+            "ambiguous": np.concatenate([p.ambiguous for p in pieces]),
+            "message": union_categoricals([p.message for p in pieces]),
+        },
+        index=index,
+        copy=False,
+    )
+
+
+def with_ids(rows: pd.DataFrame, column: Any, keys: np.ndarray) -> pd.DataFrame:
+    """``rows`` (a copy) with each row's id in ``column``, where the row has one.
+
+    A new column is added at the end; an existing one (the mapped ``event_id``
+    column) only gets the ids derived for its missing cells. Invalid rows have no id
+    and keep what they had (a resend derives one from the fixed content).
+    """
+    ids = pd.array(keys, dtype="string")
+    if column not in rows.columns:
+        out = rows.copy()
+        out[column] = ids  # positional: no alignment on a non-unique index
+        return out
+    current = rows[column]
+    fill = np.asarray(current.isna()) & ~np.asarray(pd.isna(ids))
+    if not fill.any() or isinstance(current, pd.DataFrame):
+        return rows
+    out = rows.copy()
+    values = current.astype(object).to_numpy(copy=True)
+    values[fill] = np.asarray(keys, dtype=object)[fill]
+    out[column] = pd.Series(values, index=rows.index, dtype=current.dtype
+                            if pd.api.types.is_string_dtype(current.dtype) else object)
+    return out
+
+
+def with_reasons(
+    rows: pd.DataFrame,
+    status: np.ndarray,
+    error: np.ndarray,
+    fields: np.ndarray,
+    message: np.ndarray,
+) -> pd.DataFrame:
+    """``rows`` (the input's columns) followed by why each did not get in:
+    ``status``, ``error_code``, ``field``, ``message`` (see ``SendResult.failed``)."""
+    names = reason_names(rows.columns)
+    statuses = np.asarray(STATUSES, dtype=object)[status.astype(np.intp)]
+    out = rows.copy()
+    for name, values in zip(names, (statuses, error, fields, message), strict=True):
+        out[name] = pd.array(np.asarray(values, dtype=object), dtype="string")  # positional
+    return out
+
+
+def build_result(
+    *,
+    pieces: list[tuple[int, Piece]],
+    failed: list[tuple[int, pd.DataFrame]],
+    errors: list[pd.DataFrame],
+    template: pd.DataFrame | None,
+    warnings: list[str],
+    plan: Plan,
+    elapsed: float,
+    dry_run: bool,
+    route: str,
+    error: MillimetricError | None,
+) -> SendResult:
+    """The run's :class:`SendResult` from its finished pieces (which chunks finished out of
+    order: they are put back in input order)."""
+    ordered = [p for _, p in sorted(pieces, key=_first)]
+    rows = assemble(ordered) if ordered else empty_rows()
+    if failed:
+        failed_rows = pd.concat([p for _, p in sorted(failed, key=_first)])
+    else:
+        empty = np.empty(0, dtype=object)
+        failed_rows = with_reasons(
+            template if template is not None else pd.DataFrame(),
+            np.empty(0, dtype=np.int8), empty, empty, empty,
+        )
+    problems = (
+        pd.concat(errors, ignore_index=True)
+        .sort_values("position", kind="stable")
+        .reset_index(drop=True)
+        if errors
+        else pd.DataFrame(columns=["row", "position", "field", "rule", "message"])
+    )
+    return SendResult(rows=rows, failed=failed_rows, errors=problems, warnings=warnings,
+                      plan=plan, elapsed_s=elapsed, dry_run=dry_run, route=route, error=error)
+
+
+def _first(item: tuple[int, Any]) -> int:
+    return item[0]
