@@ -155,7 +155,9 @@ async def run_rows(
             jr.close()
 
 
-def _result(run: _Run, reader: ChunkReader, client: Any, elapsed: float) -> SendResult:
+def _result(
+    run: _Run, reader: ChunkReader, client: ClientLike | None, elapsed: float
+) -> SendResult:
     if run.gate is not None:
         for w in run.gate.warnings():
             run.warnings.add(w)
