@@ -16,7 +16,10 @@
    and the number of 429 answers (must be 0).
 
 Run: ``.venv/bin/python benchmarks/bench_client.py [--events 100000] [--skip-track]
-[--only-sink]``. The local server runs in a thread of this process (it shares the
+[--only-sink] [--compare REV [--rounds 3]]``. ``--compare REV`` prints (2) only, side by
+side: the code of git revision ``REV`` (``before``) against this tree's (``after``), each
+round running both in fresh processes one after the other (the machine may be noisy;
+CPU time is the steadier figure). The local server runs in a thread of this process (it shares the
 CPU and the GIL); the sink is a process of its own.
 """
 
@@ -24,8 +27,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
+import re
+import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 
 import numpy as np
@@ -162,14 +171,57 @@ async def bench_track_production() -> None:
               f"stored: {srv.count()}")
 
 
+def _sink_figures(pythonpath: str, n: int) -> tuple[float, float]:
+    """Run (2) in a fresh process importing ``millimetric_nb`` from ``pythonpath``:
+    ``(µs CPU/event, s wall)``."""
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    out = subprocess.run([sys.executable, __file__, "--cpu-only", "--events", str(n)],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"([\d.]+) s wall, .*? ([\d.]+) µs CPU/event", out)
+    if m is None:
+        raise RuntimeError(f"unexpected benchmark output: {out!r}")
+    return float(m.group(2)), float(m.group(1))
+
+
+def compare(rev: str, n: int, rounds: int) -> None:
+    """(2) for revision ``rev``'s package against this tree's, side by side."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as old:
+        archive = subprocess.run(["git", "-C", here, "archive", rev, "millimetric_nb"],
+                                 capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(old, filter="data")
+        runs: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
+        for r in range(rounds):
+            for name, path in (("before", old), ("after", here)):
+                runs[name].append(_sink_figures(path, n))
+            (bc, bw), (ac, aw) = runs["before"][-1], runs["after"][-1]
+            print(f"round {r + 1}: before ({rev}) {bc:.2f} µs CPU/event, {bw:.2f} s wall | "
+                  f"after {ac:.2f} µs CPU/event, {aw:.2f} s wall", flush=True)
+    med = {k: (statistics.median(c for c, _ in v), statistics.median(w for _, w in v))
+           for k, v in runs.items()}
+    print(f"[send_batch to a sink, limits off, {n:,} events, median of {rounds}] "
+          f"before {med['before'][0]:.2f} µs CPU/event ({med['before'][1]:.2f} s wall), "
+          f"after {med['after'][0]:.2f} µs CPU/event ({med['after'][1]:.2f} s wall); "
+          "target <= 4")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--skip-track", action="store_true")
     parser.add_argument("--only-sink", action="store_true",
                         help="only the sink measurements (send_batch CPU and the burst)")
+    parser.add_argument("--compare", metavar="REV",
+                        help="only (2), for git revision REV's code and this tree's")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cpu-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compare:
+        return compare(args.compare, args.events, args.rounds)
     bench_send_batch_sink(args.events)
+    if args.cpu_only:
+        return
     bench_burst()
     if args.only_sink:
         return
