@@ -28,6 +28,7 @@ async def _closing_server(connections: list[int]) -> asyncio.Server:
         writer.write(_REPLY)
         await writer.drain()
         writer.close()
+        await writer.wait_closed()
 
     return await asyncio.start_server(serve, "127.0.0.1", 0)
 
@@ -50,6 +51,7 @@ def test_pool_uses_the_cheap_check_and_drops_closed_connections():
             backend = client._pool()._transport._pool._network_backend  # type: ignore[attr-defined]
         finally:
             await client.aclose()
+            await asyncio.sleep(0.05)  # the server's handlers see the end of stream
             server.close()
             await server.wait_closed()
         return statuses, connections, backend, attempts
@@ -67,10 +69,13 @@ def test_pool_uses_the_cheap_check_and_drops_closed_connections():
 def test_open_idle_connection_is_not_readable():
     async def go() -> bool:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(_REPLY)
-                await writer.drain()
+            try:
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    writer.write(_REPLY)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
 
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -83,7 +88,9 @@ def test_open_idle_connection_is_not_readable():
             return conn._connection._network_stream.get_extra_info("is_readable")
         finally:
             await client.aclose()
+            await asyncio.sleep(0.05)  # the server's handlers see the end of stream
             server.close()
+            await server.wait_closed()
 
     assert asyncio.run(go()) is False
 
