@@ -1,0 +1,109 @@
+"""The client's connection pool: the cheaper idle-connection check (``_Stream``) gives
+httpcore the same answers, so a connection the server closed is never reused."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from millimetric_nb.client import AsyncClient, _Backend
+
+KEY = "sk_live_pool0001_" + "p" * 32
+_BODY = b'{"ok":true}'
+_REPLY = (b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: "
+          + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY)
+
+
+async def _closing_server(connections: list[int]) -> asyncio.Server:
+    """Answers one request per connection (advertising keep-alive), then closes it."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:")]
+        if length:
+            await reader.readexactly(length[0])
+        writer.write(_REPLY)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def test_pool_uses_the_cheap_check_and_drops_closed_connections():
+    async def go() -> tuple[list[int], list[int], object, list[int]]:
+        connections: list[int] = []
+        server = await _closing_server(connections)
+        port = server.sockets[0].getsockname()[1]
+        client = AsyncClient(KEY, f"http://127.0.0.1:{port}", rate_limits="off",
+                             allow_insecure_http=True)
+        try:
+            statuses = []
+            attempts = []
+            for _ in range(3):
+                out = await client.send_batch_body(b'{"events":[{"event":"a"}]}', 1)
+                statuses.append(out.status)
+                attempts.append(out.attempts)
+                await asyncio.sleep(0.05)  # the server's close reaches our socket
+            backend = client._pool()._transport._pool._network_backend  # type: ignore[attr-defined]
+        finally:
+            await client.aclose()
+            await asyncio.sleep(0.05)  # the server's handlers see the end of stream
+            server.close()
+            await server.wait_closed()
+        return statuses, connections, backend, attempts
+
+    statuses, connections, backend, attempts = asyncio.run(go())
+    assert isinstance(backend, _Backend)
+    assert statuses == [202, 202, 202]
+    # each request found its connection closed by the server (readable: the pending
+    # end of stream) and opened a new one at once, instead of failing on the dead one
+    # and succeeding only on a retry
+    assert len(connections) == 3
+    assert attempts == [1, 1, 1]
+
+
+def test_open_idle_connection_is_not_readable():
+    async def go() -> bool:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    writer.write(_REPLY)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = AsyncClient(KEY, f"http://127.0.0.1:{port}", rate_limits="off",
+                             allow_insecure_http=True)
+        try:
+            await client.send_batch_body(b'{"events":[{"event":"a"}]}', 1)
+            pool = client._pool()._transport._pool  # type: ignore[attr-defined]
+            (conn,) = pool.connections
+            return conn._connection._network_stream.get_extra_info("is_readable")
+        finally:
+            await client.aclose()
+            await asyncio.sleep(0.05)  # the server's handlers see the end of stream
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(go()) is False
+
+
+def test_a_given_transport_is_left_alone():
+    transport = httpx.MockTransport(lambda request: httpx.Response(202, json={"ok": True}))
+    client = AsyncClient(KEY, "http://127.0.0.1:9", transport=transport,
+                         allow_insecure_http=True)
+
+    async def go() -> object:
+        try:
+            return client._pool()._transport
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) is transport
