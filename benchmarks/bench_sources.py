@@ -8,8 +8,8 @@ cluster against one process.
    samples its RSS every 20 ms): the stream alone (read, validate, encode, derive
    ids for every chunk, keeping nothing: bounded by the chunk size), then
    ``mm.backfill(folder, dry_run=True)``, whose account grows with the rows: kept
-   compactly (status codes, categoricals, derived ids as their 16 bytes: about 23
-   bytes a row) until ``result.rows`` is first read, which builds the frame (about
+   compactly (a status code and a derived id's 16 bytes: 17 bytes a row in a dry
+   run) until ``result.rows`` is first read, which builds the frame (about
    49 bytes a row: the ids become strings). Printed: rows/s and the peak RSS of the
    run above the child's baseline (after imports), against 500 MB; then, apart, the
    peak once ``result.rows`` is built. ``ru_maxrss`` is printed too as a cross-check.

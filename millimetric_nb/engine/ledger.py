@@ -148,10 +148,25 @@ class Piece:
         packed = PackedIds.pack(keys) if keys is not None else None
         self.event_id: PackedIds | pd.api.extensions.ExtensionArray = (
             packed if packed is not None else id_array(keys, chunk.n))
-        self.error = categorical(chunk.error)
-        self.attempts = chunk.attempts
-        self.ambiguous = chunk.ambiguous
-        self.message = categorical(chunk.message)
+        self.error: pd.Categorical | None = categorical(chunk.error)
+        # columns that say nothing (as in a dry run) are not kept: built at the end
+        self.attempts: np.ndarray | None = chunk.attempts if chunk.attempts.any() else None
+        self.ambiguous: np.ndarray | None = chunk.ambiguous if chunk.ambiguous.any() else None
+        self.message: pd.Categorical | None = categorical(chunk.message)
+
+    def column(self, name: str) -> Any:
+        """The piece's column ``name`` (``attempts``, ``ambiguous``, ``error``,
+        ``message``) in full, also when it was not kept."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        n = len(self.status)
+        if name == "attempts":
+            return np.zeros(n, dtype=np.int16)
+        if name == "ambiguous":
+            return np.zeros(n, dtype=bool)
+        return pd.Categorical.from_codes(np.full(n, -1, dtype=np.int8),
+                                         categories=pd.Index([], dtype=object))
 
 
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -163,7 +178,7 @@ _ID_LEN = len(_PREFIX) + 32  # "mm_" and the 32 hex digits of 16 bytes
 
 class PackedIds:
     """A chunk's derived ids (``"mm_"`` and 32 lowercase hex digits) kept as their 16
-    bytes (17 bytes a row instead of about 40 as Arrow strings), rows without an id
+    bytes (16 bytes a row instead of about 43 as Arrow strings), rows without an id
     marked in ``present``; turned back into the exact strings by :meth:`to_arrow`.
     """
 
@@ -171,7 +186,8 @@ class PackedIds:
 
     def __init__(self, digests: np.ndarray, present: np.ndarray | None, n: int) -> None:
         self.digests = digests  # (ids, 16) uint8
-        self.present = present  # bool per row; None: every row has an id
+        self.present = present  # the rows with an id, a bit each (Arrow's validity
+        # bitmap); None: every row has an id
         self.n = n
 
     @classmethod
@@ -185,7 +201,7 @@ class PackedIds:
             return None
         n, m = len(arr), len(arr) - arr.null_count
         offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + n + 1]
-        present = np.asarray(arr.is_valid()) if m < n else None
+        present = np.asarray(arr.is_valid()) if m < n else None  # bool per row
         lengths = np.diff(offsets)
         if (lengths[present] if present is not None else lengths).size and (
             (lengths[present] if present is not None else lengths) != _ID_LEN
@@ -202,7 +218,8 @@ class PackedIds:
         if (nibbles == 255).any():
             return None
         digests = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
-        return cls(np.ascontiguousarray(digests, dtype=np.uint8), present, n)
+        bitmap = None if present is None else np.packbits(present, bitorder="little")
+        return cls(np.ascontiguousarray(digests, dtype=np.uint8), bitmap, n)
 
     def to_arrow(self) -> Any:
         """The ids as an Arrow ``large_string`` array (a missing id: null)."""
@@ -217,9 +234,10 @@ class PackedIds:
             offsets = np.arange(self.n + 1, dtype=np.int64) * _ID_LEN
             bitmap, nulls = None, 0
         else:
+            present = np.unpackbits(self.present, count=self.n, bitorder="little")
             offsets = np.zeros(self.n + 1, dtype=np.int64)
-            np.cumsum(self.present * _ID_LEN, out=offsets[1:])
-            bitmap = pa.py_buffer(np.packbits(self.present, bitorder="little"))
+            np.cumsum(present.astype(np.int64) * _ID_LEN, out=offsets[1:])
+            bitmap = pa.py_buffer(self.present)
             nulls = self.n - m
         return pa.LargeStringArray.from_buffers(
             self.n, pa.py_buffer(offsets), pa.py_buffer(chars), bitmap, nulls)
@@ -246,9 +264,12 @@ def id_array(keys: Any, n: int) -> pd.api.extensions.ExtensionArray:
     return pd.array(keys, dtype="string")
 
 
-def categorical(values: np.ndarray) -> pd.Categorical:
-    """Strings (or None) as a categorical with object categories (so pieces combine)."""
+def categorical(values: np.ndarray) -> pd.Categorical | None:
+    """Strings (or None) as a categorical with object categories (so pieces combine);
+    ``None`` when every value is missing (see :meth:`Piece.column`)."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    if not len(uniques):
+        return None
     return pd.Categorical.from_codes(codes, categories=pd.Index(uniques, dtype=object))
 
 
@@ -288,7 +309,7 @@ def counts_of(pieces: list[Piece]) -> dict[str, int]:
 
 class PieceRows(DeferredRows):
     """``SendResult.rows`` kept as the finished pieces until first read: codes,
-    categoricals and packed ids, about 23 bytes a row instead of about 50 once built."""
+    packed ids, 17 bytes a row in a dry run (status and id) instead of about 50 once built."""
 
     def __init__(self, pieces: list[Piece]) -> None:
         self.pieces = pieces
@@ -301,7 +322,8 @@ class PieceRows(DeferredRows):
         """Rows by status, plus ``possible_duplicates`` and ``total``."""
         out = counts_of(self.pieces)
         out["possible_duplicates"] = int(sum(
-            np.count_nonzero(p.ambiguous & (p.status == SENT)) for p in self.pieces))
+            np.count_nonzero(p.ambiguous & (p.status == SENT))
+            for p in self.pieces if p.ambiguous is not None))
         out["total"] = self.n
         return out
 
@@ -326,10 +348,10 @@ def assemble(pieces: list[Piece]) -> pd.DataFrame:
         {
             "status": status,
             "event_id": event_id,
-            "error": union_categoricals([p.error for p in pieces]),
-            "attempts": np.concatenate([p.attempts for p in pieces]),
-            "ambiguous": np.concatenate([p.ambiguous for p in pieces]),
-            "message": union_categoricals([p.message for p in pieces]),
+            "error": union_categoricals([p.column("error") for p in pieces]),
+            "attempts": np.concatenate([p.column("attempts") for p in pieces]),
+            "ambiguous": np.concatenate([p.column("ambiguous") for p in pieces]),
+            "message": union_categoricals([p.column("message") for p in pieces]),
         },
         index=index,
         copy=False,
