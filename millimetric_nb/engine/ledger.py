@@ -296,7 +296,39 @@ def finish_chunk(
     empty = np.empty(0, dtype=object)
     chunk.keys = chunk.error = chunk.message = chunk.detail = chunk.field = empty
     chunk.frame = chunk.frame.iloc[:0]
+    _HEAP.tick()
     return piece, failed
+
+
+class _HeapTrim:
+    """Hands freed heap memory back to the system now and then (glibc's
+    ``malloc_trim``; nothing elsewhere). A long run frees chunk after chunk of
+    transient arrays between the small arrays its account keeps, and glibc keeps
+    those pages otherwise: at 10M rows, tens of MB of a dry run's peak."""
+
+    every = 8  # finished chunks between two trims (a trim takes about a millisecond)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.trim: Any = None
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            libc = ctypes.CDLL(name) if name else None
+            self.trim = getattr(libc, "malloc_trim", None)
+        except (OSError, AttributeError):  # pragma: no cover - not glibc
+            self.trim = None
+
+    def tick(self) -> None:
+        """Count one finished chunk; trim every :attr:`every`."""
+        self.count += 1
+        if self.trim is not None and self.count % self.every == 0:
+            self.trim(0)
+
+
+_HEAP = _HeapTrim()
 
 
 def counts_of(pieces: list[Piece]) -> dict[str, int]:
