@@ -302,7 +302,7 @@ def finish_chunk(
 
 class _HeapTrim:
     """Hands freed heap memory back to the system now and then (glibc's
-    ``malloc_trim``; nothing elsewhere). A long run frees chunk after chunk of
+    ``malloc_trim``, and Arrow's pool's unused memory). A long run frees chunk after chunk of
     transient arrays between the small arrays its account keeps, and glibc keeps
     those pages otherwise: at 10M rows, tens of MB of a dry run's peak."""
 
@@ -324,8 +324,12 @@ class _HeapTrim:
     def tick(self) -> None:
         """Count one finished chunk; trim every :attr:`every`."""
         self.count += 1
-        if self.trim is not None and self.count % self.every == 0:
-            self.trim(0)
+        if self.count % self.every == 0:
+            if self.trim is not None:
+                self.trim(0)
+            import pyarrow as pa  # the reading's Arrow pool keeps freed memory too
+
+            pa.default_memory_pool().release_unused()
 
 
 _HEAP = _HeapTrim()
