@@ -173,7 +173,7 @@ class _RowsField:
         if isinstance(value, DeferredRows):
             value = value.build()
             obj.__dict__[self.slot] = value
-        return value  # type: ignore[no-any-return]
+        return value
 
     def __set__(self, obj: Any, value: pd.DataFrame | DeferredRows) -> None:
         obj.__dict__[self.slot] = value
@@ -223,9 +223,10 @@ class SendResult:
     the headline, ``ok``...) do not need it.
     """
 
+    # a descriptor without a default at runtime (see _RowsField); mypy takes it for one
     rows: pd.DataFrame = _RowsField()  # type: ignore[assignment]
-    failed: pd.DataFrame
-    errors: pd.DataFrame
+    failed: pd.DataFrame  # type: ignore[misc]
+    errors: pd.DataFrame  # type: ignore[misc]
     warnings: list[str] = field(default_factory=list)
     plan: Plan | None = None
     elapsed_s: float = 0.0

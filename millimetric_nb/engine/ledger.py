@@ -8,7 +8,7 @@ per-row Python object), and the pieces become ``SendResult.rows`` once, at the e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -249,7 +249,7 @@ def id_column(ids: list[Any]) -> pd.api.extensions.ExtensionArray:
     import pyarrow as pa
 
     if not any(isinstance(i, PackedIds) for i in ids):
-        return ids[0] if len(ids) == 1 else type(ids[0])._concat_same_type(ids)  # type: ignore[attr-defined]
+        return ids[0] if len(ids) == 1 else type(ids[0])._concat_same_type(ids)
     chunks = [i.to_arrow() if isinstance(i, PackedIds) else pa.array(i, type=pa.large_string())
               for i in ids]
     if pd.StringDtype().storage == "pyarrow":
@@ -451,7 +451,8 @@ def build_result(
     """The run's :class:`SendResult` from its finished pieces (which chunks finished out of
     order: they are put back in input order)."""
     ordered = [p for _, p in sorted(pieces, key=_first)]
-    rows = PieceRows(ordered)
+    # built on first access: SendResult's rows field takes a DeferredRows (results._RowsField)
+    rows = cast("pd.DataFrame", PieceRows(ordered))
     if failed:
         failed_rows = pd.concat([p for _, p in sorted(failed, key=_first)])
     else:
