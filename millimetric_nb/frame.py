@@ -531,6 +531,10 @@ class EventIdState:
 
 def _merge_runs(a: _Run, b: _Run) -> _Run:
     """Two runs as one (new arrays); a key in both becomes a repeat, its counts added."""
+    if not a.rep_keys.size and not b.rep_keys.size:
+        merged = _merge_disjoint(a.keys, b.keys)
+        if merged is not None:
+            return _Run(merged, a.rep_keys, a.rep_counts)
     both = np.sort(np.concatenate([a.keys, b.keys]), kind="stable")  # timsort: a linear merge
     dup = both[1:] == both[:-1]  # each run holds a key once: pairs at most
     if not dup.any() and not a.rep_keys.size and not b.rep_keys.size:
@@ -540,6 +544,26 @@ def _merge_runs(a: _Run, b: _Run) -> _Run:
     del both
     rep = np.unique(np.concatenate([a.rep_keys, b.rep_keys, shared]))
     return _Run(keys, rep, a.counts_of(rep) + b.counts_of(rep))
+
+
+def _merge_disjoint(a: np.ndarray, b: np.ndarray, block: int = 1 << 20) -> np.ndarray | None:
+    """Two sorted key arrays as one, or ``None`` when a key is in both. Into one new
+    array, ``block`` keys of ``b`` at a time: no concatenated copy, sorted copy or
+    position array of the whole (the largest transient memory of a long input)."""
+    if not a.size:
+        return b.copy()
+    out = np.empty(a.size + b.size, dtype=a.dtype)
+    from_a = np.ones(out.size, dtype=bool)
+    for start in range(0, b.size, block):
+        part = b[start:start + block]
+        pos = np.searchsorted(a, part)
+        if (a[np.minimum(pos, a.size - 1)] == part).any():
+            return None
+        pos += np.arange(start, start + part.size)  # the positions in the merged array
+        out[pos] = part
+        from_a[pos] = False
+    out[from_a] = a
+    return out
 
 
 def _within_occurrences(keys: np.ndarray) -> np.ndarray:

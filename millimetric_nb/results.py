@@ -142,6 +142,49 @@ def empty_rows(index: pd.Index | None = None) -> pd.DataFrame:
     )
 
 
+class DeferredRows:
+    """``SendResult.rows`` not built yet: what a run keeps compactly (status codes,
+    packed ids...) until ``.rows`` is first read. Subclasses give the counts without
+    building the frame, and build it once."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def counts(self) -> dict[str, int]:
+        """Rows by status, plus ``possible_duplicates`` and ``total``."""
+        raise NotImplementedError
+
+    def build(self) -> pd.DataFrame:
+        """The ``.rows`` frame (called once; may let the compact parts go)."""
+        raise NotImplementedError
+
+
+class _RowsField:
+    """The ``rows`` field of :class:`SendResult`: a frame, or a :class:`DeferredRows`
+    built into one on first access (the frame is kept, the deferred parts let go)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> pd.DataFrame:
+        if obj is None:
+            raise AttributeError(self.slot)  # dataclasses: the field has no default
+        value = obj.__dict__[self.slot]
+        if isinstance(value, DeferredRows):
+            value = value.build()
+            obj.__dict__[self.slot] = value
+        return value
+
+    def __set__(self, obj: Any, value: pd.DataFrame | DeferredRows) -> None:
+        obj.__dict__[self.slot] = value
+
+
+def pending_rows(result: SendResult) -> DeferredRows | None:
+    """``result``'s rows while they are not built yet (``None`` once they are)."""
+    value = result.__dict__.get("_rows")
+    return value if isinstance(value, DeferredRows) else None
+
+
 @dataclass(eq=False)
 class SendResult:
     """The account of one send (or dry run): counts, per-row statuses, what failed.
@@ -174,11 +217,16 @@ class SendResult:
             rows not sent because of it are ``failed`` with its code.
         timestamps: the input's ``timestamp`` column, row for row, when the source was
             one DataFrame with one (for :meth:`per_day` and the chart in the HTML repr).
+
+    ``rows`` may be given as a :class:`DeferredRows` (a run over a large source keeps
+    its account compactly): the frame is built on first access, and ``counts`` (so
+    the headline, ``ok``...) do not need it.
     """
 
-    rows: pd.DataFrame
-    failed: pd.DataFrame
-    errors: pd.DataFrame
+    # a descriptor without a default at runtime (see _RowsField); mypy takes it for one
+    rows: pd.DataFrame = _RowsField()  # type: ignore[assignment]
+    failed: pd.DataFrame  # type: ignore[misc]
+    errors: pd.DataFrame  # type: ignore[misc]
     warnings: list[str] = field(default_factory=list)
     plan: Plan | None = None
     elapsed_s: float = 0.0
@@ -191,7 +239,11 @@ class SendResult:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Rows by status, plus ``possible_duplicates`` and ``total``."""
+        """Rows by status, plus ``possible_duplicates`` and ``total`` (without building
+        ``rows`` when they are still deferred)."""
+        deferred = pending_rows(self)
+        if deferred is not None:
+            return deferred.counts()
         vc = self.rows["status"].value_counts()
         out = {s: int(vc.get(s, 0)) for s in STATUSES}
         sent = self.rows["status"] == "sent"
@@ -389,11 +441,13 @@ __all__ = [
     "STATUSES",
     "STOP_CODES",
     "UNCHECKED",
+    "DeferredRows",
     "Plan",
     "SendResult",
     "account_line",
     "empty_rows",
     "kept_back",
+    "pending_rows",
     "reason_columns",
     "reason_names",
     "resume_hint",

@@ -8,13 +8,21 @@ per-row Python object), and the pieces become ``SendResult.rows`` once, at the e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from ..errors import MillimetricError, ValidationError
-from ..results import STATUS_CODES, STATUSES, Plan, SendResult, empty_rows, reason_names
+from ..results import (
+    STATUS_CODES,
+    STATUSES,
+    DeferredRows,
+    Plan,
+    SendResult,
+    empty_rows,
+    reason_names,
+)
 
 UNSET = -1
 SENT = STATUS_CODES["sent"]
@@ -129,18 +137,124 @@ def sent_note(ambiguous: bool, resend: bool, journaled: bool) -> str | None:
 
 
 class Piece:
-    """The finished account of one chunk's rows."""
+    """The finished account of one chunk's rows (derived ids packed: see :class:`PackedIds`)."""
 
     __slots__ = ("ambiguous", "attempts", "error", "event_id", "index", "message", "status")
 
     def __init__(self, chunk: Chunk, show_keys: bool) -> None:
         self.index = chunk.frame.index
         self.status = chunk.status
-        self.event_id = id_array(chunk.keys if show_keys else None, chunk.n)
-        self.error = categorical(chunk.error)
-        self.attempts = chunk.attempts
-        self.ambiguous = chunk.ambiguous
-        self.message = categorical(chunk.message)
+        keys = chunk.keys if show_keys else None
+        packed = PackedIds.pack(keys) if keys is not None else None
+        self.event_id: PackedIds | pd.api.extensions.ExtensionArray = (
+            packed if packed is not None else id_array(keys, chunk.n))
+        self.error: pd.Categorical | None = categorical(chunk.error)
+        # columns that say nothing (as in a dry run) are not kept: built at the end
+        self.attempts: np.ndarray | None = chunk.attempts if chunk.attempts.any() else None
+        self.ambiguous: np.ndarray | None = chunk.ambiguous if chunk.ambiguous.any() else None
+        self.message: pd.Categorical | None = categorical(chunk.message)
+
+    def column(self, name: str) -> Any:
+        """The piece's column ``name`` (``attempts``, ``ambiguous``, ``error``,
+        ``message``) in full, also when it was not kept."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        n = len(self.status)
+        if name == "attempts":
+            return np.zeros(n, dtype=np.int16)
+        if name == "ambiguous":
+            return np.zeros(n, dtype=bool)
+        return pd.Categorical.from_codes(np.full(n, -1, dtype=np.int8),
+                                         categories=pd.Index([], dtype=object))
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_NIBBLE = np.full(256, 255, dtype=np.uint8)  # a lowercase hex digit's value; 255: not one
+_NIBBLE[_HEX_DIGITS] = np.arange(16, dtype=np.uint8)
+_PREFIX = np.frombuffer(b"mm_", dtype=np.uint8)  # frame.py's derived-id prefix
+_ID_LEN = len(_PREFIX) + 32  # "mm_" and the 32 hex digits of 16 bytes
+
+
+class PackedIds:
+    """A chunk's derived ids (``"mm_"`` and 32 lowercase hex digits) kept as their 16
+    bytes (16 bytes a row instead of about 43 as Arrow strings), rows without an id
+    marked in ``present``; turned back into the exact strings by :meth:`to_arrow`.
+    """
+
+    __slots__ = ("digests", "n", "present")
+
+    def __init__(self, digests: np.ndarray, present: np.ndarray | None, n: int) -> None:
+        self.digests = digests  # (ids, 16) uint8
+        self.present = present  # the rows with an id, a bit each (Arrow's validity
+        # bitmap); None: every row has an id
+        self.n = n
+
+    @classmethod
+    def pack(cls, keys: Any) -> PackedIds | None:
+        """``keys`` packed, or ``None`` when one is not a derived id (a given id, say)."""
+        import pyarrow as pa
+
+        try:
+            arr = pa.array(keys, type=pa.large_string(), from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            return None
+        n, m = len(arr), len(arr) - arr.null_count
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + n + 1]
+        present = np.asarray(arr.is_valid()) if m < n else None  # bool per row
+        lengths = np.diff(offsets)
+        if (lengths[present] if present is not None else lengths).size and (
+            (lengths[present] if present is not None else lengths) != _ID_LEN
+        ).any():
+            return None
+        if offsets[-1] - offsets[0] != _ID_LEN * m:  # a missing id with characters
+            return None
+        data = arr.buffers()[2]
+        chars = (np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]]
+                 if data is not None else np.empty(0, dtype=np.uint8)).reshape(m, _ID_LEN)
+        if not (chars[:, :len(_PREFIX)] == _PREFIX).all():
+            return None
+        nibbles = _NIBBLE[chars[:, len(_PREFIX):]]
+        if (nibbles == 255).any():
+            return None
+        digests = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+        bitmap = None if present is None else np.packbits(present, bitorder="little")
+        return cls(np.ascontiguousarray(digests, dtype=np.uint8), bitmap, n)
+
+    def to_arrow(self) -> Any:
+        """The ids as an Arrow ``large_string`` array (a missing id: null)."""
+        import pyarrow as pa
+
+        m = len(self.digests)
+        chars = np.empty((m, _ID_LEN), dtype=np.uint8)
+        chars[:, :len(_PREFIX)] = _PREFIX
+        chars[:, len(_PREFIX)::2] = _HEX_DIGITS[self.digests >> 4]
+        chars[:, len(_PREFIX) + 1::2] = _HEX_DIGITS[self.digests & 15]
+        if self.present is None:
+            offsets = np.arange(self.n + 1, dtype=np.int64) * _ID_LEN
+            bitmap, nulls = None, 0
+        else:
+            present = np.unpackbits(self.present, count=self.n, bitorder="little")
+            offsets = np.zeros(self.n + 1, dtype=np.int64)
+            np.cumsum(present.astype(np.int64) * _ID_LEN, out=offsets[1:])
+            bitmap = pa.py_buffer(self.present)
+            nulls = self.n - m
+        return pa.LargeStringArray.from_buffers(
+            self.n, pa.py_buffer(offsets), pa.py_buffer(chars), bitmap, nulls)
+
+
+def id_column(ids: list[Any]) -> pd.api.extensions.ExtensionArray:
+    """One string array of the pieces' ids (packed or not), built without Python
+    objects per row."""
+    import pyarrow as pa
+
+    if not any(isinstance(i, PackedIds) for i in ids):
+        return ids[0] if len(ids) == 1 else type(ids[0])._concat_same_type(ids)
+    chunks = [i.to_arrow() if isinstance(i, PackedIds) else pa.array(i, type=pa.large_string())
+              for i in ids]
+    if pd.StringDtype().storage == "pyarrow":
+        return pd.arrays.ArrowStringArray(pa.chunked_array(chunks, type=pa.large_string()))
+    return pd.array(pa.chunked_array(chunks).to_numpy(zero_copy_only=False), dtype="string")
 
 
 def id_array(keys: Any, n: int) -> pd.api.extensions.ExtensionArray:
@@ -150,9 +264,12 @@ def id_array(keys: Any, n: int) -> pd.api.extensions.ExtensionArray:
     return pd.array(keys, dtype="string")
 
 
-def categorical(values: np.ndarray) -> pd.Categorical:
-    """Strings (or None) as a categorical with object categories (so pieces combine)."""
+def categorical(values: np.ndarray) -> pd.Categorical | None:
+    """Strings (or None) as a categorical with object categories (so pieces combine);
+    ``None`` when every value is missing (see :meth:`Piece.column`)."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    if not len(uniques):
+        return None
     return pd.Categorical.from_codes(codes, categories=pd.Index(uniques, dtype=object))
 
 
@@ -179,7 +296,43 @@ def finish_chunk(
     empty = np.empty(0, dtype=object)
     chunk.keys = chunk.error = chunk.message = chunk.detail = chunk.field = empty
     chunk.frame = chunk.frame.iloc[:0]
+    _HEAP.tick()
     return piece, failed
+
+
+class _HeapTrim:
+    """Hands freed heap memory back to the system now and then (glibc's
+    ``malloc_trim``, and Arrow's pool's unused memory). A long run frees chunk after chunk of
+    transient arrays between the small arrays its account keeps, and glibc keeps
+    those pages otherwise: at 10M rows, tens of MB of a dry run's peak."""
+
+    every = 8  # finished chunks between two trims (a trim takes about a millisecond)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.trim: Any = None
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            libc = ctypes.CDLL(name) if name else None
+            self.trim = getattr(libc, "malloc_trim", None)
+        except (OSError, AttributeError):  # pragma: no cover - not glibc
+            self.trim = None
+
+    def tick(self) -> None:
+        """Count one finished chunk; trim every :attr:`every`."""
+        self.count += 1
+        if self.count % self.every == 0:
+            if self.trim is not None:
+                self.trim(0)
+            import pyarrow as pa  # the reading's Arrow pool keeps freed memory too
+
+            pa.default_memory_pool().release_unused()
+
+
+_HEAP = _HeapTrim()
 
 
 def counts_of(pieces: list[Piece]) -> dict[str, int]:
@@ -188,6 +341,32 @@ def counts_of(pieces: list[Piece]) -> dict[str, int]:
     for piece in pieces:
         total += np.bincount(piece.status, minlength=len(STATUSES))
     return {s: int(total[i]) for i, s in enumerate(STATUSES)}
+
+
+class PieceRows(DeferredRows):
+    """``SendResult.rows`` kept as the finished pieces until first read: codes,
+    packed ids, 17 bytes a row in a dry run (status and id) instead of about 50 once built."""
+
+    def __init__(self, pieces: list[Piece]) -> None:
+        self.pieces = pieces
+        self.n = sum(len(p.status) for p in pieces)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def counts(self) -> dict[str, int]:
+        """Rows by status, plus ``possible_duplicates`` and ``total``."""
+        out = counts_of(self.pieces)
+        out["possible_duplicates"] = int(sum(
+            np.count_nonzero(p.ambiguous & (p.status == SENT))
+            for p in self.pieces if p.ambiguous is not None))
+        out["total"] = self.n
+        return out
+
+    def build(self) -> pd.DataFrame:
+        """The frame, once (the pieces are let go)."""
+        pieces, self.pieces = self.pieces, []
+        return assemble(pieces) if pieces else empty_rows()
 
 
 def assemble(pieces: list[Piece]) -> pd.DataFrame:
@@ -200,16 +379,15 @@ def assemble(pieces: list[Piece]) -> pd.DataFrame:
     status = pd.Categorical.from_codes(
         np.concatenate([p.status for p in pieces]), categories=pd.Index(STATUSES)
     )
-    ids = [p.event_id for p in pieces]
-    event_id = ids[0] if len(ids) == 1 else type(ids[0])._concat_same_type(ids)  # type: ignore[attr-defined]
+    event_id = id_column([p.event_id for p in pieces])
     return pd.DataFrame(
         {
             "status": status,
             "event_id": event_id,
-            "error": union_categoricals([p.error for p in pieces]),
-            "attempts": np.concatenate([p.attempts for p in pieces]),
-            "ambiguous": np.concatenate([p.ambiguous for p in pieces]),
-            "message": union_categoricals([p.message for p in pieces]),
+            "error": union_categoricals([p.column("error") for p in pieces]),
+            "attempts": np.concatenate([p.column("attempts") for p in pieces]),
+            "ambiguous": np.concatenate([p.column("ambiguous") for p in pieces]),
+            "message": union_categoricals([p.column("message") for p in pieces]),
         },
         index=index,
         copy=False,
@@ -273,7 +451,8 @@ def build_result(
     """The run's :class:`SendResult` from its finished pieces (which chunks finished out of
     order: they are put back in input order)."""
     ordered = [p for _, p in sorted(pieces, key=_first)]
-    rows = assemble(ordered) if ordered else empty_rows()
+    # built on first access: SendResult's rows field takes a DeferredRows (results._RowsField)
+    rows = cast("pd.DataFrame", PieceRows(ordered))
     if failed:
         failed_rows = pd.concat([p for _, p in sorted(failed, key=_first)])
     else:
