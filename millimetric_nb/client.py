@@ -392,7 +392,7 @@ def _cheap_idle_checks(http: httpx.AsyncClient) -> None:
     if (type(pool) is httpcore.AsyncConnectionPool
             and isinstance(inner, httpcore.AsyncNetworkBackend)
             and not isinstance(inner, _Backend)):
-        pool._network_backend = _Backend(inner)  # type: ignore[union-attr]
+        pool._network_backend = _Backend(inner)
 
 
 def _retry_after(response: httpx.Response, body: Mapping[str, Any]) -> float:
