@@ -768,11 +768,12 @@ def _object_values(s: pd.Series) -> np.ndarray:
 
 def _text_column_to_polars(s: pd.Series, vals: np.ndarray) -> tuple[pl.Series, list[int]]:
     """A column of text (``vals``: its values as objects) as a polars String series:
-    missing cells null, str subclasses as plain str; lone-surrogate positions listed."""
+    missing cells null, str subclasses as their plain text (polars reads a str's data,
+    calling none of a subclass's methods); lone-surrogate positions listed."""
     lst = vals.tolist()
     for i in np.flatnonzero(_missing_mask(s)):
         lst[i] = None
-    return _strings_to_polars([v if v is None or type(v) is str else str.__str__(v) for v in lst])
+    return _strings_to_polars(lst)
 
 
 def _int_text(value: int | np.integer) -> str | None:
@@ -793,7 +794,7 @@ def _strings_to_polars(values: list[str | None]) -> tuple[pl.Series, list[int]]:
         for i, v in enumerate(values):
             if v is not None:
                 try:
-                    v.encode("utf-8")
+                    str.encode(v, "utf-8")  # str's own: a subclass's encode is not called
                 except UnicodeEncodeError:
                     bad.append(i)
                     v = None

@@ -653,3 +653,25 @@ def test_a_property_key_ending_in_nul_keeps_it_in_the_error_path() -> None:
     with pytest.raises(ValidationError) as raised:
         events.prepare_event({"event": "e", "properties": {"obj": {"k\x00": 2**53}}})
     assert [p[0] for p in raised.value.problems] == ["properties.obj.k\x00"]
+
+
+def test_str_subclass_cells_are_sent_as_their_text_without_calling_their_methods() -> None:
+    from millimetric_nb import frame
+
+    class Hostile(str):
+        def __str__(self) -> str:
+            raise RuntimeError("__str__")
+
+        def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+            raise RuntimeError("encode")
+
+    df = pd.DataFrame({"event": pd.Series([Hostile("signup"), "b", Hostile("c\ud800")],
+                                          dtype=object),
+                       "plan": pd.Series([Hostile("pro"), None, "free"], dtype=object)})
+    mapping, _ = frame.resolve_mapping(list(df.columns))
+    p = frame.prepare_chunk(df, mapping, pii="allow")
+    assert p.valid.tolist() == [True, True, False]  # the lone surrogate, named
+    assert p.errors["rule"].tolist() == [contract.RULE_UNICODE]
+    sent = [orjson.loads(x) for x in p.payloads]
+    assert [e["event"] for e in sent] == ["signup", "b"]
+    assert sent[0]["properties"] == {"plan": "pro"} and "properties" not in sent[1]
