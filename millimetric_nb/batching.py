@@ -97,10 +97,17 @@ def body_of_blob(
     A run of neighbouring payloads is copied as one slice, commas included; only the
     gaps of left-out payloads cost a join.
     """
-    idx = np.arange(len(starts))[which] if isinstance(which, slice) else np.asarray(which)
+    view = memoryview(blob)
+    if isinstance(which, slice):  # one run: one slice of the blob, no index array
+        a, b, step = which.indices(len(starts))
+        if step != 1:
+            raise ValueError("body_of_blob takes a slice with step 1")
+        if b <= a:
+            return BODY_HEAD + BODY_TAIL
+        return b"".join((BODY_HEAD, view[starts[a]:starts[b - 1] + lengths[b - 1]], BODY_TAIL))
+    idx = np.asarray(which)
     if len(idx) == 0:
         return BODY_HEAD + BODY_TAIL
-    view = memoryview(blob)
     breaks = np.flatnonzero(np.diff(idx) != 1) + 1
     firsts = idx[np.concatenate(([0], breaks))]
     lasts = idx[np.concatenate((breaks - 1, [len(idx) - 1]))]

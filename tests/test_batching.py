@@ -136,3 +136,16 @@ def test_before_send_runs_before_each_request_leaves_and_can_keep_it_back(mm_ser
     assert out.status == 202
     assert order == ["hook", "sent", "async hook", "sent"]
     assert mm_server.count() == 2  # the refused requests never left
+
+
+def test_a_slice_body_is_the_one_run_of_the_blob_and_an_empty_slice_an_empty_body() -> None:
+
+    payloads = [b'{"a":1}', b'{"bb":22}', b'{"c":3}']
+    blob = b",".join(payloads)
+    lengths = np.array([len(p) for p in payloads], dtype=np.int64)
+    starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1])).astype(np.int64)
+    assert body_of_blob(blob, starts, lengths, slice(1, 3)) == body_of(payloads[1:3])
+    assert body_of_blob(blob, starts, lengths, slice(0, None)) == body_of(payloads)
+    assert body_of_blob(blob, starts, lengths, slice(2, 2)) == body_of([])
+    with pytest.raises(ValueError, match="step 1"):
+        body_of_blob(blob, starts, lengths, slice(0, 3, 2))

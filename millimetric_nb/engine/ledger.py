@@ -203,9 +203,7 @@ class PackedIds:
         offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + n + 1]
         present = np.asarray(arr.is_valid()) if m < n else None  # bool per row
         lengths = np.diff(offsets)
-        if (lengths[present] if present is not None else lengths).size and (
-            (lengths[present] if present is not None else lengths) != _ID_LEN
-        ).any():
+        if ((lengths[present] if present is not None else lengths) != _ID_LEN).any():
             return None
         if offsets[-1] - offsets[0] != _ID_LEN * m:  # a missing id with characters
             return None
