@@ -1,4 +1,5 @@
-"""The client's connection pool: the cheaper idle-connection check (``_Stream``) gives
+"""The client's connection pools: one pool of one connection per request in flight
+(``_Shards``), each with the cheaper idle-connection check (``_Stream``), which gives
 httpcore the same answers, so a connection the server closed is never reused."""
 
 from __future__ import annotations
@@ -7,7 +8,8 @@ import asyncio
 
 import httpx
 
-from millimetric_nb.client import AsyncClient, _Backend
+from millimetric_nb.client import AsyncClient, _Backend, _Shards
+from millimetric_nb.errors import MillimetricError
 
 KEY = "sk_live_pool0001_" + "p" * 32
 _BODY = b'{"ok":true}'
@@ -48,7 +50,9 @@ def test_pool_uses_the_cheap_check_and_drops_closed_connections():
                 statuses.append(out.status)
                 attempts.append(out.attempts)
                 await asyncio.sleep(0.05)  # the server's close reaches our socket
-            backend = client._pool()._transport._pool._network_backend  # type: ignore[attr-defined]
+            shards = client._pool()._transport  # type: ignore[attr-defined]
+            assert isinstance(shards, _Shards) and len(shards._shards) == 1  # one at a time
+            backend = shards._shards[0]._pool._network_backend
         finally:
             await client.aclose()
             await asyncio.sleep(0.05)  # the server's handlers see the end of stream
@@ -83,7 +87,7 @@ def test_open_idle_connection_is_not_readable():
                              allow_insecure_http=True)
         try:
             await client.send_batch_body(b'{"events":[{"event":"a"}]}', 1)
-            pool = client._pool()._transport._pool  # type: ignore[attr-defined]
+            pool = client._pool()._transport._shards[0]._pool  # type: ignore[attr-defined]
             (conn,) = pool.connections
             return conn._connection._network_stream.get_extra_info("is_readable")
         finally:
@@ -107,3 +111,113 @@ def test_a_given_transport_is_left_alone():
             await client.aclose()
 
     assert asyncio.run(go()) is transport
+
+
+async def _counting_server(connections: list[int], requests: list[int],
+                           delay: float = 0.0) -> asyncio.Server:
+    """Keeps each connection open and answers every request on it (after ``delay``)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")]
+                if length:
+                    await reader.readexactly(length[0])
+                requests.append(1)
+                await asyncio.sleep(delay)
+                writer.write(_REPLY)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def test_requests_in_flight_each_get_a_pool_and_reuse_its_connection():
+    async def go() -> tuple[list[int], list[int], list[int], int, int]:
+        connections: list[int] = []
+        requests: list[int] = []
+        server = await _counting_server(connections, requests, delay=0.05)
+        port = server.sockets[0].getsockname()[1]
+        client = AsyncClient(KEY, f"http://127.0.0.1:{port}", rate_limits="off",
+                             allow_insecure_http=True)
+        statuses: list[int] = []
+        try:
+            for _ in range(3):  # three rounds of 6 at once: the same 6 connections
+                outs = await asyncio.gather(*[
+                    client.send_batch_body(b'{"events":[{"event":"a"}]}', 1)
+                    for _ in range(6)])
+                statuses += [o.status for o in outs]
+            shards = client._pool()._transport  # type: ignore[attr-defined]
+            pools, left = len(shards._shards), shards.in_flight
+        finally:
+            await client.aclose()
+            await asyncio.sleep(0.05)
+            server.close()
+            await server.wait_closed()
+        return statuses, connections, requests, pools, left
+
+    statuses, connections, requests, pools, left = asyncio.run(go())
+    assert statuses == [202] * 18 and len(requests) == 18
+    assert pools == 6  # one pool per request in flight
+    assert len(connections) == 6  # each pool's keep-alive connection served 3 requests
+    assert left == 0  # every response's close freed its pool
+
+
+def test_past_the_most_pools_requests_wait_in_the_least_busy():
+    async def go() -> tuple[list[int], int, list[int], int]:
+        connections: list[int] = []
+        requests: list[int] = []
+        server = await _counting_server(connections, requests, delay=0.05)
+        port = server.sockets[0].getsockname()[1]
+        client = AsyncClient(KEY, f"http://127.0.0.1:{port}", rate_limits="off",
+                             allow_insecure_http=True)
+        try:
+            http = client._pool()
+            http._transport._most = 2  # type: ignore[attr-defined]
+            outs = await asyncio.gather(*[
+                client.send_batch_body(b'{"events":[{"event":"a"}]}', 1) for _ in range(5)])
+            shards = http._transport  # type: ignore[attr-defined]
+            pools, left = len(shards._shards), shards.in_flight
+        finally:
+            await client.aclose()
+            await asyncio.sleep(0.05)
+            server.close()
+            await server.wait_closed()
+        return [o.status for o in outs], pools, connections, left
+
+    statuses, pools, connections, left = asyncio.run(go())
+    assert statuses == [202] * 5
+    assert pools == 2 and len(connections) == 2
+    assert left == 0
+
+
+def test_a_request_that_fails_frees_its_pool():
+    async def go() -> tuple[str, int]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.close()  # no answer at all
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = AsyncClient(KEY, f"http://127.0.0.1:{port}", rate_limits="off",
+                             allow_insecure_http=True, max_attempts=1)
+        try:
+            try:
+                await client.send_batch_body(b'{"events":[{"event":"a"}]}', 1)
+                failure = ""
+            except MillimetricError as exc:
+                failure = exc.code
+            left = client._pool()._transport.in_flight  # type: ignore[attr-defined]
+        finally:
+            await client.aclose()
+            server.close()
+            await server.wait_closed()
+        return failure, left
+
+    code, left = asyncio.run(go())
+    assert code  # the request failed (the server hung up without an answer)...
+    assert left == 0  # ...and its pool is free for the next one
