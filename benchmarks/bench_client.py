@@ -122,11 +122,33 @@ def bench_send_batch_sink(n: int) -> None:
     finally:
         stop_sink(proc)
     assert res.counts["sent"] == n and again.counts["sent"] == n, (res.counts, again.counts)
+    imports = _first_send_imports()
     print(f"[send_batch to a sink, limits off] {n:,} events in {res.plan.requests} requests: "
           f"{wall:.2f} s wall, {n / wall:,.0f} events/s, {cpu / n * 1e6:.2f} µs CPU/event "
           "(target <= 4; the process's first call)")
+    print(f"  of which one-time imports (polars, polars-hash, the engine, httpx; deferred "
+          f"from `import millimetric_nb` to the first send): about {imports:.2f} s CPU, "
+          f"{imports / n * 1e6:.2f} µs/event at this size")
     print(f"[send_batch to a sink, limits off, second call] {wall2:.2f} s wall, "
           f"{n / wall2:,.0f} events/s, {cpu2 / n * 1e6:.2f} µs CPU/event")
+
+
+_IMPORTS = """
+import time
+import millimetric_nb
+c = time.process_time()
+import polars, polars_hash, millimetric_nb.frame, millimetric_nb.engine.run
+import millimetric_nb.engine.rows, millimetric_nb.client, millimetric_nb.api
+print(time.process_time() - c)
+"""
+
+
+def _first_send_imports() -> float:
+    """CPU seconds a fresh process spends importing what its first send needs, beyond
+    ``import millimetric_nb`` (a separate process: this one has imported them)."""
+    out = subprocess.run([sys.executable, "-c", _IMPORTS], capture_output=True, text=True,
+                         check=True).stdout
+    return float(out.split()[-1])
 
 
 def bench_burst(n: int = 20_000) -> None:
