@@ -1,5 +1,5 @@
 """A run's account kept compactly until ``result.rows`` is read: packed derived ids,
-deferred rows, and EventIdState's merge of disjoint runs."""
+deferred rows, and EventIdState's runs absorbed into its base in place."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import millimetric_nb as mm
 from millimetric_nb.engine.ledger import PackedIds, id_array, id_column
-from millimetric_nb.frame import EventIdState, _merge_disjoint
+from millimetric_nb.frame import _FENCE, EventIdState, _absorb, _fenced_positions, _Run
 from millimetric_nb.results import pending_rows
 
 NOW = "2027-01-01T00:00:00Z"
@@ -59,14 +60,89 @@ def test_a_dry_run_builds_rows_on_first_access_and_counts_without_them():
     assert rows["event_id"].equals(again.rows["event_id"])  # chunking changes no id
 
 
-def test_disjoint_runs_merge_into_the_sorted_union_and_shared_keys_are_refused():
+def _run(keys: np.ndarray, rep: dict[int, int] | None = None) -> _Run:
+    rep = rep or {}
+    return _Run(np.sort(keys).astype(np.uint64), np.array(sorted(rep), dtype=np.uint64),
+                np.array([rep[k] for k in sorted(rep)], dtype=np.int64))
+
+
+def test_absorb_merges_in_place_block_by_block_and_counts_shared_keys():
     rng = np.random.default_rng(3)
     keys = rng.permutation(100_000)[:30_000].astype(np.uint64)
-    a, b = np.sort(keys[:10_000]), np.sort(keys[10_000:])
-    merged = _merge_disjoint(a, b, block=1_000)
-    assert merged is not None and np.array_equal(merged, np.sort(keys))
-    assert _merge_disjoint(a, np.sort(np.r_[b[:10], a[5:6]]), block=4) is None
+    base_keys = np.sort(keys[:20_000])
+    base = _run(base_keys)
+    # new keys everywhere: below the first, between blocks, above the last; two shared
+    run = _run(np.r_[keys[20_000:], base_keys[[0, 7_777]]])
+    memory = base.keys
+    merged = _absorb(base, run, block=1_000)
+    assert merged.keys is memory  # the base's own array, grown: no second copy of it
+    assert np.array_equal(merged.keys, np.sort(keys))
+    assert merged.rep_keys.tolist() == sorted(base_keys[[0, 7_777]].tolist())
+    assert merged.rep_counts.tolist() == [2, 2]
+    assert merged.counts_of(np.sort(keys[:3])).tolist() == [
+        2 if k in set(merged.rep_keys.tolist()) else 1 for k in np.sort(keys[:3]).tolist()]
+    # repeats already counted on both sides add up
+    again = _absorb(merged, _run(base_keys[[0]], {int(base_keys[0]): 3}), block=7)
+    assert again.counts_of(base_keys[[0]]).tolist() == [5]
+
+
+def test_fenced_search_finds_what_searchsorted_finds():
+    rng = np.random.default_rng(4)
+    for n in (_FENCE * 3, _FENCE * 50 + 17, 100_003):
+        keys = np.unique(rng.integers(0, 2**64 - 1, n, dtype=np.uint64))
+        query = np.sort(np.r_[
+            keys[rng.integers(0, keys.size, 500)],  # present
+            rng.integers(0, 2**64 - 1, 500, dtype=np.uint64),  # mostly absent
+            np.array([0, keys[0], keys[-1], 2**64 - 1], dtype=np.uint64),  # the edges
+        ])
+        fences = keys[::_FENCE].copy()
+        assert np.array_equal(_fenced_positions(keys, fences, query),
+                              np.searchsorted(keys, query))
+
+
+def test_settle_absorbs_runs_and_ids_stay_those_of_one_big_chunk():
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 40_000, 60_000).astype(np.uint64) * np.uint64(0x0400_0000_0000_0001)
+    whole = EventIdState().occurrences(keys)
     state = EventIdState()
+    state.absorb_at, state.absorb_most = 3_000, 5_000  # absorbs often
+    got = []
+    for part in np.array_split(keys, 37):
+        got.append(state.occurrences(part))
+        state.settle()
+    assert np.array_equal(np.concatenate(got), whole)
+    assert state._base.keys.size > 0 and len(state._runs) < 3
+    assert len(state) == np.unique(keys).size
+
+
+def test_a_snapshot_from_before_an_absorb_is_refused():
+    state = EventIdState()
+    state.absorb_at = 10
+    saved = state.snapshot()
+    state.occurrences(np.arange(20, dtype=np.uint64))
+    state.settle()
+    with pytest.raises(RuntimeError, match="settled"):
+        state.restore(saved)
+
+
+def test_disjoint_chunks_are_all_first_occurrences():
+    rng = np.random.default_rng(3)
+    keys = rng.permutation(100_000)[:30_000].astype(np.uint64)
+    state = EventIdState()
+    state.absorb_at = 4_000
     chunks = np.array_split(keys, 23)
-    occ = np.concatenate([state.occurrences(c) for c in chunks])
+    occ = np.concatenate([(state.occurrences(c), state.settle())[0] for c in chunks])
     assert not occ.any() and len(state) == keys.size
+
+
+def test_a_chunk_of_one_status_keeps_no_byte_a_row():
+    df = pd.DataFrame({"event": ["a", "b"] * 100, "user_id": "u",
+                       "timestamp": pd.Timestamp("2026-11-01", tz="UTC")})
+    df.loc[150, "event"] = None  # the second chunk holds an invalid row: two statuses
+    result = mm.backfill(df, dry_run=True, progress=False, now=NOW, chunksize=100)
+    pieces = pending_rows(result).pieces
+    uniform, mixed = pieces[0].status, pieces[-1].status
+    assert uniform.strides == (0,) and not uniform.flags.writeable  # one value, repeated
+    assert mixed.strides == (1,) and mixed.size == 100
+    assert result.counts["planned"] == 199 and result.counts["invalid"] == 1
+    assert result.rows["status"].tolist()[148:152] == ["planned", "planned", "invalid", "planned"]
