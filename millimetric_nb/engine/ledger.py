@@ -143,7 +143,7 @@ class Piece:
 
     def __init__(self, chunk: Chunk, show_keys: bool) -> None:
         self.index = chunk.frame.index
-        self.status = chunk.status
+        self.status = _compact(chunk.status)
         keys = chunk.keys if show_keys else None
         packed = PackedIds.pack(keys) if keys is not None else None
         self.event_id: PackedIds | pd.api.extensions.ExtensionArray = (
@@ -167,6 +167,14 @@ class Piece:
             return np.zeros(n, dtype=bool)
         return pd.Categorical.from_codes(np.full(n, -1, dtype=np.int8),
                                          categories=pd.Index([], dtype=object))
+
+
+def _compact(status: np.ndarray) -> np.ndarray:
+    """``status`` as kept by a finished piece: when every row has the same one (a dry
+    run, a chunk sent whole), a read-only view of one value repeated (no byte a row)."""
+    if status.size > 1 and (status == status[0]).all():
+        return np.broadcast_to(status[:1].copy(), status.shape)
+    return status
 
 
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
