@@ -51,11 +51,12 @@ Choices (documented, and tested):
 
 from __future__ import annotations
 
+import binascii
 import re
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import orjson
@@ -683,17 +684,45 @@ def _sha256_hex(values: pl.Series) -> pl.Series:
     return pl.DataFrame({"v": values}).select(plh.col("v").chash.sha2_256()).to_series()
 
 
-def _derive_ids(contents: pl.Series, state: EventIdState | None) -> pl.Series:
-    """Stable ids (a String series) for encoded contents (see the module docstring).
+def _hex_bytes(hexes: pl.Series, width: int) -> np.ndarray:
+    """The first ``width`` bytes of each of ``hexes`` (a String series of lowercase hex
+    digits, at least ``2 * width`` each, no nulls), as an (n, width) uint8 array, read
+    from the Arrow buffers with numpy: no Python object per row."""
+    import pyarrow as pa
+
+    arr = pa.array(hexes.to_arrow(), type=pa.large_string())  # views become offsets
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+    size = int(offsets[1] - offsets[0]) if n else 2 * width
+    if size >= 2 * width and size % 2 == 0 and offsets[-1] - offsets[0] == size * n:
+        # one width (a digest's): the block of text decoded in one C call
+        start, stop = int(offsets[0]), int(offsets[-1])
+        raw = binascii.a2b_hex(arr.buffers()[2].slice(start, stop - start))
+        return np.frombuffer(raw, dtype=np.uint8).reshape(n, size // 2)[:, :width].copy()
+    chars = data[offsets[:-1, None] + np.arange(2 * width)]
+    nibbles = (chars & 15) + 9 * (chars >> 6)  # '0'-'9': 0-9, 'a'-'f': 10-15
+    return (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+
+
+_ID_PREFIX_BYTES: Final = np.frombuffer(_ID_PREFIX.encode(), dtype=np.uint8)
+#: Characters of a derived id: the prefix and 32 hex digits (16 bytes).
+ID_LEN: Final = len(_ID_PREFIX) + _ID_HEX
+
+
+def _derive_ids(contents: pl.Series, state: EventIdState | None) -> np.ndarray:
+    """Stable ids for encoded contents (see the module docstring), as their 16 bytes:
+    an (n, 16) uint8 array (:func:`id_text` writes them as ids).
 
     Column-wise: one SHA-256 pass over the contents (the ``polars-hash`` plugin, the
     same digests as ``hashlib``); the n-th repeat of a content hashes the domain tag,
     the first digest and n as 8 big-endian bytes, also as one pass over those rows.
     """
     if not len(contents):
-        return pl.Series(values=[], dtype=pl.String)
+        return np.zeros((0, _ID_HEX // 2), dtype=np.uint8)
     digests = _sha256_hex(contents)
-    keys = digests.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).to_numpy()
+    out = _hex_bytes(digests, _ID_HEX // 2)
+    keys = np.ascontiguousarray(out[:, :8]).view(">u8").ravel().astype(np.uint64)
     occ = state.occurrences(keys) if state is not None else _within_occurrences(keys)
     repeats = np.flatnonzero(occ)
     if repeats.size:
@@ -702,10 +731,34 @@ def _derive_ids(contents: pl.Series, state: EventIdState | None) -> pl.Series:
         ).select(
             pl.concat_str([pl.lit(_ID_REPEAT.hex()), pl.col("d"), pl.col("n")]).str.decode("hex")
         ).to_series()
-        digests = digests.scatter(repeats, _sha256_hex(tagged))
-    return pl.select(
-        pl.concat_str([pl.lit(_ID_PREFIX), pl.lit(digests).str.slice(0, _ID_HEX)])
-    ).to_series()
+        out[repeats] = _hex_bytes(_sha256_hex(tagged), _ID_HEX // 2)
+    return out
+
+
+def id_chars(digests: np.ndarray) -> np.ndarray:
+    """Derived ids' text: an (n, ``ID_LEN``) uint8 array of ASCII characters."""
+    chars = np.empty((len(digests), ID_LEN), dtype=np.uint8)
+    chars[:, :len(_ID_PREFIX)] = _ID_PREFIX_BYTES
+    chars[:, len(_ID_PREFIX)::2] = _HEX_DIGITS[digests >> 4]
+    chars[:, len(_ID_PREFIX) + 1::2] = _HEX_DIGITS[digests & 15]
+    return chars
+
+
+def _id_series(digests: np.ndarray) -> pl.Series:
+    """Derived ids as a polars String series (from one buffer of fixed-width text)."""
+    import pyarrow as pa
+
+    n = len(digests)
+    offsets = np.arange(n + 1, dtype=np.int64) * ID_LEN
+    arr = pa.LargeStringArray.from_buffers(
+        n, pa.py_buffer(offsets), pa.py_buffer(id_chars(digests)))
+    return cast("pl.Series", pl.from_arrow(arr))
+
+
+def id_text(digests: np.ndarray) -> np.ndarray:
+    """Derived ids (``"mm_"`` and 32 lowercase hex digits) from their 16 bytes: an object
+    array of ``str``."""
+    return id_chars(digests).view(f"S{ID_LEN}").ravel().astype(str).astype(object)
 
 
 # --------------------------------------------------------------------------- problems
@@ -1561,7 +1614,11 @@ class PreparedChunk:
         valid: bool per row.
         event_ids: object per row: the given ``event_id``, or the derived stable id;
             ``None`` for invalid rows (and for every row when ``encode=False`` without
-            an ``event_id`` column).
+            an ``event_id`` column). When every id is derived, written from
+            :attr:`id_digests` on first access.
+        id_digests: when every valid row's id is derived, their 16 bytes (an
+            (valid rows, 16) uint8 array, in row order; :func:`id_text` writes them as
+            ids); else ``None``.
         errors: one row per problem: ``row`` (index label), ``position`` (global),
             ``field``, ``rule``, ``message``.
         warnings: chunk-level warnings, as sentences.
@@ -1577,13 +1634,24 @@ class PreparedChunk:
     index: pd.Index
     offset: int
     valid: np.ndarray
-    event_ids: np.ndarray
+    _ids: np.ndarray | None  # event_ids, or None: written from id_digests when asked for
     errors: pd.DataFrame
     warnings: list[str]
     lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     blob: bytes | None = None
     starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    id_digests: np.ndarray | None = None
     _payloads: list[bytes] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def event_ids(self) -> np.ndarray:
+        """Each row's event id (see the class docstring)."""
+        if self._ids is None:
+            ids = np.full(len(self.index), None, dtype=object)
+            if self.id_digests is not None and len(self.id_digests):
+                ids[np.asarray(self.valid, dtype=bool)] = id_text(self.id_digests)
+            self._ids = ids
+        return self._ids
 
     @property
     def n_rows(self) -> int:
@@ -1754,7 +1822,7 @@ def _prepare_rows_alone(
     errs = pd.concat([e for e in errors if len(e)] or [_empty_errors()], ignore_index=True)
     errs = errs.sort_values("position", kind="stable", ignore_index=True)
     sizes = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    return PreparedChunk(index=df.index, offset=offset, valid=valid, event_ids=event_ids,
+    return PreparedChunk(index=df.index, offset=offset, valid=valid, _ids=event_ids,
                          errors=errs, warnings=warns, lengths=sizes,
                          blob=b",".join(blobs) if opts["encode"] is True else None,
                          starts=_starts(sizes))
@@ -1970,6 +2038,7 @@ def _prepare_chunk(
             )
     lengths = np.zeros(0, dtype=np.int64)
     blob: bytes | None = b"" if encode is True else None
+    id_digests: np.ndarray | None = None
     if encode is not False and valid.any():
         mask = pl.Series(valid)
         cols = {}
@@ -1989,23 +2058,26 @@ def _prepare_chunk(
         content = pl.DataFrame(cols).select(
             pl.concat_str([pl.lit("{"), *first, *rest, pl.lit("}")], ignore_nulls=True)
         ).to_series()
-        vpos = np.flatnonzero(valid)
-        if given is None:
-            id_s = _derive_ids(content, ids)
+        if given is None:  # every id derived: kept as bytes, written out only when asked
+            id_digests = _derive_ids(content, ids)
+            if encode is True:  # derived ids ("mm_" and hex digits) need no JSON escaping
+                lengths, blob = _payloads((_id_series(id_digests), True), content, True)
+            else:
+                lengths = _payload_lengths(content, ID_LEN + 2)
         else:
             id_s = given.filter(mask)
             need = id_s.is_null()
             if need.any():
                 need_idx = need.arg_true()
-                id_s = id_s.scatter(need_idx, _derive_ids(content.gather(need_idx), ids))
-        event_ids[vpos] = id_s.to_numpy()
-        # derived ids ("mm_" and hex digits) need no JSON escaping: only given ones are checked
-        quoted = (id_s, True) if given is None else _quote(id_s)
-        lengths, blob = _payloads(quoted, content, encode is True)
+                made = pl.Series(id_text(_derive_ids(content.gather(need_idx), ids)))
+                id_s = id_s.scatter(need_idx, made)
+            event_ids[np.flatnonzero(valid)] = id_s.to_numpy()
+            lengths, blob = _payloads(_quote(id_s), content, encode is True)
     return PreparedChunk(
-        index=df.index, offset=offset, valid=valid, event_ids=event_ids,
+        index=df.index, offset=offset, valid=valid,
+        _ids=None if id_digests is not None else event_ids,
         errors=probs.frame(df.index, offset), warnings=warns,
-        lengths=lengths, blob=blob, starts=_starts(lengths),
+        lengths=lengths, blob=blob, starts=_starts(lengths), id_digests=id_digests,
     )
 
 
@@ -2022,8 +2094,7 @@ def _payloads(ids: _JsonCol, content: pl.Series, build: bool) -> tuple[np.ndarra
     """
     id_vals, wrap = ids
     quoted = id_vals.str.len_bytes().to_numpy().astype(np.int64) + (2 if wrap else 0)
-    fixed = len(_ID_MEMBER) + len(":") + len(",") - len("{")
-    lengths = content.str.len_bytes().to_numpy().astype(np.int64) + quoted + fixed
+    lengths = _payload_lengths(content, quoted)
     if not build:
         return lengths, None
     blob = pl.DataFrame({"i": id_vals, "c": content}).select(
@@ -2032,6 +2103,13 @@ def _payloads(ids: _JsonCol, content: pl.Series, build: bool) -> tuple[np.ndarra
         ]).str.join(",").cast(pl.Binary)
     ).item()
     return lengths, blob
+
+
+def _payload_lengths(content: pl.Series, quoted: np.ndarray | int) -> np.ndarray:
+    """Each payload's byte length: its content's, its id's as JSON (``quoted``), and the
+    member's fixed text."""
+    fixed = len(_ID_MEMBER) + len(":") + len(",") - len("{")
+    return content.str.len_bytes().to_numpy().astype(np.int64) + quoted + fixed
 
 
 def emit_warnings(messages: Sequence[str], *, stacklevel: int = 2) -> None:

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from millimetric_nb import frame as frame_mod
+from millimetric_nb.engine.ledger import PackedIds
 from millimetric_nb.errors import ConfigurationError
 from millimetric_nb.frame import EventIdState, PreparedChunk, prepare_chunk, resolve_mapping
 
@@ -316,3 +317,33 @@ def test_column_wise_ids_follow_the_hashlib_rule(rows, size):
     assert whole.event_ids.tolist() == hashlib_ids(whole.payloads)
     parts = chunked(df, size, encode="lengths")
     assert [i for p in parts for i in p.event_ids.tolist()] == whole.event_ids.tolist()
+
+
+def test_derived_ids_travel_as_their_bytes_and_are_written_only_when_asked():
+    df = frame().drop(columns="event_id")  # row 8 has no event: invalid, no id
+    c = prep(df)
+    assert c._ids is None  # nothing written yet
+    assert c.id_digests is not None and c.id_digests.shape == (len(df) - 1, 16)
+    want = hashlib_ids(c.payloads)
+    assert frame_mod.id_text(c.id_digests).tolist() == want
+    assert c.event_ids[c.valid].tolist() == want and c.event_ids[8] is None
+    packed = PackedIds.of_digests(c.id_digests, np.asarray(c.valid))
+    assert np.asarray(packed, dtype=object).tolist() == c.event_ids.tolist()
+    assert packed[8] is None and packed[0] == want[0] and len(packed) == len(df)
+    assert packed.to_arrow().to_pylist() == c.event_ids.tolist()
+    lengths = prep(df, encode="lengths")
+    assert lengths.lengths.tolist() == [len(p) for p in c.payloads]  # no id text needed
+    given = prep(frame())  # an event_id column: the ids are kept as objects, no digests
+    assert given.id_digests is None and given._ids is not None
+
+
+def test_hex_bytes_reads_digests_of_one_width_and_of_mixed_widths():
+    import polars as pl
+
+    digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(50)]
+    want = np.array([list(bytes.fromhex(d)[:16]) for d in digests], dtype=np.uint8)
+    same = pl.Series(digests)  # one width: decoded as one block
+    assert np.array_equal(frame_mod._hex_bytes(same, 16), want)
+    assert np.array_equal(frame_mod._hex_bytes(same.slice(5, 20), 16), want[5:25])
+    mixed = pl.Series([d + "ab" * (i % 3) for i, d in enumerate(digests)])  # other widths
+    assert np.array_equal(frame_mod._hex_bytes(mixed, 16), want)

@@ -145,7 +145,8 @@ class Piece:
         self.index = chunk.frame.index
         self.status = _compact(chunk.status)
         keys = chunk.keys if show_keys else None
-        packed = PackedIds.pack(keys) if keys is not None else None
+        packed = (keys if isinstance(keys, PackedIds)
+                  else PackedIds.pack(keys) if keys is not None else None)
         self.event_id: PackedIds | pd.api.extensions.ExtensionArray = (
             packed if packed is not None else id_array(keys, chunk.n))
         self.error: pd.Categorical | None = categorical(chunk.error)
@@ -199,6 +200,35 @@ class PackedIds:
         self.n = n
 
     @classmethod
+    def of_digests(cls, digests: np.ndarray, valid: np.ndarray) -> PackedIds:
+        """The ids of a chunk's ``valid`` rows (a bool per row), given as their 16 bytes
+        (``PreparedChunk.id_digests``); the other rows have none."""
+        present = None if valid.all() else np.packbits(valid, bitorder="little")
+        return cls(digests, present, len(valid))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """The ids as an object array of ``str`` (``None`` for a row without one)."""
+        return self.strings()
+
+    def __getitem__(self, i: int) -> str | None:
+        return self.strings()[i]
+
+    def strings(self) -> np.ndarray:
+        """The ids as an object array of ``str`` (``None`` for a row without one)."""
+        from ..frame import id_text
+
+        out = np.full(self.n, None, dtype=object)
+        if self.present is None:
+            out[:] = id_text(self.digests)
+        else:
+            out[np.unpackbits(self.present, count=self.n, bitorder="little").astype(bool)] = (
+                id_text(self.digests))
+        return out
+
+    @classmethod
     def pack(cls, keys: Any) -> PackedIds | None:
         """``keys`` packed, or ``None`` when one is not a derived id (a given id, say)."""
         import pyarrow as pa
@@ -231,11 +261,10 @@ class PackedIds:
         """The ids as an Arrow ``large_string`` array (a missing id: null)."""
         import pyarrow as pa
 
+        from ..frame import id_chars
+
         m = len(self.digests)
-        chars = np.empty((m, _ID_LEN), dtype=np.uint8)
-        chars[:, :len(_PREFIX)] = _PREFIX
-        chars[:, len(_PREFIX)::2] = _HEX_DIGITS[self.digests >> 4]
-        chars[:, len(_PREFIX) + 1::2] = _HEX_DIGITS[self.digests & 15]
+        chars = id_chars(self.digests)
         if self.present is None:
             offsets = np.arange(self.n + 1, dtype=np.int64) * _ID_LEN
             bitmap, nulls = None, 0

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..frame import PII_DEFAULT, check_pii
 from ..results import reason_columns
+from .ledger import PackedIds
 
 
 @dataclass(slots=True)
@@ -112,10 +113,13 @@ class EventPreparer:
             missing_timestamp=missing_timestamp,
             encode=self.encode,  # type: ignore[arg-type]
         )
-        ids = p.event_ids
+        valid = np.asarray(p.valid, dtype=bool)
+        # derived ids stay bytes (PackedIds) until a journal or a failed row needs them
+        keys: Any = (PackedIds.of_digests(p.id_digests, valid) if p.id_digests is not None
+                     else np.asarray(p.event_ids, dtype=object))
         return PreparedRows(
-            valid=np.asarray(p.valid, dtype=bool),
-            keys=ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=object),
+            valid=valid,
+            keys=keys,
             errors=p.errors,
             warnings=[*warns, *p.warnings],
             id_column=self.mapping.columns.get("event_id", "event_id"),
