@@ -62,6 +62,7 @@ import orjson
 import pandas as pd
 import polars as pl
 
+from . import _bytescan as _bs
 from . import contract, rules
 from .defaults import PII_DEFAULT
 from .encode import EncodeError, dumps, is_missing, member_sizes, to_utc_iso, too_large_message
@@ -962,12 +963,29 @@ def _to_us(ps: pl.Series) -> pl.Series:
     return ps.cast(pl.Datetime("us"))
 
 
-def _format_ts(ps: pl.Series) -> pl.Series:
-    """UTC naive Datetime -> ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (as encode.to_utc_iso)."""
+def _format_ts_polars(ps: pl.Series) -> pl.Series:
+    """:func:`_format_ts` as polars expressions (strftime): for what the numpy writer
+    does not take (a time zone, a year outside 1-9999), and the reference it is tested
+    against."""
     text = ps.cast(pl.Datetime("us")).dt.strftime("%Y-%m-%dT%H:%M:%S%.6f")
     return pl.select(
         pl.concat_str([pl.lit(text).str.strip_suffix(".000000"), pl.lit("Z")])
     ).to_series()
+
+
+def _format_ts(ps: pl.Series) -> pl.Series:
+    """UTC naive Datetime -> ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (as encode.to_utc_iso).
+
+    Written with numpy digit tables (:func:`_bytescan.iso_utc_series`) for years
+    1-9999; anything else goes through :func:`_format_ts_polars`.
+    """
+    if not isinstance(ps.dtype, pl.Datetime) or ps.dtype.time_zone is not None:
+        return _format_ts_polars(ps)
+    us, present = _bs.datetime_us(ps.cast(pl.Datetime("us")))
+    years = _bs.civil_years(us)
+    if (present & ((years < 1) | (years > 9999))).any():
+        return _format_ts_polars(ps)
+    return _bs.iso_utc_series(us, present)
 
 
 #: A warning that starts by naming rows (:func:`rows_phrase`): the engine merges those
@@ -1126,19 +1144,19 @@ def _timestamp_field(
         probs.add(~miss, name, contract.RULE_TIMESTAMP, rules.not_a_timestamp(str(dtype), where),
                   s)
         return pl.Series(values=[None] * n, dtype=pl.String)
-    years = parsed.dt.year().to_numpy()
-    years = np.where(parsed.is_null().to_numpy(), 2000, np.nan_to_num(years.astype(float)))
-    out_of_range = (years < 1) | (years > 9999)
+    us, has = _bs.datetime_us(parsed)
+    years = _bs.civil_years(us)
+    out_of_range = has & ((years < 1) | (years > 9999))
     if out_of_range.any():
         probs.add(out_of_range, name, contract.RULE_TIMESTAMP, rules.year_out_of_range(where),
                   s)
-        parsed = parsed.scatter(np.flatnonzero(out_of_range), None)
-    text = _format_ts(parsed)
+        has &= ~out_of_range
+    text = _bs.iso_utc_series(us, has)
+    good_i: list[int] = []  # rows parsed one by one, and their text
+    good_v: list[str] = []
     if slow.any():
         vals_obj = _object_values(s)
         idx = np.flatnonzero(slow)
-        good_i: list[int] = []
-        good_v: list[str] = []
         bad_i: list[int] = []
         bad_m: list[str] = []
         for i in idx.tolist():
@@ -1156,11 +1174,14 @@ def _timestamp_field(
         if good_i:
             text = text.scatter(good_i, pl.Series(good_v, dtype=pl.String))
         probs.add(np.asarray(bad_i, dtype=np.int64), name, contract.RULE_TIMESTAMP, bad_m, s)
-    present = ~text.is_null().to_numpy()
-    now_s = _format_ts(pl.Series([now.tz_convert("UTC").tz_localize(None)]).cast(
-        pl.Datetime("us")))[0]
-    # same format, so comparing the seconds part as text compares instants
-    future = present & (text.str.slice(0, 19) > now_s[:19]).fill_null(False).to_numpy()
+    now_us = pl.Series([now.tz_convert("UTC").tz_localize(None)]).cast(pl.Datetime("us"))
+    now_s = _format_ts(now_us)[0]
+    # same format, so comparing the seconds part as text compares instants: as whole
+    # seconds for the timestamps written above, as text for those parsed one by one
+    now_sec = _bs.datetime_us(now_us)[0][0] // 1_000_000
+    future = has & (us // 1_000_000 > now_sec)
+    for i, v in zip(good_i, good_v, strict=True):
+        future[i] = v[:19] > now_s[:19]
     if future.any():
         warns.append(
             f"{int(future.sum())} row(s) have a timestamp in the future (after {now_s}) in {where}"
@@ -1242,15 +1263,14 @@ def _property_values(
     if dts is not None and isinstance(dts.dtype, pl.Datetime):  # (Arrow dates go below)
         if dts.dtype.time_zone is not None:
             dts = dts.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-        dts = _to_us(dts)
-        years = dts.dt.year()
-        oor = ((years < 1) | (years > 9999)).fill_null(False)
+        us, has = _bs.datetime_us(_to_us(dts))
+        years = _bs.civil_years(us)
+        oor = has & ((years < 1) | (years > 9999))
         if oor.any():
-            idx = oor.arg_true()
-            probs.add(idx.to_numpy(), path, contract.RULE_NOT_JSON,
+            probs.add(oor, path, contract.RULE_NOT_JSON,
                       rules.year_out_of_range(where, what="datetime"), s)
-            dts = dts.scatter(idx, None)
-        return _quote(_format_ts(dts)), None
+            has &= ~oor
+        return _quote(_bs.iso_utc_series(us, has)), None
     vals = _object_values(s)
     if pd.api.types.is_object_dtype(dtype) or _is_str_dtype(dtype):
         inferred = pd.api.types.infer_dtype(vals, skipna=True)
