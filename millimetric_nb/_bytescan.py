@@ -168,11 +168,11 @@ def datetime_us(ps: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     nulls), present)``, read from its Arrow buffers."""
     if not (isinstance(ps.dtype, pl.Datetime) and ps.dtype.time_unit == "us"):
         raise TypeError(f"expected a Datetime('us') series, got {ps.dtype}")
-    arr = ps.alias("").to_physical().to_arrow()  # unnamed: see text_bytes
+    arr = ps.alias("").to_arrow()  # unnamed: see text_bytes; a timestamp[us] array
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     n = len(arr)
-    validity, data = arr.buffers()
+    validity, data = arr.buffers()  # the int64 values, as for the physical type
     if data is None or n == 0:
         return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     values = np.frombuffer(data, dtype=np.int64, count=n, offset=arr.offset * 8)

@@ -813,13 +813,15 @@ def _quote(ps: pl.Series) -> _JsonCol:
 
     Strings without characters JSON must escape are only wrapped in quotes (later, in
     the one polars expression that builds each event); if any value needs escaping,
-    those few are escaped by orjson and every value is quoted here.
+    those few are escaped by orjson and every value is quoted here. Which values need
+    it is read from the series' bytes (:func:`_bytescan.escape_rows`: a control
+    character, ``"`` or ``\\``), not by a polars query.
     """
-    needs = ps.str.contains(r'[\x00-\x1f"\\]').fill_null(False)
+    needs = _bs.escape_rows(_bs.text_bytes(ps))  # one numpy pass over the UTF-8 bytes
     if not needs.any():
         return ps, True
     quoted = pl.select(pl.concat_str([pl.lit('"'), pl.lit(ps), pl.lit('"')])).to_series()
-    idx = needs.arg_true()
+    idx = np.flatnonzero(needs)
     vals = [orjson.dumps(v).decode() for v in ps.gather(idx).to_list()]
     return quoted.scatter(idx, pl.Series(vals, dtype=pl.String)), False
 
@@ -922,9 +924,9 @@ def _string_field(
                                                     rules.type_hint(v)))
             probs.add(np.asarray(bad_pos, dtype=np.int64), name, contract.RULE_TYPE, bad_msg, s)
             out, bad_surrogate = _strings_to_polars(clean)
-    lengths = out.str.len_chars().to_numpy()
-    present = ~out.is_null().to_numpy()
-    lengths = np.where(present, np.nan_to_num(lengths.astype(np.float64)), 0).astype(np.int64)
+    text = _bs.text_bytes(out)
+    lengths = _bs.char_lengths(text)  # 0 for a null
+    present = text.valid
     drop = np.zeros(n, dtype=bool)
     if spec.min_length:
         short = present & (lengths < spec.min_length)
