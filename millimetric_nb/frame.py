@@ -61,6 +61,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 
 from . import _bytescan as _bs
 from . import contract, rules
@@ -770,11 +771,32 @@ def _object_values(s: pd.Series) -> np.ndarray:
 def _text_column_to_polars(s: pd.Series, vals: np.ndarray) -> tuple[pl.Series, list[int]]:
     """A column of text (``vals``: its values as objects) as a polars String series:
     missing cells null, str subclasses as their plain text (polars reads a str's data,
-    calling none of a subclass's methods); lone-surrogate positions listed."""
+    calling none of a subclass's methods); lone-surrogate positions listed.
+
+    Through Arrow when it takes the values (:func:`_arrow_text`), else value by value.
+    """
+    fast = _arrow_text(vals)
+    if fast is not None:
+        return fast, []
     lst = vals.tolist()
     for i in np.flatnonzero(_missing_mask(s)):
         lst[i] = None
     return _strings_to_polars(lst)
+
+
+def _arrow_text(vals: np.ndarray) -> pl.Series | None:
+    """Objects that are each a ``str`` or missing, as a polars String series built by
+    pyarrow (``pa.array(..., from_pandas=True)``: one pass in C reading each str's UTF-8
+    data, with ``None``, NaN and ``pd.NA`` as nulls, which are the missing values
+    ``infer_dtype`` lets through with strings: no ``pd.isna`` pass), or ``None`` when
+    pyarrow refuses a value (a lone surrogate, a float32 NaN...): the caller then
+    converts value by value, with its own checks and messages."""
+    try:
+        arr = pa.array(vals, type=pa.large_string(), from_pandas=True)
+    except Exception:  # whatever it refuses, the value-by-value path decides
+        return None
+    out = pl.from_arrow(arr)
+    return out if isinstance(out, pl.Series) else None
 
 
 def _int_text(value: int | np.integer) -> str | None:
