@@ -1407,18 +1407,67 @@ def detect_pii(
             continue
         if values is None:
             continue
-        emails = int(values.str.contains(_EMAIL_RE).fill_null(False).sum())
+        text = _bs.text_bytes(values) if values.dtype == pl.String else None
+        emails = _count_matching(values, _EMAIL_RE, text, _email_candidates)
         if emails:
             found[key] = f"{emails} value(s) look like email addresses"
             continue
-        phones = int(values.str.contains(_PHONE_RE).fill_null(False).sum())
+        phones = _count_matching(values, _PHONE_RE, text, _phone_candidates)
         if phones:
             found[key] = f"{phones} value(s) look like phone numbers"
     if json_texts is not None:
-        emails = int(json_texts.str.contains(_EMAIL_IN_JSON).fill_null(False).sum())
+        text = _bs.text_bytes(json_texts) if json_texts.dtype == pl.String else None
+        emails = _count_matching(json_texts, _EMAIL_IN_JSON, text, _email_candidates)
         if emails:
             found["properties"] = f"{emails} row(s) hold email-looking values"
     return found
+
+
+def _count_matching(
+    values: pl.Series, pattern: str, text: _bs.TextBytes | None,
+    candidates: Callable[[_bs.TextBytes], np.ndarray],
+) -> int:
+    """How many of ``values`` match ``pattern`` (polars' regex, as ``str.contains``):
+    only the rows ``candidates`` keeps (a test on the bytes that every match passes)
+    are searched; all of them when the bytes are not at hand (``text`` is ``None``)."""
+    if text is not None:
+        rows = np.flatnonzero(candidates(text))
+        if not rows.size:
+            return 0
+        if rows.size < len(values):
+            values = values.gather(rows)
+    return int(values.str.contains(pattern).fill_null(False).sum())
+
+
+def _email_candidates(text: _bs.TextBytes) -> np.ndarray:
+    """Rows that can match an email pattern (:data:`_EMAIL_RE`, :data:`_EMAIL_IN_JSON`):
+    those holding an ``@``."""
+    return _bs.rows_with_byte(text, ord("@"))
+
+
+def _byte_set(chars: bytes) -> np.ndarray:
+    """A 256-entry bool table of the bytes in ``chars``, the bytes below 0x21 (ASCII
+    whitespace and the controls, whatever the regex engine counts as ``\\s``) and
+    every byte of a multi-byte character (Unicode whitespace and digits, which ``\\s``
+    and ``\\d`` match in polars' Unicode regexes)."""
+    table = np.zeros(256, dtype=bool)
+    table[list(chars)] = True
+    table[:0x21] = True
+    table[0x80:] = True
+    return table
+
+
+#: What a phone number (:data:`_PHONE_RE`) can start with (``\s``, ``+``, ``(``, ``\d``)
+#: and end with (``\s``, ``\d``), as bytes, generously.
+_PHONE_FIRST: Final = _byte_set(b"+(0123456789")
+_PHONE_LAST: Final = _byte_set(b"0123456789")
+
+
+def _phone_candidates(text: _bs.TextBytes) -> np.ndarray:
+    """Rows that can match :data:`_PHONE_RE` (anchored at both ends): a first byte that
+    can start one and a last byte that can end one."""
+    first, last, full = _bs.first_last_bytes(text)
+    return full & _PHONE_FIRST[first] & _PHONE_LAST[last]
 
 
 def check_missing_timestamp(missing_timestamp: str) -> None:
