@@ -946,9 +946,9 @@ def _string_field(
                                                     rules.type_hint(v)))
             probs.add(np.asarray(bad_pos, dtype=np.int64), name, contract.RULE_TYPE, bad_msg, s)
             out, bad_surrogate = _strings_to_polars(clean)
-    text = _bs.text_bytes(out)
-    lengths = _bs.char_lengths(text)  # 0 for a null
-    present = text.valid
+    scanned = _bs.text_bytes(out)
+    lengths = _bs.char_lengths(scanned)  # 0 for a null
+    present = scanned.valid
     drop = np.zeros(n, dtype=bool)
     if spec.min_length:
         short = present & (lengths < spec.min_length)
