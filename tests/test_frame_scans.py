@@ -57,9 +57,10 @@ def sliced(values: list[str | None]) -> list[pl.Series]:
     """The values as a series, and as a slice and a filter of a longer one (an Arrow
     offset, buffers holding bytes of other rows)."""
     whole = pl.Series(values, dtype=pl.String)
-    padded = pl.Series(['x"\\\x00', *values, "\x1f"], dtype=pl.String)
-    keep = pl.Series([False, *([True] * len(values)), False])
-    return [whole, padded.slice(1, len(values)), padded.filter(keep)]
+    outside = ['x"\\\x00', '@é\x1f"\\' * 5]  # inline and out of line, never scanned
+    padded = pl.Series([*outside, *values, *outside], dtype=pl.String)
+    keep = pl.Series([False, False, *([True] * len(values)), False, False])
+    return [whole, padded.slice(2, len(values)), padded.filter(keep)]
 
 
 @settings(max_examples=300, deadline=None)
