@@ -788,11 +788,12 @@ def _arrow_text(vals: np.ndarray) -> pl.Series | None:
     """Objects that are each a ``str`` or missing, as a polars String series built by
     pyarrow (``pa.array(..., from_pandas=True)``: one pass in C reading each str's UTF-8
     data, with ``None``, NaN and ``pd.NA`` as nulls, which are the missing values
-    ``infer_dtype`` lets through with strings: no ``pd.isna`` pass), or ``None`` when
+    ``infer_dtype`` lets through with strings: no ``pd.isna`` pass; as a string view,
+    which polars takes without a copy), or ``None`` when
     pyarrow refuses a value (a lone surrogate, a float32 NaN...): the caller then
     converts value by value, with its own checks and messages."""
     try:
-        arr = pa.array(vals, type=pa.large_string(), from_pandas=True)
+        arr = pa.array(vals, type=pa.string_view(), from_pandas=True)
     except Exception:  # whatever it refuses, the value-by-value path decides
         return None
     out = pl.from_arrow(arr)
