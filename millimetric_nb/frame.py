@@ -786,12 +786,14 @@ def _text_column_to_polars(s: pd.Series, vals: np.ndarray) -> tuple[pl.Series, l
 
 def _arrow_text(vals: np.ndarray) -> pl.Series | None:
     """Objects that are each a ``str`` or missing, as a polars String series built by
-    pyarrow (``pa.array(..., from_pandas=True)``: one pass in C reading each str's UTF-8
-    data, with ``None``, NaN and ``pd.NA`` as nulls, which are the missing values
-    ``infer_dtype`` lets through with strings: no ``pd.isna`` pass; as a string view,
-    which polars takes without a copy), or ``None`` when
-    pyarrow refuses a value (a lone surrogate, a float32 NaN...): the caller then
-    converts value by value, with its own checks and messages."""
+    pyarrow, or ``None`` when pyarrow refuses a value (a lone surrogate, a float32
+    NaN...): the caller then converts value by value, with its own checks and messages.
+
+    ``pa.array(..., from_pandas=True)`` is one pass in C reading each str's UTF-8 data
+    (no method of a subclass called), with ``None``, NaN and ``pd.NA`` as nulls: the
+    missing values ``infer_dtype`` lets through with strings, so no ``pd.isna`` pass.
+    It builds a string view, which polars takes without a copy.
+    """
     try:
         arr = pa.array(vals, type=pa.string_view(), from_pandas=True)
     except Exception:  # whatever it refuses, the value-by-value path decides
