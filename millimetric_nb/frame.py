@@ -1311,6 +1311,25 @@ def _property_values(
                       dtype=pl.String), False), None
 
 
+def _plain_strings(s: pd.Series) -> pl.Series | None:
+    """The plain strings :func:`_property_values` gives for a column (what the PII
+    patterns read), without encoding the column: a column of text as a String series,
+    ``None`` for any other (booleans, numbers, datetimes, mixed objects)."""
+    s = _plain(s)
+    dtype = s.dtype
+    if _is_str_dtype(dtype) and not (isinstance(dtype, pd.StringDtype)
+                                     and dtype.storage != "pyarrow"):
+        return pl.from_pandas(s).cast(pl.String)
+    if (pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype)
+            or pd.api.types.is_float_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype)):
+        return None
+    if pd.api.types.is_object_dtype(dtype) or _is_str_dtype(dtype):
+        vals = _object_values(s)
+        if pd.api.types.infer_dtype(vals, skipna=True) in ("string", "empty"):
+            return _text_column_to_polars(s, vals)[0]
+    return None
+
+
 def _dict_properties(
     s: pd.Series, label: Hashable, probs: _Problems
 ) -> tuple[pl.Series, set[str]]:
@@ -1515,8 +1534,9 @@ def pii_columns(df: pd.DataFrame, columns: Sequence[Hashable]) -> dict[str, str]
     """
     plain: dict[str, pl.Series | None] = {}
     for label in columns:
-        _, strings = _property_values(df[label], _property_key(label), label, _Problems(len(df)))
-        plain[_property_key(label)] = strings
+        key = _property_key(label)
+        # a name that looks personal is reason enough: its values are not read
+        plain[key] = None if _name_looks_personal(key) else _plain_strings(df[label])
     return detect_pii(plain)
 
 

@@ -26,6 +26,9 @@ from millimetric_nb.frame import (
     _count_matching,
     _email_candidates,
     _phone_candidates,
+    _plain_strings,
+    _Problems,
+    _property_values,
     _quote,
     _text_column_to_polars,
     detect_pii,
@@ -185,3 +188,33 @@ def test_object_text_that_arrow_refuses_keeps_the_value_by_value_path() -> None:
         ps, positions = _text_column_to_polars(s, s.to_numpy(dtype=object))
         assert ps.to_list() == expect
         assert positions == bad
+
+
+def test_pii_columns_reads_the_strings_property_values_gives() -> None:
+    """pii_columns takes each column's plain strings without encoding it: the same
+    strings (or ``None``) as _property_values, whatever the dtype."""
+    n = 4
+    df = pd.DataFrame({
+        "str": pd.Series(["a@b.co", None, "x", "+44 20 7946 0958"], dtype="str"),
+        "py": pd.Series(["1", None, "2", "3"], dtype=pd.StringDtype("python")),
+        "arrow": pd.Series(["555-123-4567", None, "y", "z"], dtype="string[pyarrow]"),
+        "obj": pd.Series(["a", np.nan, "(555) 123-4567", "\ud800"], dtype=object),
+        "mixed": pd.Series(["a@b.co", 1, None, 2.5], dtype=object),
+        "cat": pd.Series(["q@r.io", "q@r.io", None, "s"], dtype="category"),
+        "int": np.arange(n), "nullable": pd.Series([1, None, 3, 4], dtype="Int64"),
+        "float": np.linspace(0, 1, n), "flag": [True, False, True, False],
+        "when": pd.date_range("2026-01-01", periods=n, tz="UTC"),
+        "dicts": [{"a": 1}, None, {}, {"b": "c@d.ef"}],
+        "empty": pd.Series([None] * n, dtype=object),
+    })
+    for label in df.columns:
+        _, expected = _property_values(df[label], str(label), label, _Problems(n))
+        got = _plain_strings(df[label])
+        assert (got is None) == (expected is None), label
+        if got is not None and expected is not None:
+            assert got.to_list() == expected.to_list(), label
+    found = pii_columns(df, list(df.columns))
+    assert set(found) == {"str", "arrow", "obj", "cat"}
+    assert found["str"] == "1 value(s) look like email addresses"
+    assert pii_columns(pd.DataFrame({"email": [1, 2]}), ["email"]) == {
+        "email": "its name looks like personal data"}
