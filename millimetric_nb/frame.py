@@ -62,7 +62,9 @@ import numpy as np
 import orjson
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 
+from . import _bytescan as _bs
 from . import contract, rules
 from .defaults import PII_DEFAULT
 from .encode import EncodeError, dumps, is_missing, member_sizes, to_utc_iso, too_large_message
@@ -916,11 +918,35 @@ def _object_values(s: pd.Series) -> np.ndarray:
 def _text_column_to_polars(s: pd.Series, vals: np.ndarray) -> tuple[pl.Series, list[int]]:
     """A column of text (``vals``: its values as objects) as a polars String series:
     missing cells null, str subclasses as their plain text (polars reads a str's data,
-    calling none of a subclass's methods); lone-surrogate positions listed."""
+    calling none of a subclass's methods); lone-surrogate positions listed.
+
+    Through Arrow when it takes the values (:func:`_arrow_text`), else value by value.
+    """
+    fast = _arrow_text(vals)
+    if fast is not None:
+        return fast, []
     lst = vals.tolist()
     for i in np.flatnonzero(_missing_mask(s)):
         lst[i] = None
     return _strings_to_polars(lst)
+
+
+def _arrow_text(vals: np.ndarray) -> pl.Series | None:
+    """Objects that are each a ``str`` or missing, as a polars String series built by
+    pyarrow, or ``None`` when pyarrow refuses a value (a lone surrogate, a float32
+    NaN...): the caller then converts value by value, with its own checks and messages.
+
+    ``pa.array(..., from_pandas=True)`` is one pass in C reading each str's UTF-8 data
+    (no method of a subclass called), with ``None``, NaN and ``pd.NA`` as nulls: the
+    missing values ``infer_dtype`` lets through with strings, so no ``pd.isna`` pass.
+    It builds a string view, which polars takes without a copy.
+    """
+    try:
+        arr = pa.array(vals, type=pa.string_view(), from_pandas=True)
+    except Exception:  # whatever it refuses, the value-by-value path decides
+        return None
+    out = pl.from_arrow(arr)
+    return out if isinstance(out, pl.Series) else None
 
 
 def _int_text(value: int | np.integer) -> str | None:
@@ -959,13 +985,15 @@ def _quote(ps: pl.Series) -> _JsonCol:
 
     Strings without characters JSON must escape are only wrapped in quotes (later, in
     the one polars expression that builds each event); if any value needs escaping,
-    those few are escaped by orjson and every value is quoted here.
+    those few are escaped by orjson and every value is quoted here. Which values need
+    it is read from the series' bytes (:func:`_bytescan.escape_rows`: a control
+    character, ``"`` or ``\\``), not by a polars query.
     """
-    needs = ps.str.contains(r'[\x00-\x1f"\\]').fill_null(False)
+    needs = _bs.escape_rows(_bs.text_bytes(ps))  # one numpy pass over the UTF-8 bytes
     if not needs.any():
         return ps, True
     quoted = pl.select(pl.concat_str([pl.lit('"'), pl.lit(ps), pl.lit('"')])).to_series()
-    idx = needs.arg_true()
+    idx = np.flatnonzero(needs)
     vals = [orjson.dumps(v).decode() for v in ps.gather(idx).to_list()]
     return quoted.scatter(idx, pl.Series(vals, dtype=pl.String)), False
 
@@ -1068,9 +1096,9 @@ def _string_field(
                                                     rules.type_hint(v)))
             probs.add(np.asarray(bad_pos, dtype=np.int64), name, contract.RULE_TYPE, bad_msg, s)
             out, bad_surrogate = _strings_to_polars(clean)
-    lengths = out.str.len_chars().to_numpy()
-    present = ~out.is_null().to_numpy()
-    lengths = np.where(present, np.nan_to_num(lengths.astype(np.float64)), 0).astype(np.int64)
+    scanned = _bs.text_bytes(out)
+    lengths = _bs.char_lengths(scanned)  # 0 for a null
+    present = scanned.valid
     drop = np.zeros(n, dtype=bool)
     if spec.min_length:
         short = present & (lengths < spec.min_length)
@@ -1109,12 +1137,29 @@ def _to_us(ps: pl.Series) -> pl.Series:
     return ps.cast(pl.Datetime("us"))
 
 
-def _format_ts(ps: pl.Series) -> pl.Series:
-    """UTC naive Datetime -> ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (as encode.to_utc_iso)."""
+def _format_ts_polars(ps: pl.Series) -> pl.Series:
+    """:func:`_format_ts` as polars expressions (strftime): for what the numpy writer
+    does not take (a time zone, a year outside 1-9999), and the reference it is tested
+    against."""
     text = ps.cast(pl.Datetime("us")).dt.strftime("%Y-%m-%dT%H:%M:%S%.6f")
     return pl.select(
         pl.concat_str([pl.lit(text).str.strip_suffix(".000000"), pl.lit("Z")])
     ).to_series()
+
+
+def _format_ts(ps: pl.Series) -> pl.Series:
+    """UTC naive Datetime -> ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (as encode.to_utc_iso).
+
+    Written with numpy digit tables (:func:`_bytescan.iso_utc_series`) for years
+    1-9999; anything else goes through :func:`_format_ts_polars`.
+    """
+    if not isinstance(ps.dtype, pl.Datetime) or ps.dtype.time_zone is not None:
+        return _format_ts_polars(ps)
+    us, present = _bs.datetime_us(ps.cast(pl.Datetime("us")))
+    years = _bs.civil_years(us)
+    if (present & ((years < 1) | (years > 9999))).any():
+        return _format_ts_polars(ps)
+    return _bs.iso_utc_series(us, present)
 
 
 #: A warning that starts by naming rows (:func:`rows_phrase`): the engine merges those
@@ -1273,19 +1318,19 @@ def _timestamp_field(
         probs.add(~miss, name, contract.RULE_TIMESTAMP, rules.not_a_timestamp(str(dtype), where),
                   s)
         return pl.Series(values=[None] * n, dtype=pl.String)
-    years = parsed.dt.year().to_numpy()
-    years = np.where(parsed.is_null().to_numpy(), 2000, np.nan_to_num(years.astype(float)))
-    out_of_range = (years < 1) | (years > 9999)
+    us, has = _bs.datetime_us(parsed)
+    years = _bs.civil_years(us)
+    out_of_range = has & ((years < 1) | (years > 9999))
     if out_of_range.any():
         probs.add(out_of_range, name, contract.RULE_TIMESTAMP, rules.year_out_of_range(where),
                   s)
-        parsed = parsed.scatter(np.flatnonzero(out_of_range), None)
-    text = _format_ts(parsed)
+        has &= ~out_of_range
+    text = _bs.iso_utc_series(us, has)
+    good_i: list[int] = []  # rows parsed one by one, and their text
+    good_v: list[str] = []
     if slow.any():
         vals_obj = _object_values(s)
         idx = np.flatnonzero(slow)
-        good_i: list[int] = []
-        good_v: list[str] = []
         bad_i: list[int] = []
         bad_m: list[str] = []
         for i in idx.tolist():
@@ -1303,11 +1348,14 @@ def _timestamp_field(
         if good_i:
             text = text.scatter(good_i, pl.Series(good_v, dtype=pl.String))
         probs.add(np.asarray(bad_i, dtype=np.int64), name, contract.RULE_TIMESTAMP, bad_m, s)
-    present = ~text.is_null().to_numpy()
-    now_s = _format_ts(pl.Series([now.tz_convert("UTC").tz_localize(None)]).cast(
-        pl.Datetime("us")))[0]
-    # same format, so comparing the seconds part as text compares instants
-    future = present & (text.str.slice(0, 19) > now_s[:19]).fill_null(False).to_numpy()
+    now_us = pl.Series([now.tz_convert("UTC").tz_localize(None)]).cast(pl.Datetime("us"))
+    now_s = _format_ts(now_us)[0]
+    # same format, so comparing the seconds part as text compares instants: as whole
+    # seconds for the timestamps written above, as text for those parsed one by one
+    now_sec = _bs.datetime_us(now_us)[0][0] // 1_000_000
+    future = has & (us // 1_000_000 > now_sec)
+    for i, v in zip(good_i, good_v, strict=True):
+        future[i] = v[:19] > now_s[:19]
     if future.any():
         warns.append(
             f"{int(future.sum())} row(s) have a timestamp in the future (after {now_s}) in {where}"
@@ -1389,15 +1437,14 @@ def _property_values(
     if dts is not None and isinstance(dts.dtype, pl.Datetime):  # (Arrow dates go below)
         if dts.dtype.time_zone is not None:
             dts = dts.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-        dts = _to_us(dts)
-        years = dts.dt.year()
-        oor = ((years < 1) | (years > 9999)).fill_null(False)
+        us, has = _bs.datetime_us(_to_us(dts))
+        years = _bs.civil_years(us)
+        oor = has & ((years < 1) | (years > 9999))
         if oor.any():
-            idx = oor.arg_true()
-            probs.add(idx.to_numpy(), path, contract.RULE_NOT_JSON,
+            probs.add(oor, path, contract.RULE_NOT_JSON,
                       rules.year_out_of_range(where, what="datetime"), s)
-            dts = dts.scatter(idx, None)
-        return _quote(_format_ts(dts)), None
+            has &= ~oor
+        return _quote(_bs.iso_utc_series(us, has)), None
     vals = _object_values(s)
     if pd.api.types.is_object_dtype(dtype) or _is_str_dtype(dtype):
         inferred = pd.api.types.infer_dtype(vals, skipna=True)
@@ -1409,6 +1456,25 @@ def _property_values(
             return _quote(ps), ps
     return (pl.Series(values=_fallback_values(vals, np.arange(n), path, label, probs),
                       dtype=pl.String), False), None
+
+
+def _plain_strings(s: pd.Series) -> pl.Series | None:
+    """The plain strings :func:`_property_values` gives for a column (what the PII
+    patterns read), without encoding the column: a column of text as a String series,
+    ``None`` for any other (booleans, numbers, datetimes, mixed objects)."""
+    s = _plain(s)
+    dtype = s.dtype
+    if _is_str_dtype(dtype) and not (isinstance(dtype, pd.StringDtype)
+                                     and dtype.storage != "pyarrow"):
+        return pl.from_pandas(s).cast(pl.String)
+    if (pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype)
+            or pd.api.types.is_float_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype)):
+        return None
+    if pd.api.types.is_object_dtype(dtype) or _is_str_dtype(dtype):
+        vals = _object_values(s)
+        if pd.api.types.infer_dtype(vals, skipna=True) in ("string", "empty"):
+            return _text_column_to_polars(s, vals)[0]
+    return None
 
 
 def _dict_properties(
@@ -1510,18 +1576,67 @@ def detect_pii(
             continue
         if values is None:
             continue
-        emails = int(values.str.contains(_EMAIL_RE).fill_null(False).sum())
+        text = _bs.text_bytes(values) if values.dtype == pl.String else None
+        emails = _count_matching(values, _EMAIL_RE, text, _email_candidates)
         if emails:
             found[key] = f"{emails} value(s) look like email addresses"
             continue
-        phones = int(values.str.contains(_PHONE_RE).fill_null(False).sum())
+        phones = _count_matching(values, _PHONE_RE, text, _phone_candidates)
         if phones:
             found[key] = f"{phones} value(s) look like phone numbers"
     if json_texts is not None:
-        emails = int(json_texts.str.contains(_EMAIL_IN_JSON).fill_null(False).sum())
+        text = _bs.text_bytes(json_texts) if json_texts.dtype == pl.String else None
+        emails = _count_matching(json_texts, _EMAIL_IN_JSON, text, _email_candidates)
         if emails:
             found["properties"] = f"{emails} row(s) hold email-looking values"
     return found
+
+
+def _count_matching(
+    values: pl.Series, pattern: str, text: _bs.TextBytes | None,
+    candidates: Callable[[_bs.TextBytes], np.ndarray],
+) -> int:
+    """How many of ``values`` match ``pattern`` (polars' regex, as ``str.contains``):
+    only the rows ``candidates`` keeps (a test on the bytes that every match passes)
+    are searched; all of them when the bytes are not at hand (``text`` is ``None``)."""
+    if text is not None:
+        rows = np.flatnonzero(candidates(text))
+        if not rows.size:
+            return 0
+        if rows.size < len(values):
+            values = values.gather(rows)
+    return int(values.str.contains(pattern).fill_null(False).sum())
+
+
+def _email_candidates(text: _bs.TextBytes) -> np.ndarray:
+    """Rows that can match an email pattern (:data:`_EMAIL_RE`, :data:`_EMAIL_IN_JSON`):
+    those holding an ``@``."""
+    return _bs.rows_with_byte(text, ord("@"))
+
+
+def _byte_set(chars: bytes) -> np.ndarray:
+    """A 256-entry bool table of the bytes in ``chars``, the bytes below 0x21 (ASCII
+    whitespace and the controls, whatever the regex engine counts as ``\\s``) and
+    every byte of a multi-byte character (Unicode whitespace and digits, which ``\\s``
+    and ``\\d`` match in polars' Unicode regexes)."""
+    table = np.zeros(256, dtype=bool)
+    table[list(chars)] = True
+    table[:0x21] = True
+    table[0x80:] = True
+    return table
+
+
+#: What a phone number (:data:`_PHONE_RE`) can start with (``\s``, ``+``, ``(``, ``\d``)
+#: and end with (``\s``, ``\d``), as bytes, generously.
+_PHONE_FIRST: Final = _byte_set(b"+(0123456789")
+_PHONE_LAST: Final = _byte_set(b"0123456789")
+
+
+def _phone_candidates(text: _bs.TextBytes) -> np.ndarray:
+    """Rows that can match :data:`_PHONE_RE` (anchored at both ends): a first byte that
+    can start one and a last byte that can end one."""
+    first, last, full = _bs.first_last_bytes(text)
+    return full & _PHONE_FIRST[first] & _PHONE_LAST[last]
 
 
 def check_missing_timestamp(missing_timestamp: str) -> None:
@@ -1566,8 +1681,9 @@ def pii_columns(df: pd.DataFrame, columns: Sequence[Hashable]) -> dict[str, str]
     """
     plain: dict[str, pl.Series | None] = {}
     for label in columns:
-        _, strings = _property_values(df[label], _property_key(label), label, _Problems(len(df)))
-        plain[_property_key(label)] = strings
+        key = _property_key(label)
+        # a name that looks personal is reason enough: its values are not read
+        plain[key] = None if _name_looks_personal(key) else _plain_strings(df[label])
     return detect_pii(plain)
 
 

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "millimetric_nb"
 
 LEVELS: dict[str, int] = {
     "contract": 1, "errors": 1, "keys": 1, "progress": 1, "defaults": 1,
-    "encode": 2, "rules": 2, "events": 2, "validate": 2, "frame": 2, "ratelimit": 2, "sample": 2,
+    "encode": 2, "rules": 2, "events": 2, "validate": 2, "frame": 2, "_bytescan": 2,
+    "ratelimit": 2, "sample": 2,
     "datasources": 2, "batching": 2,
     "client": 3,
     "sync": 4, "journal": 4, "engine": 4, "results": 4, "read": 4,
