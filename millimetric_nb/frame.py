@@ -436,6 +436,8 @@ def describe_recipe_change(old: str, new: str) -> str:
 _FENCE: Final = 64
 #: Runs this large are searched through their fences.
 _FENCED: Final = 1 << 20
+#: Queries searched at a time in a fenced run (absorbing a run asks for millions).
+_QUERIES: Final = 1 << 17
 
 
 class _Run:
@@ -458,8 +460,12 @@ class _Run:
             return _member(keys, query)
         if self._fences is None:
             self._fences = keys[::_FENCE].copy()
-        pos = np.minimum(_fenced_positions(keys, self._fences, query), keys.size - 1)
-        return keys[pos] == query
+        out = np.empty(query.size, dtype=bool)
+        for start in range(0, query.size, _QUERIES):  # a slice at a time: the search's
+            part = query[start:start + _QUERIES]  # arrays are 40 bytes a query
+            pos = np.minimum(_fenced_positions(keys, self._fences, part), keys.size - 1)
+            out[start:start + part.size] = keys[pos] == part
+        return out
 
     def counts_of(self, query: np.ndarray) -> np.ndarray:
         """How many times each of the sorted ``query`` keys was seen in this run."""

@@ -146,3 +146,17 @@ def test_a_chunk_of_one_status_keeps_no_byte_a_row():
     assert mixed.strides == (1,) and mixed.size == 100
     assert result.counts["planned"] == 199 and result.counts["invalid"] == 1
     assert result.rows["status"].tolist()[148:152] == ["planned", "planned", "invalid", "planned"]
+
+
+def test_a_run_without_a_journal_never_writes_its_ids_as_python_strings(monkeypatch):
+    import millimetric_nb.frame as frame_mod
+
+    calls = []
+    real = frame_mod.id_text
+    monkeypatch.setattr(frame_mod, "id_text", lambda d: calls.append(len(d)) or real(d))
+    df = pd.DataFrame({"event": ["a", "b", "a"] * 100, "user_id": "u",
+                       "timestamp": pd.Timestamp("2026-11-01", tz="UTC")})
+    result = mm.backfill(df, dry_run=True, progress=False, now=NOW, chunksize=70)
+    assert result.counts["planned"] == 300 and calls == []
+    ids = result.rows["event_id"]  # built from the bytes in one Arrow buffer
+    assert calls == [] and ids.nunique() == 300 and ids.str.fullmatch(r"mm_[0-9a-f]{32}").all()

@@ -140,6 +140,10 @@ async def plan_requests(
 ) -> tuple[list[Request], int, int]:
     """The requests of a prepared chunk, once the journal (if any) has said what to send,
     skip or resend: ``(requests, their bytes, rows skipped)``."""
+    if route == "batch" and gate is None:  # no journal: no keys needed (ids stay bytes)
+        requests, nbytes = batch_requests(chunk, prep, None, None, bodies=not dry_run,
+                                          with_keys=False)
+        return requests, nbytes, 0
     units = batch_units(chunk, prep) if route == "batch" else call_units(chunk, prep)
     keep = resend = None
     skipped = 0
