@@ -360,3 +360,19 @@ def test_final_ambiguous_failure_is_reported_not_lost(mm_server):
     assert list(res.failed.index) == list(range(1000))  # ready to resend, knowingly
     stored = by_id(mm_server)
     assert set(amb.event_id) <= set(stored)  # the server did write them: not lost
+
+
+def test_track_route_with_a_journal_sends_each_derived_id_once(mm_server, tmp_path):
+    # the per-row route reads the derived ids one row at a time from their bytes
+    df = events_frame(120)
+    df.loc[3, "event"] = None  # invalid: no id
+    journal = tmp_path / "track.journal"
+    res = send(mm_server, df, route="track", journal=journal, chunksize=50, concurrency=4)
+    assert res.counts["sent"] == 119 and res.counts["invalid"] == 1
+    dry = send(mm_server, df, dry_run=True, chunksize=50)
+    sent = res.rows[res.rows.status == "sent"]["event_id"]
+    assert sent.tolist() == dry.rows["event_id"].dropna().tolist()
+    stored = by_id(mm_server)
+    assert set(stored) == set(sent) and all(len(v) == 1 for v in stored.values())
+    again = send(mm_server, df, route="track", journal=journal, chunksize=50)
+    assert again.counts["skipped"] == 119 and len(mm_server.stored_events()) == 119

@@ -330,6 +330,8 @@ def test_derived_ids_travel_as_their_bytes_and_are_written_only_when_asked():
     packed = PackedIds.of_digests(c.id_digests, np.asarray(c.valid))
     assert np.asarray(packed, dtype=object).tolist() == c.event_ids.tolist()
     assert packed[8] is None and packed[0] == want[0] and len(packed) == len(df)
+    assert packed.strings() is packed.strings()  # written once (a per-row route reads one by one)
+    assert packed.forget_text()._text is None and packed[0] == want[0]
     assert packed.to_arrow().to_pylist() == c.event_ids.tolist()
     lengths = prep(df, encode="lengths")
     assert lengths.lengths.tolist() == [len(p) for p in c.payloads]  # no id text needed

@@ -145,7 +145,7 @@ class Piece:
         self.index = chunk.frame.index
         self.status = _compact(chunk.status)
         keys = chunk.keys if show_keys else None
-        packed = (keys if isinstance(keys, PackedIds)
+        packed = (keys.forget_text() if isinstance(keys, PackedIds)
                   else PackedIds.pack(keys) if keys is not None else None)
         self.event_id: PackedIds | pd.api.extensions.ExtensionArray = (
             packed if packed is not None else id_array(keys, chunk.n))
@@ -191,13 +191,14 @@ class PackedIds:
     marked in ``present``; turned back into the exact strings by :meth:`to_arrow`.
     """
 
-    __slots__ = ("digests", "n", "present")
+    __slots__ = ("_text", "digests", "n", "present")
 
     def __init__(self, digests: np.ndarray, present: np.ndarray | None, n: int) -> None:
         self.digests = digests  # (ids, 16) uint8
         self.present = present  # the rows with an id, a bit each (Arrow's validity
         # bitmap); None: every row has an id
         self.n = n
+        self._text: np.ndarray | None = None  # strings(), once written (see forget_text)
 
     @classmethod
     def of_digests(cls, digests: np.ndarray, valid: np.ndarray) -> PackedIds:
@@ -217,16 +218,25 @@ class PackedIds:
         return self.strings()[i]
 
     def strings(self) -> np.ndarray:
-        """The ids as an object array of ``str`` (``None`` for a row without one)."""
+        """The ids as an object array of ``str`` (``None`` for a row without one),
+        written once and kept until :meth:`forget_text` (a per-row route asks for them
+        one row at a time)."""
         from ..frame import id_text
 
-        out = np.full(self.n, None, dtype=object)
-        if self.present is None:
-            out[:] = id_text(self.digests)
-        else:
-            out[np.unpackbits(self.present, count=self.n, bitorder="little").astype(bool)] = (
-                id_text(self.digests))
-        return out
+        if self._text is None:
+            out = np.full(self.n, None, dtype=object)
+            if self.present is None:
+                out[:] = id_text(self.digests)
+            else:
+                out[np.unpackbits(self.present, count=self.n, bitorder="little")
+                    .astype(bool)] = id_text(self.digests)
+            self._text = out
+        return self._text
+
+    def forget_text(self) -> PackedIds:
+        """Let the written strings go (the account keeps the bytes only)."""
+        self._text = None
+        return self
 
     @classmethod
     def pack(cls, keys: Any) -> PackedIds | None:
