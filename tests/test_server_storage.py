@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import threading
+import time
 
 import httpx
 from test_server_cli import SK, start_serve, stop, wait_for_listening
@@ -31,6 +33,17 @@ def _tables(srv) -> tuple[int, int]:
     return main, tail
 
 
+def _settled(srv) -> tuple[int, int]:
+    """``_tables`` once the move a write left for after its answer is done (it runs
+    in the server's thread pool right after the answer is sent)."""
+    deadline = time.monotonic() + 10
+    while srv.state.storage.move_due and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with srv.state.storage._lock:  # a move under way holds the lock
+        pass
+    return _tables(srv)
+
+
 def test_rows_in_both_tables_are_read_forgotten_and_kept_in_arrival_order(
     mm_server, mm_client
 ):
@@ -39,7 +52,8 @@ def test_rows_in_both_tables_are_read_forgotten_and_kept_in_arrival_order(
     for start in (0, 3, 6):  # 3 + 3 moves the tail (6 >= 4); the last 3 stay in it
         r = sk.post("/v1/batch", json={"events": [_event(i) for i in range(start, start + 3)]})
         assert r.status_code == 202
-    assert _tables(mm_server) == (6, 3)
+        _settled(mm_server)  # the move, after the answer, before the next batch
+    assert _settled(mm_server) == (6, 3)
     assert [e["event_name"] for e in mm_server.stored_events()] == [f"e{i}" for i in range(9)]
     assert mm_server.count() == 9
 
@@ -65,10 +79,10 @@ def test_dedup_finds_an_event_id_in_either_table(mm_server_factory, mm_client):
     srv.state.storage.tail_rows = 2
     sk = mm_client(srv)
     assert sk.post("/v1/batch", json={"events": [_event(0), _event(1)]}).status_code == 202
-    assert _tables(srv) == (2, 0)
+    assert _settled(srv) == (2, 0)
     r = sk.post("/v1/batch", json={"events": [_event(0), _event(2), _event(2)]})
     assert r.status_code == 202 and r.json()["count"] == 3  # all accepted
-    assert _tables(srv) == (2, 1)  # e2 once (in the tail); e0 was in events_main
+    assert _settled(srv) == (2, 1)  # e2 once (in the tail); e0 was in events_main
     sk.post("/v1/batch", json={"events": [_event(3)]})  # in the tail now
     sk.post("/v1/batch", json={"events": [_event(3), _event(1)]})
     assert [e["event_id"] for e in srv.stored_events()] == ["id-0", "id-1", "id-2", "id-3"]
@@ -159,3 +173,24 @@ def test_aggregates_agree_whether_they_read_the_index_or_the_whole_table(
             for name in ("a", "b")}
         sources = sk.get("/v1/sources", params=window).json()["rows"]
         assert [(r["source"], r["events"]) for r in sources] == [("direct", len(inside))]
+
+
+def test_the_write_that_fills_the_tail_is_answered_before_the_move(mm_server, mm_client):
+    storage = mm_server.state.storage
+    storage.tail_rows = 3
+    started, release = threading.Event(), threading.Event()
+    real = storage._move_tail
+
+    def held_move() -> bool:  # the move waits until the answer has been read
+        started.set()
+        assert release.wait(10)
+        return real()
+
+    storage._move_tail = held_move
+    sk = mm_client(mm_server)
+    r = sk.post("/v1/batch", json={"events": [_event(i) for i in range(3)]})
+    assert r.status_code == 202 and r.json()["count"] == 3  # answered, move not done
+    assert started.wait(10) and storage.move_due
+    release.set()
+    assert _settled(mm_server) == (3, 0)
+    assert [e["event_name"] for e in mm_server.stored_events()] == ["e0", "e1", "e2"]

@@ -44,6 +44,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -382,7 +383,10 @@ async def _write(
         return _drop_connection(request)
     if fault == "ambiguous_500":
         return error_response("internal_error", {"injected": True})
-    return JSONResponse(success, contract.ROUTES[route].success_status)
+    answer = JSONResponse(success, contract.ROUTES[route].success_status)
+    if state.storage.move_due:  # the tail's move waits until this answer is sent
+        answer.background = BackgroundTask(state.storage.maintain)
+    return answer
 
 
 async def _admit(request: Request, route: str) -> tuple[ServerState, StoredKey, Any]:
@@ -406,7 +410,7 @@ async def track(request: Request) -> Response:
     row = checks.check_event(body, "", problems, state.context(request, key.project))
     if row is None:
         raise Refusal("invalid_payload", field_errors(problems))
-    return await _write(request, "track", lambda: state.storage.insert([row]),
+    return await _write(request, "track", lambda: state.storage.insert([row], move=False),
                         {"ok": True, "event_id": row[1]})
 
 
@@ -417,7 +421,7 @@ async def batch(request: Request) -> Response:
     rows = checks.check_batch(body, problems, state.context(request, key.project))
     if problems:
         raise Refusal("invalid_payload", field_errors(problems))
-    return await _write(request, "batch", lambda: state.storage.insert(rows),
+    return await _write(request, "batch", lambda: state.storage.insert(rows, move=False),
                         {"ok": True, "count": len(rows)})
 
 
@@ -444,7 +448,8 @@ async def identify(request: Request) -> Response:
     event = {"event": contract.IDENTIFY_EVENT, "anonymous_id": body["anonymous_id"],
              "user_id": body["user_id"]}
     row = checks.build_row(event, traits, state.context(request, key.project))
-    return await _write(request, "identify", lambda: state.storage.insert([row]), {"ok": True})
+    return await _write(request, "identify", lambda: state.storage.insert([row], move=False),
+                        {"ok": True})
 
 
 async def forget(request: Request) -> Response:

@@ -129,10 +129,11 @@ class Storage:
 
     # ----------------------------------------------------------------- writes
 
-    def insert(self, rows: Sequence[Row]) -> int:
+    def insert(self, rows: Sequence[Row], *, move: bool = True) -> int:
         """Insert ``rows`` in one transaction (all or nothing), committed when this
         returns; return how many were stored (with ``dedup``, rows whose ``event_id``
-        the project holds are not)."""
+        the project holds are not). With ``move=False`` a full tail is left for
+        :meth:`maintain` (the server calls it after answering)."""
         with self._lock:
             conn = self._conn
             first = self._next_seq
@@ -148,9 +149,23 @@ class Storage:
             conn.execute("COMMIT")
             self._next_seq = first + len(rows)
             self._tail += stored
-            if self._tail >= self.tail_rows:
+            if move and self._tail >= self.tail_rows:
                 self._move_tail()
         return stored
+
+    @property
+    def move_due(self) -> bool:
+        """Whether the tail holds enough rows to be moved (see :meth:`maintain`)."""
+        return self._tail >= self.tail_rows
+
+    def maintain(self) -> bool:
+        """Move the tail to ``events_main`` if it is full: the work a write leaves for
+        after its answer, so that the request that fills the tail does not wait for
+        the move. Returns whether rows were moved."""
+        with self._lock:
+            if self._tail >= self.tail_rows:
+                return self._move_tail()
+        return False
 
     def _move_tail(self) -> bool:
         """Move every tail row to ``events_main`` in one transaction (lock held).
