@@ -694,23 +694,21 @@ def _sha256_hex(values: pl.Series) -> pl.Series:
 
 def _hex_bytes(hexes: pl.Series, width: int) -> np.ndarray:
     """The first ``width`` bytes of each of ``hexes`` (a String series of lowercase hex
-    digits, at least ``2 * width`` each, no nulls), as an (n, width) uint8 array, read
-    from the Arrow buffers with numpy: no Python object per row."""
-    import pyarrow as pa
+    digits, all of one even length of at least ``2 * width``, no nulls: SHA-256 digests),
+    as an (n, width) uint8 array: their text is one block of the Arrow buffer, decoded in
+    one C call (no Python object per row).
 
-    arr = pa.array(hexes.to_arrow(), type=pa.large_string())  # views become offsets
-    n = len(arr)
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + n + 1]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
-    size = int(offsets[1] - offsets[0]) if n else 2 * width
-    if size >= 2 * width and size % 2 == 0 and offsets[-1] - offsets[0] == size * n:
-        # one width (a digest's): the block of text decoded in one C call
-        start, stop = int(offsets[0]), int(offsets[-1])
-        raw = binascii.a2b_hex(arr.buffers()[2].slice(start, stop - start))
-        return np.frombuffer(raw, dtype=np.uint8).reshape(n, size // 2)[:, :width].copy()
-    chars = data[offsets[:-1, None] + np.arange(2 * width)]
-    nibbles = (chars & 15) + 9 * (chars >> 6)  # '0'-'9': 0-9, 'a'-'f': 10-15
-    return (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+    Raises:
+        ValueError: the texts are not of one such length, or one is null.
+    """
+    tb = _bs.text_bytes(hexes)
+    n = tb.n
+    text = tb.used()
+    size = int(tb.offsets[1] - tb.offsets[0]) if n else 2 * width
+    if size < 2 * width or size % 2 or text.size != size * n:
+        raise ValueError(f"expected hex digests of one even length >= {2 * width}")
+    raw = np.frombuffer(binascii.a2b_hex(text.data), dtype=np.uint8)
+    return raw.reshape(n, size // 2)[:, :width].copy()
 
 
 _ID_PREFIX_BYTES: Final = np.frombuffer(_ID_PREFIX.encode(), dtype=np.uint8)
@@ -752,15 +750,28 @@ def id_chars(digests: np.ndarray) -> np.ndarray:
     return chars
 
 
-def _id_series(digests: np.ndarray) -> pl.Series:
-    """Derived ids as a polars String series (from one buffer of fixed-width text)."""
-    import pyarrow as pa
+def id_arrow(digests: np.ndarray, present: np.ndarray | None = None,
+             n: int | None = None) -> pa.LargeStringArray:
+    """Derived ids from their 16 bytes as an Arrow ``large_string`` array built from one
+    buffer of fixed-width text. ``present``: an Arrow validity bitmap of ``n`` rows, one
+    per digest among the set bits (the other rows null); ``None``: a row per digest."""
+    m = len(digests)
+    if present is None:
+        n, bitmap, nulls = m, None, 0
+        offsets = np.arange(m + 1, dtype=np.int64) * ID_LEN
+    else:
+        assert n is not None
+        has = np.unpackbits(present, count=n, bitorder="little").astype(np.int64)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(has * ID_LEN, out=offsets[1:])
+        bitmap, nulls = pa.py_buffer(present), n - m
+    return pa.LargeStringArray.from_buffers(
+        n, pa.py_buffer(offsets), pa.py_buffer(id_chars(digests)), bitmap, nulls)
 
-    n = len(digests)
-    offsets = np.arange(n + 1, dtype=np.int64) * ID_LEN
-    arr = pa.LargeStringArray.from_buffers(
-        n, pa.py_buffer(offsets), pa.py_buffer(id_chars(digests)))
-    return cast("pl.Series", pl.from_arrow(arr))
+
+def _id_series(digests: np.ndarray) -> pl.Series:
+    """Derived ids as a polars String series (see :func:`id_arrow`)."""
+    return cast("pl.Series", pl.from_arrow(id_arrow(digests)))
 
 
 def id_text(digests: np.ndarray) -> np.ndarray:

@@ -100,7 +100,26 @@ def test_fenced_search_finds_what_searchsorted_finds():
                               np.searchsorted(keys, query))
 
 
-def test_settle_absorbs_runs_and_ids_stay_those_of_one_big_chunk():
+def test_a_large_run_answers_membership_through_its_fences_slice_by_slice(monkeypatch):
+    import millimetric_nb.frame as frame_mod
+
+    monkeypatch.setattr(frame_mod, "_FENCED", 1_000)  # small: this run is searched
+    monkeypatch.setattr(frame_mod, "_QUERIES", 333)  # through fences, 333 queries a time
+    rng = np.random.default_rng(6)
+    keys = np.unique(rng.integers(0, 2**64 - 1, 5_000, dtype=np.uint64))
+    run = _Run(keys, np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
+    query = np.sort(np.r_[keys[::3], rng.integers(0, 2**64 - 1, 2_000, dtype=np.uint64)])
+    assert np.array_equal(run.member(query), np.isin(query, keys))
+    assert run._fences is not None and run._fences.size == -(-keys.size // _FENCE)
+
+
+@pytest.mark.parametrize("fenced", [False, True])
+def test_settle_absorbs_runs_and_ids_stay_those_of_one_big_chunk(fenced, monkeypatch):
+    if fenced:  # the base and the large runs searched through their fences
+        import millimetric_nb.frame as frame_mod
+
+        monkeypatch.setattr(frame_mod, "_FENCED", 2_000)
+        monkeypatch.setattr(frame_mod, "_QUERIES", 500)
     rng = np.random.default_rng(5)
     keys = rng.integers(0, 40_000, 60_000).astype(np.uint64) * np.uint64(0x0400_0000_0000_0001)
     whole = EventIdState().occurrences(keys)

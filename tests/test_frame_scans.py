@@ -23,6 +23,7 @@ from millimetric_nb.frame import (
     _EMAIL_IN_JSON,
     _EMAIL_RE,
     _PHONE_RE,
+    _arrow_text,
     _count_matching,
     _email_candidates,
     _phone_candidates,
@@ -162,6 +163,7 @@ missing_cell = st.sampled_from([None, float("nan"), np.float64("nan"), pd.NA])
 @given(st.lists(st.one_of(text, missing_cell), max_size=30))
 def test_object_text_through_arrow_matches_value_by_value(values: list[object]) -> None:
     s = pd.Series(values, dtype=object)
+    assert _arrow_text(s.to_numpy(dtype=object)) is not None  # the one-pass path took them
     ps, bad = _text_column_to_polars(s, s.to_numpy(dtype=object))
     assert bad == []
     assert ps.dtype == pl.String

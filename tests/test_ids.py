@@ -339,7 +339,7 @@ def test_derived_ids_travel_as_their_bytes_and_are_written_only_when_asked():
     assert given.id_digests is None and given._ids is not None
 
 
-def test_hex_bytes_reads_digests_of_one_width_and_of_mixed_widths():
+def test_hex_bytes_reads_digests_of_one_width_and_refuses_others():
     import polars as pl
 
     digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(50)]
@@ -347,5 +347,9 @@ def test_hex_bytes_reads_digests_of_one_width_and_of_mixed_widths():
     same = pl.Series(digests)  # one width: decoded as one block
     assert np.array_equal(frame_mod._hex_bytes(same, 16), want)
     assert np.array_equal(frame_mod._hex_bytes(same.slice(5, 20), 16), want[5:25])
-    mixed = pl.Series([d + "ab" * (i % 3) for i, d in enumerate(digests)])  # other widths
-    assert np.array_equal(frame_mod._hex_bytes(mixed, 16), want)
+    assert np.array_equal(frame_mod._hex_bytes(same, 32)[:, 16:],
+                          [list(bytes.fromhex(d)[16:]) for d in digests])
+    mixed = pl.Series([d + "ab" * (i % 3) for i, d in enumerate(digests)])
+    for bad in (mixed, pl.Series([digests[0], None]), pl.Series(["ab" * 7])):
+        with pytest.raises(ValueError, match="one even length"):
+            frame_mod._hex_bytes(bad, 16)

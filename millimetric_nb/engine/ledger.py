@@ -269,23 +269,9 @@ class PackedIds:
 
     def to_arrow(self) -> Any:
         """The ids as an Arrow ``large_string`` array (a missing id: null)."""
-        import pyarrow as pa
+        from ..frame import id_arrow
 
-        from ..frame import id_chars
-
-        m = len(self.digests)
-        chars = id_chars(self.digests)
-        if self.present is None:
-            offsets = np.arange(self.n + 1, dtype=np.int64) * _ID_LEN
-            bitmap, nulls = None, 0
-        else:
-            present = np.unpackbits(self.present, count=self.n, bitorder="little")
-            offsets = np.zeros(self.n + 1, dtype=np.int64)
-            np.cumsum(present.astype(np.int64) * _ID_LEN, out=offsets[1:])
-            bitmap = pa.py_buffer(self.present)
-            nulls = self.n - m
-        return pa.LargeStringArray.from_buffers(
-            self.n, pa.py_buffer(offsets), pa.py_buffer(chars), bitmap, nulls)
+        return id_arrow(self.digests, self.present, self.n)
 
 
 def id_column(ids: list[Any]) -> pd.api.extensions.ExtensionArray:

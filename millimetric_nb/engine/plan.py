@@ -140,19 +140,20 @@ async def plan_requests(
 ) -> tuple[list[Request], int, int]:
     """The requests of a prepared chunk, once the journal (if any) has said what to send,
     skip or resend: ``(requests, their bytes, rows skipped)``."""
-    if route == "batch" and gate is None:  # no journal: no keys needed (ids stay bytes)
-        requests, nbytes = batch_requests(chunk, prep, None, None, bodies=not dry_run,
-                                          with_keys=False)
-        return requests, nbytes, 0
-    units = batch_units(chunk, prep) if route == "batch" else call_units(chunk, prep)
+    batch = route == "batch"
+    # a batch's units serve only the journal: without one their keys (derived ids kept
+    # as bytes) are never written out as strings
+    units = (None if batch and gate is None
+             else batch_units(chunk, prep) if batch else call_units(chunk, prep))
     keep = resend = None
     skipped = 0
-    if gate is not None and len(units.keys):
+    if gate is not None and units is not None and len(units.keys):
         keep, resend, skipped = await gate.partition(chunk, units.keys, units.rows_of,
                                                      units.what)
-    if route == "batch":
+    if batch:
         requests, nbytes = batch_requests(chunk, prep, keep, resend, bodies=not dry_run,
                                           with_keys=gate is not None)
     else:
+        assert units is not None
         requests, nbytes = call_requests(chunk, units, keep, resend)
     return requests, nbytes, skipped
