@@ -528,20 +528,24 @@ class EventIdState:
     grown as large as the one before it (a binary counter), so a chunk's cost does not
     grow with what came before it but for a logarithm. Runs are never changed in place,
     so a :meth:`snapshot` shares them. :meth:`settle` (which :func:`prepare_chunk` calls
-    once a chunk is done) absorbs the runs into the base when they hold a quarter of its
-    size: in place, the base grown by ``realloc`` and its keys moved up block by block,
-    so that a long input never holds its keys twice (a new merged array beside the old
-    ones was the largest transient memory of a 10M-row run). A key counts once in the
+    once a chunk is done) absorbs the runs into the base when they hold an eighth of its
+    size (at least 1M keys): in place, the base grown by ``realloc`` and its keys moved
+    up block by block, so that a long input never holds its keys twice (a new merged
+    array beside the old ones was the largest transient memory of a 10M-row run), and
+    the runs stay small (their merges make copies). A key counts once in the
     base or a run that holds it, unless that one lists it among its repeats with a
     count. About 8 bytes per distinct content, 16 more per content seen more than once.
     """
 
-    #: The runs are absorbed into the base once they hold this many keys, or a quarter
-    #: of the base's, whichever is more, but never more than :attr:`absorb_most`.
+    #: The runs are absorbed into the base once they hold this many keys (8 MB), or
+    #: :attr:`absorb_share`-th of the base's, whichever is more. The runs and their merged
+    #: copy are the state's transient memory: at 10M rows, a quarter of the base (up to
+    #: 4M keys, 32 MB, merged into another 32 MB) made a 10M-row dry run's peak about
+    #: 15 MB higher than an eighth, for the same time (9 absorbs instead of 7).
     absorb_at = 1 << 20
-    #: Beyond this many keys in runs (32 MB), they are absorbed whatever the base's size:
-    #: merging runs makes copies, absorbing them does not.
-    absorb_most = 1 << 22
+    #: The base's share (1/n) the runs may reach before they are absorbed: each absorb
+    #: moves the whole base, so over an input every key moves about this many times.
+    absorb_share = 8
     #: Keys moved at a time while absorbing (the transient memory: about 24 bytes each).
     block = 1 << 18
 
@@ -612,7 +616,7 @@ class EventIdState:
         class docstring). Call it between chunks, never while a :meth:`snapshot` may
         still be restored: it changes the base in place."""
         held = sum(r.keys.size for r in self._runs)
-        due = min(max(self.absorb_at, self._base.keys.size // 4), self.absorb_most)
+        due = max(self.absorb_at, self._base.keys.size // self.absorb_share)
         if not held or held < due:
             return
         run = self._runs[-1]

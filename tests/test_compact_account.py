@@ -124,7 +124,7 @@ def test_settle_absorbs_runs_and_ids_stay_those_of_one_big_chunk(fenced, monkeyp
     keys = rng.integers(0, 40_000, 60_000).astype(np.uint64) * np.uint64(0x0400_0000_0000_0001)
     whole = EventIdState().occurrences(keys)
     state = EventIdState()
-    state.absorb_at, state.absorb_most = 3_000, 5_000  # absorbs often
+    state.absorb_at, state.absorb_share = 3_000, 8  # absorbs often
     got = []
     for part in np.array_split(keys, 37):
         got.append(state.occurrences(part))
