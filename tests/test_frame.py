@@ -102,6 +102,15 @@ def test_all_missing_properties_omit_the_object_and_empty_frame_is_fine():
     assert list(empty.errors.columns) == list(ERROR_COLUMNS)
 
 
+def test_a_chunk_without_errors_gets_its_own_empty_errors_frame():
+    df = pd.DataFrame({"event": ["a", "b"]})
+    first, second = prep(df), prep(df)
+    assert first.errors.empty and first.errors is not second.errors
+    assert first.errors["position"].dtype == np.int64
+    first.errors.loc[0] = [0, 0, "event", "required", "changed by the caller", None]
+    assert len(first.errors) == 1 and prep(df).errors.empty  # no frame is shared
+
+
 # --------------------------------------------------------------------------- field rules
 
 
