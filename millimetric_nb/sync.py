@@ -24,11 +24,13 @@ import contextlib
 import signal
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from .client import AsyncClient, BatchResult, ReadRoute, SendOutcome, interrupted_note
 from .errors import ConfigurationError
 from .progress import Observer
+
+if TYPE_CHECKING:  # the client (and the HTTP stack) is loaded by the first Client
+    from .client import AsyncClient, BatchResult, ReadRoute, SendOutcome
 
 __all__ = ["Client", "ClientLike", "connect", "default_client", "run_sync"]
 
@@ -117,6 +119,8 @@ def _run_to_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -
 
 def _annotate(interrupt: BaseException, account: Any) -> None:
     """Put a cancelled batch's account on the interrupt (``.result`` and a note)."""
+    from .client import BatchResult, interrupted_note
+
     if not isinstance(account, BatchResult) or getattr(interrupt, "result", None) is account:
         return  # nothing to give, or given already (the same exception came back)
     interrupt.result = account  # type: ignore[attr-defined]
@@ -158,6 +162,8 @@ class Client:
     """
 
     def __init__(self, key: str | None = None, host: str | None = None, **kwargs: Any) -> None:
+        from .client import AsyncClient
+
         self._async = AsyncClient(key, host, **kwargs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.RLock()
@@ -277,8 +283,21 @@ _default_lock = threading.Lock()
 
 #: What every ``client=`` parameter takes: the synchronous face or the async client
 #: itself (``None``, where a parameter allows it, means :func:`default_client`). A real
-#: union at run time too: ``isinstance(x, ClientLike)`` works.
-ClientLike: TypeAlias = Client | AsyncClient
+#: union at run time too: ``isinstance(x, ClientLike)`` works. Built on first use (see
+#: :func:`__getattr__`), so that a dry run or a validation never loads the HTTP stack.
+if TYPE_CHECKING:
+    ClientLike: TypeAlias = Client | AsyncClient
+
+
+def __getattr__(name: str) -> Any:
+    """``ClientLike``, made when first asked for (it needs :mod:`.client`)."""
+    if name == "ClientLike":
+        from .client import AsyncClient
+
+        union = Client | AsyncClient
+        globals()["ClientLike"] = union
+        return union
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def connect(key: str | None = None, host: str | None = None, **kwargs: Any) -> Client:

@@ -197,6 +197,27 @@ def _probe(code: str) -> dict[str, list[str]]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+_DRY_PROBE = """
+import json, sys, warnings
+import pandas as pd
+import millimetric_nb as mm
+warnings.simplefilter("ignore")
+df = pd.DataFrame({{"event": ["a", "b"], "user_id": "u"}})
+result = df.millimetric.send_batch(dry_run=True, progress=False)
+report = mm.validate(df)
+loaded = [m for m in {http!r} if m in sys.modules]
+print(json.dumps({{"at_import": loaded, "planned": result.counts["planned"],
+                  "valid": report.n_valid_rows}}))
+"""
+
+
+def test_a_dry_run_and_a_validation_never_load_the_http_stack():
+    http = ("httpx", "httpcore", "anyio", "tenacity", "millimetric_nb.client")
+    found = _probe(_DRY_PROBE.format(http=http))
+    assert found["planned"] == 2 and found["valid"] == 2  # they did run
+    assert found["at_import"] == []
+
+
 def test_import_leaves_the_heavy_modules_for_later():
     found = _probe(_PROBE.format(heavy=HEAVY))
     pandas_alone = _probe(

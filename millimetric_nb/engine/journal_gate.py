@@ -21,16 +21,18 @@ import os
 import sqlite3
 import warnings as _warnings
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import orjson
 import pandas as pd
 
-from ..client import AsyncClient
 from ..errors import ConfigurationError, MillimetricError
 from ..journal import ACKED, AMBIGUOUS, PENDING, Journal, JournalBusy, open_journal
 from .ledger import SKIPPED, Chunk
+
+if TYPE_CHECKING:  # the HTTP stack is loaded by a run that sends, not a dry run
+    from ..client import AsyncClient
 
 log = logging.getLogger("millimetric_nb")
 

@@ -9,18 +9,16 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
 from .. import contract
-from ..client import AsyncClient
 from ..defaults import DEFAULT_CONCURRENCY
 from ..errors import ConfigurationError
 from ..journal import Journal
 from ..progress import Done, Emitter, Observer
 from ..results import Plan, SendResult
-from ..sync import ClientLike
 from . import ledger
 from .journal_gate import JournalGate, OnAmbiguous, open_for_run
 from .plan import Request
@@ -28,6 +26,10 @@ from .prepare import EventPreparer, Preparer
 from .run import SendFn, _Run
 from .sources import ChunkReader
 from .stop import StopSignal
+
+if TYPE_CHECKING:  # the HTTP stack is loaded by a run that sends, not a dry run
+    from ..client import AsyncClient
+    from ..sync import ClientLike
 
 
 def route_limit(client: ClientLike | None, route: str) -> contract.RateLimit | None:
@@ -47,7 +49,7 @@ def resolve_async_client(client: ClientLike | None) -> AsyncClient:
         from ..sync import default_client
 
         client = default_client()
-    return cast(AsyncClient, getattr(client, "async_client", client))
+    return cast("AsyncClient", getattr(client, "async_client", client))
 
 
 def route_sender(aclient: AsyncClient, route: str) -> SendFn:
