@@ -278,6 +278,36 @@ def test_dry_run_sends_nothing_and_plans():
     assert "Dry run" in repr(res)
 
 
+def test_one_thread_reads_and_prepares_every_chunk_of_a_run():
+    import threading
+
+    read_on, prepared_on = [], []
+
+    def chunks():
+        for start in range(0, 12_000, 1000):
+            read_on.append(threading.current_thread())
+            yield frame(1000).set_axis(pd.RangeIndex(start, start + 1000))
+
+    def prepare(chunk, offset):
+        prepared_on.append(threading.current_thread())
+        return simple_prepare(chunk, offset)
+
+    async def main():
+        loop_thread = threading.get_ident()
+        res = await run_rows(chunks(), route="batch", prepare=prepare, send=FakeSender(),
+                             total_rows=12_000)
+        return loop_thread, res
+
+    loop_thread, res = asyncio.run(main())
+    assert res.counts["sent"] == 12_000 and len(prepared_on) == 12
+    # the run's own thread for all of it (each thread keeps its own allocator caches),
+    # not whichever of the loop's default pool is free when a step is handed over
+    (worker,) = set(read_on) | set(prepared_on)
+    assert worker.name.startswith("millimetric-run") and worker.ident != loop_thread
+    worker.join(5)  # the run let it go: it ends once idle
+    assert not worker.is_alive()
+
+
 def test_interrupt_leaves_journal_consistent(tmp_path):
     path = tmp_path / "j.sqlite"
     acks = []

@@ -26,6 +26,7 @@ from .prepare import EventPreparer, Preparer
 from .run import SendFn, _Run
 from .sources import ChunkReader
 from .stop import StopSignal
+from .worker import Worker
 
 if TYPE_CHECKING:  # the HTTP stack is loaded by a run that sends, not a dry run
     from ..client import AsyncClient
@@ -121,8 +122,9 @@ async def run_rows(
         prepare = prepare.lengths_only()  # a dry run builds no body
     emit = Emitter([observer])
     jr, owned = await asyncio.to_thread(open_for_run, journal, dry_run)
+    worker = Worker()  # one thread reads and prepares every chunk of the run
     run = _Run(route, send, prepare, emit, None, dry_run, concurrency, total_rows,
-               show_keys, announces)
+               show_keys, announces, worker)
     if jr is not None:
         run.gate = JournalGate(jr, stop=run.stop, on_ambiguous=on_ambiguous, dry_run=dry_run,
                                reader=aclient if route in ("batch", "track") else None)
@@ -130,7 +132,7 @@ async def run_rows(
         run.warnings.add(w)
     if stop is not None:
         stop.bind(asyncio.get_running_loop(), lambda: run.request_stop(stop.reason or "cancel"))
-    reader = ChunkReader(chunks)
+    reader = ChunkReader(chunks, worker)
     started = time.perf_counter()
     result: SendResult | None = None
     warming = None
@@ -145,6 +147,7 @@ async def run_rows(
                 await asyncio.to_thread(jr.finish_run, result.counts)
         return result
     finally:
+        worker.close()
         if warming is not None:
             warming.cancel()
             with contextlib.suppress(BaseException):

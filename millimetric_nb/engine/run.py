@@ -25,6 +25,7 @@ from .plan import Request, plan_requests
 from .prepare import Preparer
 from .sources import ChunkReader
 from .stop import CalledOff, Flight, stop_error
+from .worker import Worker
 
 log = logging.getLogger("millimetric_nb")
 
@@ -34,7 +35,8 @@ SendFn = Callable[[Request, Observer], Awaitable[Any]]
 class _Run:
     def __init__(self, route: str, send: SendFn | None, prepare: Preparer, emit: Emitter,
                  gate: JournalGate | None, dry_run: bool, concurrency: int,
-                 total_rows: int | None, show_keys: bool, announces: bool) -> None:
+                 total_rows: int | None, show_keys: bool, announces: bool,
+                 worker: Worker) -> None:
         self.route, self.send, self.prepare, self.emit = route, send, prepare, emit
         self.gate, self.dry_run, self.concurrency = gate, dry_run, concurrency
         self.total_rows, self.show_keys, self.announces = total_rows, show_keys, announces
@@ -47,6 +49,7 @@ class _Run:
         self.id_column: Any = None
         self.stopping: str | None = None  # a graceful stop was asked for
         self.flights: dict[int, Flight] = {}
+        self.worker = worker  # the thread that prepares the chunks (see .worker)
 
     # ---------------------------------------------------------------- accounting
 
@@ -93,7 +96,7 @@ class _Run:
 
     async def plan_chunk(self, chunk: Chunk, queue: asyncio.Queue[Request | None]) -> None:
         try:
-            prep = await asyncio.to_thread(self.prepare, chunk.frame, chunk.offset)
+            prep = await self.worker.call(self.prepare, chunk.frame, chunk.offset)
         except MillimetricError as exc:
             # the whole chunk is at fault (no event column, pii="error"...): every row
             # is reported with it; nothing of this chunk is sent

@@ -1,7 +1,8 @@
 """Reading a run's input chunk by chunk (what to read is :mod:`millimetric_nb.datasources`).
 
 A DataFrame is sliced; files, Parquet datasets, Arrow, polars, DuckDB and Dask are
-streamed, so memory stays bounded. Each chunk is read in a worker thread. A source
+streamed, so memory stays bounded. Each chunk is read on the run's one thread (see
+:mod:`.worker`), the one that prepares it. A source
 that cannot be read further (a corrupt line, an item that is not a DataFrame) ends
 the reading: :class:`ChunkReader` keeps the error, and the rows read so far are still
 sent and accounted. (A DataFrame's first chunks are small and grow, so the first
@@ -10,13 +11,13 @@ requests leave while the rest is prepared: see ``datasources``.)
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pandas as pd
 
 from ..datasources import DEFAULT_CHUNKSIZE, Source, field_columns, iter_source
 from ..errors import MillimetricError, SourceError
+from .worker import Worker
 
 __all__ = [
     "DEFAULT_CHUNKSIZE",
@@ -28,11 +29,12 @@ __all__ = [
 
 
 class ChunkReader:
-    """A source's chunks, read in a thread, with the offset of each; a failure to read
+    """A source's chunks, read on the run's thread, with the offset of each; a failure to read
     ends them and is kept in :attr:`error` (it names where the reading stopped)."""
 
-    def __init__(self, chunks: Iterator[pd.DataFrame]) -> None:
+    def __init__(self, chunks: Iterator[pd.DataFrame], worker: Worker) -> None:
         self.chunks = chunks
+        self.worker = worker  # the run's thread (see .worker)
         self.offset = 0
         self.error: MillimetricError | None = None
         self.template: pd.DataFrame | None = None  # the input's columns, no rows
@@ -50,7 +52,7 @@ class ChunkReader:
 
     async def _read(self) -> pd.DataFrame | None:
         try:
-            return await asyncio.to_thread(next, self.chunks, None)
+            return await self.worker.call(next, self.chunks, None)
         except SourceError as exc:  # it names the source and the part already
             self.error = exc
         except Exception as exc:
