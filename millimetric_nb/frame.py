@@ -689,8 +689,7 @@ _HEX_PAIRS: Final = np.ascontiguousarray(
 def _hex_u64(values: np.ndarray) -> pl.Series:
     """Each value as 16 lowercase hex digits (its 8 big-endian bytes), as a String series."""
     octets = np.asarray(values).astype(">u8").view(np.uint8).reshape(-1, 8)
-    nibbles = np.stack([octets >> 4, octets & 15], axis=-1).reshape(-1, 16)
-    text = np.ascontiguousarray(_HEX_DIGITS[nibbles]).view("S16").ravel()
+    text = np.ascontiguousarray(_HEX_PAIRS[octets]).view("S16").ravel()
     return pl.Series(values=text, dtype=pl.Binary).cast(pl.String)
 
 
@@ -756,6 +755,23 @@ def id_chars(digests: np.ndarray) -> np.ndarray:
     chars[:, :len(_ID_PREFIX)] = _ID_PREFIX_BYTES
     chars[:, len(_ID_PREFIX):] = _HEX_PAIRS[digests].view(np.uint8)
     return chars
+
+
+#: A lowercase hex digit's value, by byte; 255: not one (:func:`id_digests`).
+_NIBBLE: Final = np.full(256, 255, dtype=np.uint8)
+_NIBBLE[_HEX_DIGITS] = np.arange(16, dtype=np.uint8)
+
+
+def id_digests(chars: np.ndarray) -> np.ndarray | None:
+    """The inverse of :func:`id_chars`: derived ids' 16 bytes from their text (an
+    (n, ``ID_LEN``) uint8 array), or ``None`` when one is not a derived id (another
+    prefix, a character that is not a lowercase hex digit)."""
+    if not (chars[:, :len(_ID_PREFIX)] == _ID_PREFIX_BYTES).all():
+        return None
+    nibbles = _NIBBLE[chars[:, len(_ID_PREFIX):]]
+    if (nibbles == 255).any():
+        return None
+    return np.ascontiguousarray((nibbles[:, 0::2] << 4) | nibbles[:, 1::2], dtype=np.uint8)
 
 
 def id_arrow(digests: np.ndarray, present: np.ndarray | None = None,
@@ -2206,10 +2222,10 @@ def _prepare_chunk(
         ).to_series()
         if given is None:  # every id derived: kept as bytes, written out only when asked
             id_digests = _derive_ids(content, ids)
-            if encode is True:  # derived ids ("mm_" and hex digits) need no JSON escaping
-                lengths, blob = _payloads((_id_series(id_digests), True), content, True)
-            else:
-                lengths = _payload_lengths(content, ID_LEN + 2)
+            # derived ids are of one length and need no JSON escaping, only quotes
+            lengths = _payload_lengths(content, ID_LEN + 2)
+            if encode is True:
+                blob = _joined((_id_series(id_digests), True), content)
         else:
             id_s = given.filter(mask)
             need = id_s.is_null()
@@ -2218,7 +2234,10 @@ def _prepare_chunk(
                 made = pl.Series(id_text(_derive_ids(content.gather(need_idx), ids)))
                 id_s = id_s.scatter(need_idx, made)
             event_ids[np.flatnonzero(valid)] = id_s.to_numpy()
-            lengths, blob = _payloads(_quote(id_s), content, encode is True)
+            quoted = _quote(id_s)
+            lengths = _payload_lengths(content, _quoted_lengths(quoted))
+            if encode is True:
+                blob = _joined(quoted, content)
     return PreparedChunk(
         index=df.index, offset=offset, valid=valid,
         _ids=None if id_digests is not None else event_ids,
@@ -2230,30 +2249,27 @@ def _prepare_chunk(
 _ID_MEMBER: Final = '{"event_id"'
 
 
-def _payloads(ids: _JsonCol, content: pl.Series, build: bool) -> tuple[np.ndarray, bytes | None]:
-    """Each row's payload: ``content`` (a JSON object) with ``"event_id"`` put first.
-
-    ``ids`` are the rows' ids as JSON (see :func:`_quote`). Returns the payloads' byte
-    lengths (the content's, plus the quoted id's, plus the member's fixed text: no
-    payload needs building for them) and, when ``build``, the payloads joined by
-    commas, built column-wise as one string.
-    """
+def _joined(ids: _JsonCol, content: pl.Series) -> bytes:
+    """The payloads joined by commas, built column-wise as one string: each row's
+    ``content`` (a JSON object) with ``"event_id"`` put first. ``ids`` are the rows' ids
+    as JSON (see :func:`_quote`)."""
     id_vals, wrap = ids
-    quoted = id_vals.str.len_bytes().to_numpy().astype(np.int64) + (2 if wrap else 0)
-    lengths = _payload_lengths(content, quoted)
-    if not build:
-        return lengths, None
-    blob = pl.DataFrame({"i": id_vals, "c": content}).select(
+    return cast(bytes, pl.DataFrame({"i": id_vals, "c": content}).select(
         pl.concat_str([
             _frag_expr(_ID_MEMBER, "i", wrap), pl.lit(","), pl.col("c").str.slice(1)
         ]).str.join(",").cast(pl.Binary)
-    ).item()
-    return lengths, blob
+    ).item())
+
+
+def _quoted_lengths(ids: _JsonCol) -> np.ndarray:
+    """Each id's byte length as JSON (see :func:`_quote`)."""
+    id_vals, wrap = ids
+    return id_vals.str.len_bytes().to_numpy().astype(np.int64) + (2 if wrap else 0)
 
 
 def _payload_lengths(content: pl.Series, quoted: np.ndarray | int) -> np.ndarray:
     """Each payload's byte length: its content's, its id's as JSON (``quoted``), and the
-    member's fixed text."""
+    member's fixed text (no payload needs building for them)."""
     fixed = len(_ID_MEMBER) + len(":") + len(",") - len("{")
     return content.str.len_bytes().to_numpy().astype(np.int64) + quoted + fixed
 

@@ -33,9 +33,20 @@ def test_packed_ids_give_back_the_same_strings_and_missing_ones():
     assert pd.Series(got).equals(pd.Series(id_column(plain)))
 
 
+def test_the_id_text_and_its_16_bytes_convert_both_ways():
+    from millimetric_nb.frame import id_chars, id_digests
+
+    digests = np.random.default_rng(4).integers(0, 256, (50, 16), dtype=np.uint8)
+    chars = id_chars(digests)
+    assert [bytes(c).decode() for c in chars[:2]] == ["mm_" + bytes(d).hex() for d in digests[:2]]
+    assert np.array_equal(id_digests(chars), digests)
+
+
 def test_ids_that_are_not_derived_are_not_packed():
     assert PackedIds.pack(np.array(["order-1", None], dtype=object)) is None
     assert PackedIds.pack(np.array(["mm_" + "A" * 32], dtype=object)) is None  # uppercase
+    assert PackedIds.pack(np.array(["mx_" + "a" * 32], dtype=object)) is None  # prefix
+    assert PackedIds.pack(np.array(["mm_" + "a" * 31 + "g"], dtype=object)) is None
     assert PackedIds.pack(np.array([7, 8], dtype=object)) is None
     given = id_array(np.array(["order-1", None], dtype=object), 2)
     mixed = id_column([PackedIds.pack(_ids(2)), given])

@@ -178,13 +178,6 @@ def _compact(status: np.ndarray) -> np.ndarray:
     return status
 
 
-_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_NIBBLE = np.full(256, 255, dtype=np.uint8)  # a lowercase hex digit's value; 255: not one
-_NIBBLE[_HEX_DIGITS] = np.arange(16, dtype=np.uint8)
-_PREFIX = np.frombuffer(b"mm_", dtype=np.uint8)  # frame.py's derived-id prefix
-_ID_LEN = len(_PREFIX) + 32  # "mm_" and the 32 hex digits of 16 bytes
-
-
 class PackedIds:
     """A chunk's derived ids (``"mm_"`` and 32 lowercase hex digits) kept as their 16
     bytes (16 bytes a row instead of about 43 as Arrow strings), rows without an id
@@ -243,6 +236,8 @@ class PackedIds:
         """``keys`` packed, or ``None`` when one is not a derived id (a given id, say)."""
         import pyarrow as pa
 
+        from ..frame import ID_LEN, id_digests
+
         try:
             arr = pa.array(keys, type=pa.large_string(), from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
@@ -251,21 +246,18 @@ class PackedIds:
         offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + n + 1]
         present = np.asarray(arr.is_valid()) if m < n else None  # bool per row
         lengths = np.diff(offsets)
-        if ((lengths[present] if present is not None else lengths) != _ID_LEN).any():
+        if ((lengths[present] if present is not None else lengths) != ID_LEN).any():
             return None
-        if offsets[-1] - offsets[0] != _ID_LEN * m:  # a missing id with characters
+        if offsets[-1] - offsets[0] != ID_LEN * m:  # a missing id with characters
             return None
         data = arr.buffers()[2]
         chars = (np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]]
-                 if data is not None else np.empty(0, dtype=np.uint8)).reshape(m, _ID_LEN)
-        if not (chars[:, :len(_PREFIX)] == _PREFIX).all():
+                 if data is not None else np.empty(0, dtype=np.uint8)).reshape(m, ID_LEN)
+        digests = id_digests(chars)
+        if digests is None:
             return None
-        nibbles = _NIBBLE[chars[:, len(_PREFIX):]]
-        if (nibbles == 255).any():
-            return None
-        digests = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
         bitmap = None if present is None else np.packbits(present, bitorder="little")
-        return cls(np.ascontiguousarray(digests, dtype=np.uint8), bitmap, n)
+        return cls(digests, bitmap, n)
 
     def to_arrow(self) -> Any:
         """The ids as an Arrow ``large_string`` array (a missing id: null)."""
