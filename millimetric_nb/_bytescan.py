@@ -146,11 +146,20 @@ def first_last_bytes(tb: TextBytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 _US_PER_DAY: Final = 86_400_000_000
 _US_PER_S: Final = 1_000_000
-#: "00".."99" and "0000".."9999" as ASCII digits, each entry one little-endian integer
-#: (its bytes are the digits in writing order), to be written into the text with one
-#: take and one strided store per field.
-_D2: Final = np.frombuffer(b"".join(b"%02d" % i for i in range(100)), dtype="<u2")
-_D4: Final = np.frombuffer(b"".join(b"%04d" % i for i in range(10_000)), dtype="<u4")
+
+
+def _digit_table(width: int) -> np.ndarray:
+    """``0``..``10**width - 1`` written with ``width`` ASCII digits, each entry one
+    little-endian integer whose bytes are the digits in writing order."""
+    places = 10 ** np.arange(width - 1, -1, -1)
+    digits = np.arange(10**width)[:, None] // places % 10 + ord("0")
+    return digits.astype(np.uint8).view(f"<u{width}").ravel()
+
+
+#: "00".."99" and "0000".."9999" (see :func:`_digit_table`), to be written into the
+#: text with one take and one strided store per field.
+_D2: Final = _digit_table(2)
+_D4: Final = _digit_table(4)
 #: One timestamp's text: each digit group a field at its byte offset, for those stores.
 _ISO_ROW: Final = np.dtype({
     "names": ["year", "month", "day", "hour", "minute", "second", "dot", "f2", "f4", "z"],

@@ -229,12 +229,12 @@ def check_mapping_keywords(mapping: Mapping[str, Any]) -> None:
     """Refuse a mapping keyword :func:`resolve_mapping` does not know (a typo such as
     ``user_col=``), naming it, the closest known one and the whole list
     (:func:`mapping_keywords`)."""
-    import difflib
-
     known = list(mapping_keywords())
     unknown = [k for k in mapping if k not in known]
     if not unknown:
         return
+    import difflib  # only for a mistake: its import is not paid by every send
+
     parts = []
     for k in unknown:
         close = difflib.get_close_matches(k, known, n=1)

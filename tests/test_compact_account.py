@@ -4,13 +4,14 @@ deferred rows, and EventIdState's runs absorbed into its base in place."""
 from __future__ import annotations
 
 import hashlib
+import platform
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import millimetric_nb as mm
-from millimetric_nb.engine.ledger import PackedIds, id_array, id_column
+from millimetric_nb.engine.ledger import PackedIds, _HeapTrim, id_array, id_column
 from millimetric_nb.frame import _FENCE, EventIdState, _absorb, _fenced_positions, _Run
 from millimetric_nb.results import pending_rows
 
@@ -190,3 +191,14 @@ def test_a_run_without_a_journal_never_writes_its_ids_as_python_strings(monkeypa
     assert result.counts["planned"] == 300 and calls == []
     ids = result.rows["event_id"]  # built from the bytes in one Arrow buffer
     assert calls == [] and ids.nunique() == 300 and ids.str.fullmatch(r"mm_[0-9a-f]{32}").all()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_the_heap_is_trimmed_every_eighth_chunk_through_glibc():
+    heap = _HeapTrim()
+    assert heap.trim is not None  # found in the process's own symbols, no ldconfig run
+    calls: list[int] = []
+    heap._trim = calls.append  # the same signature: malloc_trim(pad)
+    for _ in range(2 * heap.every + 1):
+        heap.tick()
+    assert calls == [0, 0]

@@ -333,23 +333,32 @@ class _HeapTrim:
 
     def __init__(self) -> None:
         self.count = 0
-        self.trim: Any = None
-        try:
-            import ctypes
-            import ctypes.util
+        self._trim: Any = None
+        self._looked = False
 
-            name = ctypes.util.find_library("c")
-            libc = ctypes.CDLL(name) if name else None
-            self.trim = getattr(libc, "malloc_trim", None)
-        except (OSError, AttributeError):  # pragma: no cover - not glibc
-            self.trim = None
+    @property
+    def trim(self) -> Any:
+        """glibc's ``malloc_trim``, or ``None`` (another C library), looked up once, on
+        the first trim. The process's own symbols are searched (``dlopen(NULL)``: they
+        include the C library Python is linked with), not ``ctypes.util.find_library``,
+        which runs ``ldconfig`` in a subprocess (about 20 ms)."""
+        if not self._looked:
+            self._looked = True
+            try:
+                import ctypes
+
+                self._trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+            except (OSError, TypeError):  # pragma: no cover - no dlopen(NULL) here
+                self._trim = None
+        return self._trim
 
     def tick(self) -> None:
         """Count one finished chunk; trim every :attr:`every`."""
         self.count += 1
         if self.count % self.every == 0:
-            if self.trim is not None:
-                self.trim(0)
+            trim = self.trim
+            if trim is not None:
+                trim(0)
             import pyarrow as pa  # the reading's Arrow pool keeps freed memory too
 
             pa.default_memory_pool().release_unused()
