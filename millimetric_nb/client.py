@@ -401,6 +401,46 @@ def _cheap_idle_checks(transport: httpx.AsyncHTTPTransport) -> None:
         pool._network_backend = _Backend(inner)
 
 
+class _PoolCloser:
+    """Closes a connection pool when its event loop shuts down.
+
+    A pool belongs to the loop it was used on. Closing a loop (``asyncio.run`` does,
+    when its coroutine ends) does not close the sockets of its transports: they would
+    stay open until the garbage collector found them (with a ``ResourceWarning``).
+    The loop does close its open asynchronous generators first
+    (``loop.shutdown_asyncgens()``, which ``asyncio.run`` calls), so the pool is tied
+    to one: a generator started on the loop, whose ``finally`` closes the pool inside
+    that loop. If the client is dropped while the loop runs on (a notebook's kernel),
+    the loop's generator finalizer closes the pool there; once the loop is closed, the
+    finalizer does nothing.
+    """
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self._gen: Any = None
+        if sys.get_asyncgen_hooks().finalizer is None:  # no loop tracks generators
+            return
+        gen = self._hold()
+        step: Any = gen.__anext__()  # the loop tracks the generator from here
+        try:
+            step.send(None)  # runs it to its ``yield``
+        except StopIteration:
+            self._gen = gen
+
+    async def _hold(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.http.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pool now (on its loop, which is running)."""
+        if self._gen is not None:
+            await self._gen.aclose()
+        else:
+            await self.http.aclose()
+
+
 class _Shards(httpx.AsyncBaseTransport):
     """Many one-connection pools in place of one pool of many connections.
 
@@ -643,7 +683,7 @@ class AsyncClient:
         #: One connection pool per event loop (httpx's pool belongs to the loop it was
         #: used on): a script may use the client under its sync face, then under
         #: ``asyncio.run``, then again synchronously.
-        self._pools: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._pools: dict[asyncio.AbstractEventLoop, _PoolCloser] = {}
         self._tls: ssl.SSLContext | None = None
         self._closed = False
 
@@ -689,25 +729,28 @@ class AsyncClient:
         """Close the connection pool of the running loop and refuse further calls.
 
         Idempotent; calling it again on another loop closes that loop's pool too (a
-        sync ``Client`` does so for its own loop). Pools of loops already closed are
-        dropped: their connections ended with their loop.
+        sync ``Client`` does so for its own loop). A pool of a loop that has ended was
+        closed by that loop's shutdown (see :class:`_PoolCloser`), or cannot be closed
+        any more (a loop closed without it); either way it is dropped.
         """
         self._closed = True
+        self._drop_ended()
+        closer = self._pools.pop(asyncio.get_running_loop(), None)
+        if closer is not None:
+            await closer.aclose()
+
+    def _drop_ended(self) -> None:
         for owner in [o for o in self._pools if o.is_closed()]:
             del self._pools[owner]
-        http = self._pools.pop(asyncio.get_running_loop(), None)
-        if http is not None:
-            await http.aclose()
 
     def _pool(self) -> httpx.AsyncClient:
         """The connection pool of the running event loop (made on first use there)."""
         loop = asyncio.get_running_loop()
-        http = self._pools.get(loop)
-        if http is None:
-            for owner in [o for o in self._pools if o.is_closed()]:
-                del self._pools[owner]  # its connections ended with that loop
-            http = self._pools[loop] = self._new_pool()
-        return http
+        closer = self._pools.get(loop)
+        if closer is None:
+            self._drop_ended()
+            closer = self._pools[loop] = _PoolCloser(self._new_pool())
+        return closer.http
 
     def _new_pool(self) -> httpx.AsyncClient:
         if self._tls is None:
@@ -746,7 +789,7 @@ class AsyncClient:
         if loop in self._pools or self._closed:  # a request made its own meanwhile
             await http.aclose()
         else:
-            self._pools[loop] = http
+            self._pools[loop] = _PoolCloser(http)
 
     close = aclose  # ``await client.close()`` reads naturally too
 

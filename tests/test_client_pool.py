@@ -5,9 +5,16 @@ httpcore the same answers, so a connection the server closed is never reused."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import httpx
 
+import millimetric_nb as mm
 from millimetric_nb.client import AsyncClient, _Backend, _Shards
 from millimetric_nb.errors import MillimetricError
 
@@ -221,3 +228,60 @@ def test_a_request_that_fails_frees_its_pool():
     code, left = asyncio.run(go())
     assert code  # the request failed (the server hung up without an answer)...
     assert left == 0  # ...and its pool is free for the next one
+
+
+ASYNCIO_RUN_SCRIPT = textwrap.dedent("""
+    import asyncio, json, os
+    import httpx, psutil
+    import millimetric_nb as mm
+
+    port = httpx.URL(os.environ["T_URL"]).port
+
+    def open_connections():
+        return sum(1 for c in psutil.Process().net_connections(kind="tcp")
+                   if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+    with mm.Client(os.environ["T_KEY"], os.environ["T_URL"], rate_limits="off") as c:
+        async def inside():
+            await c.async_client.track("inside_run", anonymous_id="a1")
+            return c.async_client._pools[asyncio.get_running_loop()].http, open_connections()
+
+        http, during = asyncio.run(inside())
+        after = open_connections()
+        c.track("after_run", anonymous_id="a1")  # the client goes on, on its own loop
+        own = c.async_client._pools[c._loop].http
+    print(json.dumps({"during": during, "closed": http.is_closed, "after": after,
+                      "own_closed": own.is_closed, "at_end": open_connections()}))
+""")
+
+
+def test_a_pool_used_under_asyncio_run_is_closed_when_that_loop_ends(mm_server):
+    """In a fresh process: this one may have had asyncio patched by nest_asyncio2, whose
+    ``asyncio.run`` keeps its loop open."""
+    env = {**os.environ, "T_KEY": mm_server.keys["sk"], "T_URL": mm_server.url}
+    proc = subprocess.run([sys.executable, "-c", ASYNCIO_RUN_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout)
+    assert seen["during"] == 1
+    # closed by the loop's shutdown, its connection with it: not left to the GC
+    assert seen["closed"] and seen["after"] == 0
+    assert seen["own_closed"] and seen["at_end"] == 0  # Client.close closed its own
+    assert [r["event_name"] for r in mm_server.stored_events()] == ["inside_run", "after_run"]
+
+
+def test_a_loop_closed_without_its_shutdown_leaves_no_error_behind(mm_server):
+    caught: list[object] = []
+    hook, sys.unraisablehook = sys.unraisablehook, caught.append
+    try:
+        with mm.Client(mm_server.keys["sk"], mm_server.url, rate_limits="off") as c:
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(c.async_client.track("on_a_bare_loop"))
+            loop.close()  # without shutdown_asyncgens: the pool cannot be closed now
+            c.track("next")  # drops that pool
+            assert loop not in c.async_client._pools
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert caught == []
+    assert mm_server.count() == 2
