@@ -19,6 +19,28 @@ if os.environ.get("HYPOTHESIS_PROFILE"):
     settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shut_the_current_loop_down_at_the_end() -> Iterator[None]:
+    """Once a test has used a sync ``Client`` inside a running loop, ``nest_asyncio2``
+    has patched ``asyncio.run`` in this process to reuse one current loop and never
+    close it; the connection pools clients made on it would stay open past the end.
+    The loop is shut down as ``asyncio.run`` would have done (its generators, so its
+    pools, then the loop)."""
+    yield
+    import asyncio
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:  # none is current (asyncio.run unpatched left none)
+            return
+    if not loop.is_closed() and not loop.is_running():
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
 @pytest.fixture
 def fast_retries() -> Iterator[None]:
     """Retries happen at once within the test (``client.no_backoff``; attempt limits kept).

@@ -147,11 +147,13 @@ def test_sentinel_secret_is_found_nowhere(tmp_path, monkeypatch, capsys):
             assert result.counts["sent"] > 0
             frames = [mm.stats("count", sample.start, sample.end, group_by="event_name")]
             texts = [repr(client), str(client), repr(result), repr(frames[0])]
-            with pytest.raises(mm.MillimetricError) as refused:
-                mm.Client(SENTINEL.replace("SNTNL042", "SNTNL043"), srv.url).track("x")
+            with (pytest.raises(mm.MillimetricError) as refused,
+                  mm.Client(SENTINEL.replace("SNTNL042", "SNTNL043"), srv.url) as other):
+                other.track("x")
             texts += [repr(refused.value), str(refused.value)]
-            with pytest.raises(mm.MillimetricError) as unreachable:
-                mm.Client(SENTINEL, "http://127.0.0.1:9", max_attempts=1).track("x")
+            with (pytest.raises(mm.MillimetricError) as unreachable,
+                  mm.Client(SENTINEL, "http://127.0.0.1:9", max_attempts=1) as nowhere):
+                nowhere.track("x")
             texts += [repr(unreachable.value), str(unreachable.value)]
             (work / "reprs.txt").write_text("\n".join(texts))
             pickled = 0

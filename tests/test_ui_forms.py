@@ -27,10 +27,14 @@ def client(mm_server):
 
 @pytest.fixture
 def no_default(monkeypatch):
-    """The default client is global: each test that sets it starts and ends without one."""
+    """The default client is global: each test that sets it starts and ends without one
+    (the one it made is closed)."""
     monkeypatch.setattr(sync, "_default", None)
     monkeypatch.delenv("MILLIMETRIC_KEY", raising=False)
     monkeypatch.delenv("MILLIMETRIC_HOST", raising=False)
+    yield
+    if sync._default is not None:
+        sync._default.close()
 
 
 def classes(widget) -> set[str]:
