@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import re
 import statistics
@@ -118,11 +119,11 @@ def bench_send_batch_sink(n: int, *, cpu_only: bool = False) -> None:
     proc, url = start_sink()
     try:
         client = Client(KEY, url, rate_limits="off", allow_insecure_http=True)
-        before = set(sys.modules)
+        before = list(sys.modules)  # in the order imported
         t0, c0 = time.perf_counter(), time.process_time()
         res = df.millimetric.send_batch(client=client, progress=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        loaded = [m for m in sys.modules if m not in before]  # in the order imported
+        loaded = [m for m in sys.modules if m not in set(before)]
         # the same call again: the process's one-time costs (the engine's and polars'
         # imports, polars' first use, the connection pool) are paid by now
         t0, c0 = time.perf_counter(), time.process_time()
@@ -138,7 +139,7 @@ def bench_send_batch_sink(n: int, *, cpu_only: bool = False) -> None:
     finally:
         stop_sink(proc)
     assert res.counts["sent"] == n and again.counts["sent"] == n, (res.counts, again.counts)
-    imports = _first_send_imports(loaded)
+    imports = _first_send_imports(before, loaded)
     print(f"[send_batch to a sink, limits off] {n:,} events in {res.plan.requests} requests: "
           f"{wall:.2f} s wall, {n / wall:,.0f} events/s, {cpu / n * 1e6:.2f} µs CPU/event "
           "(target <= 4; the process's first call)")
@@ -155,26 +156,33 @@ def bench_send_batch_sink(n: int, *, cpu_only: bool = False) -> None:
 
 
 _IMPORTS = """
-import sys, time
-import numpy, pandas, millimetric_nb, millimetric_nb.sync, millimetric_nb.server
+import json, sys, time
+
+def load(names):
+    for name in names:
+        if name not in sys.modules:
+            try:
+                __import__(name)
+            except Exception:
+                pass  # this script's own, or only importable as a side effect of its parent
+
+modules = json.load(sys.stdin)
+load(modules["before"])  # where the benchmark stood when its first send began
 already = set(sys.modules)
 c = time.process_time()
-for name in sys.argv[1:]:
-    if name not in sys.modules:
-        try:
-            __import__(name)
-        except Exception:
-            pass  # an alias or a module only importable as a side effect: its parent did
-print(time.process_time() - c, len(already & set(sys.argv[1:])))
+load(modules["loaded"])
+print(time.process_time() - c, len(already & set(modules["loaded"])))
 """
 
 
-def _first_send_imports(loaded: list[str]) -> float:
+def _first_send_imports(before: list[str], loaded: list[str]) -> float:
     """CPU seconds a fresh process spends importing ``loaded`` (the modules this
-    process's first send imported, in their order) after what this script had imported
-    before that send (a separate process: this one has imported them)."""
-    out = subprocess.run([sys.executable, "-c", _IMPORTS, *loaded], capture_output=True,
-                         text=True, check=True).stdout.split()
+    process's first send imported, in their order) once it has imported ``before``
+    (those this process had when that send began); a separate process, since this one
+    has imported them."""
+    out = subprocess.run([sys.executable, "-c", _IMPORTS], capture_output=True, text=True,
+                         check=True, input=json.dumps({"before": before, "loaded": loaded}),
+                         ).stdout.split()
     if int(out[1]):
         raise RuntimeError(f"{out[1]} of the first send's modules were already imported")
     return float(out[0])

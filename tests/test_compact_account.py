@@ -198,7 +198,7 @@ def test_the_heap_is_trimmed_every_eighth_chunk_through_glibc():
     heap = _HeapTrim()
     assert heap.trim is not None  # found in the process's own symbols, no ldconfig run
     calls: list[int] = []
-    heap._trim = calls.append  # the same signature: malloc_trim(pad)
+    heap.trim = calls.append  # the same signature: malloc_trim(pad)
     for _ in range(2 * heap.every + 1):
         heap.tick()
     assert calls == [0, 0]

@@ -8,6 +8,7 @@ per-row Python object), and the pieces become ``SendResult.rows`` once, at the e
 
 from __future__ import annotations
 
+import functools
 from typing import Any, cast
 
 import numpy as np
@@ -333,24 +334,19 @@ class _HeapTrim:
 
     def __init__(self) -> None:
         self.count = 0
-        self._trim: Any = None
-        self._looked = False
 
-    @property
+    @functools.cached_property
     def trim(self) -> Any:
-        """glibc's ``malloc_trim``, or ``None`` (another C library), looked up once, on
-        the first trim. The process's own symbols are searched (``dlopen(NULL)``: they
+        """glibc's ``malloc_trim``, or ``None`` (another C library), looked up on the
+        first trim. The process's own symbols are searched (``dlopen(NULL)``: they
         include the C library Python is linked with), not ``ctypes.util.find_library``,
         which runs ``ldconfig`` in a subprocess (about 20 ms)."""
-        if not self._looked:
-            self._looked = True
-            try:
-                import ctypes
+        import ctypes
 
-                self._trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-            except (OSError, TypeError):  # pragma: no cover - no dlopen(NULL) here
-                self._trim = None
-        return self._trim
+        try:
+            return getattr(ctypes.CDLL(None), "malloc_trim", None)
+        except (OSError, TypeError):  # pragma: no cover - no dlopen(NULL) here
+            return None
 
     def tick(self) -> None:
         """Count one finished chunk; trim every :attr:`every`."""
